@@ -1,0 +1,9 @@
+"""edge-lora's converter: PEFT and MLX-LM LoRA checkpoints to GGUF adapters.
+
+Installed as ``edge_lora_convert`` (source folder ``convert/``). It reads
+safetensors without torch; torch is only needed for ``adapter_model.bin``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""Typed errors of edge-lora.
+
+The library raises these; only the CLI (and later the server) turns them into
+messages, exit codes and HTTP statuses. An error may carry several problems so
+that a user sees everything wrong with a file at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class EdgeLoraError(Exception):
+    """Base class of every error edge-lora raises on purpose."""
+
+    #: exit status the CLI uses for this error
+    exit_code: int = 1
+
+    def __init__(self, message: str, problems: Iterable[str] = ()) -> None:
+        self.message = message
+        self.problems: list[str] = list(problems)
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        if not self.problems:
+            return self.message
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"{self.message}\n{lines}"
+
+
+class GGUFFileError(EdgeLoraError):
+    """A file is missing, unreadable, truncated or not a GGUF file."""
+
+    exit_code = 2
+
+
+class CheckpointError(EdgeLoraError):
+    """An adapter checkpoint (PEFT or MLX) is missing, malformed or unsupported."""
+
+    exit_code = 2
+
+
+class ConversionError(CheckpointError):
+    """A checkpoint cannot be converted: every problem found is listed."""
+
+
+class IncompatibleAdapterError(EdgeLoraError):
+    """An adapter does not fit a base model (architecture, names or shapes)."""
+
+    exit_code = 2
+
+
+class OutputExistsError(EdgeLoraError):
+    """The output path exists and overwriting was not asked for."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(EdgeLoraError):
+    """An optional dependency (an extra) is needed for this operation."""
+
+    exit_code = 3
