@@ -7,3 +7,7 @@ safetensors without torch; torch is only needed for ``adapter_model.bin``.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from .converter import ConvertResult, convert  # noqa: E402
+
+__all__ = ["ConvertResult", "convert", "__version__"]

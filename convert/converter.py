@@ -1,0 +1,282 @@
+"""Plan and write a conversion: checkpoint modules -> checked, transformed GGUF tensors."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import MODEL_TENSOR, Keys
+
+from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
+from edge_lora.gguf_file import EdgeLoraKeys, GGUFInfo, read_gguf
+
+from . import __version__
+from .checkpoint import Checkpoint, LoraModule, read_checkpoint
+from .gguf_out import OUTTYPES, OutTensor, write_adapter
+from .scales import b_fold_factor
+from .table import (
+    LORA_A_SUFFIX,
+    LORA_B_SUFFIX,
+    OUTPUT_MODULE_NAMES,
+    ArchSpec,
+    arch_spec,
+    gguf_tensor_for,
+    needs_head_counts,
+    row_transform,
+    supported_arch_names,
+)
+
+
+@dataclass(frozen=True)
+class BaseShape:
+    """What the converter needs of the base: from a GGUF base, or guessed when unchecked."""
+
+    spec: ArchSpec
+    n_layers: int
+    n_head: int | None
+    n_head_kv: int | None
+    n_embd: int | None
+    tensors: dict[str, tuple[int, ...]] | None  # None: unchecked (--arch without --base)
+
+
+@dataclass
+class ConvertResult:
+    out_path: Path | None
+    arch: str
+    alpha: float
+    source_format: str
+    modules: int
+    tensors: list[tuple[str, tuple[int, ...]]]
+    checked_against_base: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def convert(
+    adapter: str | Path,
+    *,
+    base: str | Path | None = None,
+    arch: str | None = None,
+    out: str | Path | None = None,
+    outtype: str = "f16",
+    dry_run: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> ConvertResult:
+    """Convert a PEFT or MLX-LM adapter directory to a GGUF LoRA adapter.
+
+    ``base`` (a GGUF base, quantized or not) gives the architecture, layer count
+    and every tensor shape, and each adapter tensor is checked against it. Without
+    it, ``arch`` converts unchecked. Every problem is collected and raised at once
+    as :class:`ConversionError`; nothing is written then.
+    """
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"unknown --outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    ckpt = read_checkpoint(adapter)
+    shape = _base_shape(ckpt, base, arch)
+    problems: list[str] = []
+    out_tensors, notes = _plan(ckpt, shape, problems)
+    if problems:
+        raise ConversionError(f"{ckpt.path}: cannot convert to a {shape.spec.name} GGUF adapter", problems)
+    if shape.tensors is None:
+        notes.insert(0, "unchecked: no --base given, tensor shapes were not checked against a base model")
+    out_path = Path(out) if out is not None else default_output(ckpt.path)
+    if not dry_run:
+        _check_output(out_path, ckpt.path, base, overwrite)
+    result = ConvertResult(
+        out_path=None if dry_run else out_path,
+        arch=shape.spec.name,
+        alpha=ckpt.alpha,
+        source_format=ckpt.format,
+        modules=len(ckpt.modules),
+        tensors=[(t.name, tuple(t.data.shape)) for t in out_tensors],
+        checked_against_base=shape.tensors is not None,
+        notes=notes,
+    )
+    if not dry_run:
+        meta = _provenance(ckpt, shape)
+        result.notes += write_adapter(out_path, shape.spec.name, ckpt.alpha, out_tensors, outtype, meta, progress)
+    return result
+
+
+def default_output(adapter_dir: Path) -> Path:
+    """``my-adapter/`` -> ``my-adapter.gguf`` beside it."""
+    return adapter_dir.parent / f"{adapter_dir.name}.gguf"
+
+
+def _check_output(out: Path, adapter_dir: Path, base: str | Path | None, overwrite: bool) -> None:
+    if base is not None and out.exists() and out.resolve() == Path(base).resolve():
+        raise OutputExistsError(f"{out}: the output would overwrite the base model")
+    if out.resolve().is_relative_to(adapter_dir.resolve()) and out.exists():
+        raise OutputExistsError(f"{out}: the output would overwrite a file of the adapter itself")
+    if out.is_dir():
+        raise OutputExistsError(f"{out}: is a directory; give a file name ending in .gguf")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: already exists (pass --force to replace it)")
+
+
+def _base_shape(ckpt: Checkpoint, base: str | Path | None, arch: str | None) -> BaseShape:
+    if base is None:
+        if arch is None:
+            raise ConversionError("give --base BASE.gguf (recommended) or --arch NAME to convert unchecked")
+        spec = _spec_or_error(arch)
+        layers = [_layer_of(m.module) for m in ckpt.modules]
+        n_layers = max([i for i in layers if i is not None], default=-1) + 1
+        return BaseShape(spec, n_layers, None, None, None, None)
+    info = read_gguf(base)
+    if info.is_adapter:
+        raise IncompatibleAdapterError(f"{info.path}: is a LoRA adapter, not a base model")
+    spec = _spec_or_error(info.architecture)
+    if arch is not None and _spec_or_error(arch) is not spec:
+        raise IncompatibleAdapterError(f"--arch {arch} contradicts the base's architecture {info.architecture}")
+    return BaseShape(
+        spec,
+        int(info.arch_value(Keys.LLM.BLOCK_COUNT, 0)),
+        _first_int(info.arch_value(Keys.Attention.HEAD_COUNT)),
+        _first_int(info.arch_value(Keys.Attention.HEAD_COUNT_KV)),
+        _first_int(info.arch_value(Keys.LLM.EMBEDDING_LENGTH)),
+        {name: t.shape for name, t in info.tensors.items()},
+    )
+
+
+def _spec_or_error(name: str) -> ArchSpec:
+    spec = arch_spec(name)
+    if spec is None:
+        raise ConversionError(
+            f"architecture {name!r} is not supported; supported: {', '.join(supported_arch_names())}"
+        )
+    return spec
+
+
+def _first_int(value: object) -> int | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def _layer_of(module: str) -> int | None:
+    m = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", module)
+    return int(m.group(1)) if m else None
+
+
+def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str]) -> tuple[list[OutTensor], list[str]]:
+    out: list[OutTensor] = []
+    seen: dict[str, str] = {}
+    notes: list[str] = []
+    for mod in ckpt.modules:
+        target = _target(ckpt, mod, shape, problems)
+        if target is None:
+            continue
+        ttype, gname = target
+        if gname in seen:
+            problems.append(f"{mod.module}: maps to {gname}, already used by {seen[gname]}")
+            continue
+        seen[gname] = mod.module
+        a, b = _factors(ckpt, mod, ttype, shape, problems)
+        if a is None or b is None:
+            continue
+        out.append(OutTensor(gname + LORA_A_SUFFIX, a))
+        out.append(OutTensor(gname + LORA_B_SUFFIX, b))
+    return out, notes
+
+
+def _target(
+    ckpt: Checkpoint, mod: LoraModule, shape: BaseShape, problems: list[str]
+) -> tuple[MODEL_TENSOR, str] | None:
+    spec = shape.spec
+    last = mod.module.rsplit(".", 1)[-1]
+    found = gguf_tensor_for(spec, mod.module, max(shape.n_layers, 1))
+    is_output = last in OUTPUT_MODULE_NAMES or (found is not None and found[0] == MODEL_TENSOR.OUTPUT)
+    if is_output and shape.tensors is not None and (found is None or found[1] not in shape.tensors):
+        problems.append(
+            f"{mod.module}: lm_head LoRA on a base whose output shares the token embedding "
+            "(tied weights): llama.cpp would apply it to both, so it cannot be converted"
+        )
+        return None
+    if found is None:
+        problems.append(f"{mod.module}: unknown module name for architecture {spec.name}")
+        return None
+    if ckpt.format == "mlx":
+        n = ckpt.config.get("num_layers")
+        idx = _layer_of(mod.module)
+        if isinstance(n, int) and n >= 0 and idx is not None and shape.tensors is not None and idx < shape.n_layers - n:
+            problems.append(
+                f"{mod.module}: layer {idx} is outside the last num_layers={n} of {shape.n_layers} layers"
+            )
+            return None
+    if mod.kind == "embedding" and found[0] != MODEL_TENSOR.TOKEN_EMBD:
+        problems.append(f"{mod.module}: embedding LoRA on a module that is not the token embedding")
+        return None
+    return found
+
+
+def _factors(
+    ckpt: Checkpoint, mod: LoraModule, ttype: MODEL_TENSOR, shape: BaseShape, problems: list[str]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    gname = gguf_tensor_for(shape.spec, mod.module, max(shape.n_layers, 1))[1]  # type: ignore[index]
+    embedding = mod.kind == "embedding"
+    # the base weight, numpy order: linear (out, in); token_embd (vocab, hidden)
+    want = (mod.a.shape[1], mod.b.shape[0]) if embedding else (mod.b.shape[0], mod.a.shape[1])
+    if shape.tensors is not None:
+        have = shape.tensors.get(gname)
+        if have is None:
+            problems.append(f"{mod.module}: the base has no tensor {gname}")
+            return None, None
+        if tuple(have) != want:
+            problems.append(
+                f"{mod.module}: LoRA implies a {want} weight but the base's {gname} is {tuple(have)}"
+            )
+            return None, None
+    fold = b_fold_factor(mod.scale, ckpt.alpha, mod.rank)
+    if embedding:
+        fold *= _embedding_fold(ckpt, shape, mod, problems)
+    b = mod.b.astype(np.float64) * fold if fold != 1.0 else mod.b
+    b = b.astype(np.float32)
+    transform = row_transform(shape.spec, ttype, shape.n_head, shape.n_head_kv)
+    if transform is not None:
+        b = transform(b)
+    elif needs_head_counts(shape.spec, ttype):
+        problems.append(f"{mod.module}: {shape.spec.name} Q/K rows must be permuted with the head counts: pass --base")
+        return None, None
+    a = mod.a.T if embedding else mod.a  # llama.cpp gathers token_embd's A by rows
+    return np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32)
+
+
+def _embedding_fold(ckpt: Checkpoint, shape: BaseShape, mod: LoraModule, problems: list[str]) -> float:
+    before = shape.spec.peft_unscaled_embedding_before
+    if ckpt.format != "peft" or before is None:
+        return 1.0
+    if ckpt.peft_version is None:
+        problems.append(
+            f"{mod.module}: embedding LoRA on {shape.spec.name} was scaled differently before PEFT "
+            f"{'.'.join(map(str, before))}; the config has no peft_version to tell which applies"
+        )
+        return 1.0
+    if ckpt.peft_version >= before:
+        return 1.0
+    n_embd = shape.n_embd or mod.b.shape[0]
+    return 1.0 / math.sqrt(n_embd)  # llama.cpp scales the delta by sqrt(n_embd), old PEFT did not
+
+
+def _provenance(ckpt: Checkpoint, shape: BaseShape) -> dict[str, object]:
+    ranks = sorted({m.rank for m in ckpt.modules})
+    folded = any(abs(b_fold_factor(m.scale, ckpt.alpha, m.rank) - 1.0) > 1e-12 for m in ckpt.modules)
+    p = ckpt.provenance
+    meta: dict[str, object] = {
+        Keys.General.NAME: ckpt.path.name,
+        EdgeLoraKeys.SOURCE_FORMAT: p.get("source_format", ckpt.format),
+        EdgeLoraKeys.BASE_MODEL: p.get("base_model", ""),
+        EdgeLoraKeys.TARGET_MODULES: p.get("target_modules", ""),
+        EdgeLoraKeys.RANKS: ranks,
+        EdgeLoraKeys.CONVERTER_VERSION: f"edge-lora {__version__}",
+        EdgeLoraKeys.WEIGHTS_FILE: p.get("weights_file", ""),
+        EdgeLoraKeys.SCALES_FOLDED: folded,
+        EdgeLoraKeys.CHECKED_AGAINST_BASE: shape.tensors is not None,
+    }
+    if p.get("weights_dtypes"):
+        meta[EdgeLoraKeys.WEIGHTS_DTYPES] = p["weights_dtypes"]
+    if p.get("peft_version"):
+        meta[EdgeLoraKeys.PEFT_VERSION] = p["peft_version"]
+    return meta

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, MODEL_TENSORS, TensorNameMap
 
-#: GGUF tensor-name suffixes of an adapter's two factors (llama-adapter.cpp)
-LORA_A_SUFFIX = ".lora_a"
-LORA_B_SUFFIX = ".lora_b"
-WEIGHT_SUFFIX = ".weight"
+from edge_lora.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, WEIGHT_SUFFIX
+
+__all__ = ["LORA_A_SUFFIX", "LORA_B_SUFFIX", "WEIGHT_SUFFIX", "ARCHS", "ArchSpec"]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ from gguf.constants import GGML_QUANT_SIZES, GGUF_MAGIC
 
 from .errors import GGUFFileError
 
+#: GGUF tensor-name suffixes of an adapter's two factors (llama-adapter.cpp)
+LORA_A_SUFFIX = ".lora_a"
+LORA_B_SUFFIX = ".lora_b"
+WEIGHT_SUFFIX = ".weight"
+
 #: string arrays longer than this (token lists) are kept as their length only
 _MAX_ARRAY_KEEP = 256
 
@@ -123,3 +128,18 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
     if problems:
         raise GGUFFileError(f"{p}: truncated GGUF file", problems)
     return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors)
+
+
+class EdgeLoraKeys:
+    """Provenance keys edge-lora writes into adapters (beside gguf's own ``Keys``)."""
+
+    SOURCE_FORMAT = "edge_lora.source_format"
+    BASE_MODEL = "edge_lora.base_model"
+    TARGET_MODULES = "edge_lora.target_modules"
+    RANKS = "edge_lora.ranks"
+    CONVERTER_VERSION = "edge_lora.converter_version"
+    PEFT_VERSION = "edge_lora.peft_version"
+    WEIGHTS_FILE = "edge_lora.weights_file"
+    WEIGHTS_DTYPES = "edge_lora.weights_dtypes"
+    SCALES_FOLDED = "edge_lora.scales_folded"
+    CHECKED_AGAINST_BASE = "edge_lora.checked_against_base"

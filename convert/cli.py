@@ -1,0 +1,68 @@
+"""``edge-lora convert``: argument definitions and the command (registered by edge_lora.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .converter import convert
+from .gguf_out import OUTTYPES
+
+HELP = "convert a PEFT or MLX-LM LoRA checkpoint to a GGUF adapter"
+EPILOG = """examples:
+  edge-lora convert ./my-peft-adapter --base gemma-3-270m-Q4_K_M.gguf -o sql.gguf
+  edge-lora convert ./mlx-adapters --base llama-3.2-1b.gguf --outtype q8_0
+  edge-lora convert ./my-peft-adapter --arch qwen2 --dry-run      # unchecked, writes nothing
+
+exit status: 0 converted, 2 refused (every problem listed, nothing written)"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "convert", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("adapter", help="PEFT directory (adapter_config.json + adapter_model.safetensors|.bin) "
+                   "or MLX-LM adapter directory (adapter_config.json + adapters.safetensors)")
+    p.add_argument("--base", metavar="BASE.gguf", help="GGUF base model (any quantization) to check every tensor against")
+    p.add_argument("--arch", metavar="NAME", help="architecture when converting without --base (unchecked)")
+    p.add_argument("-o", "--output", metavar="OUT.gguf", help="output file (default: ADAPTER.gguf beside the directory)")
+    p.add_argument("--outtype", choices=list(OUTTYPES), default="f16", help="storage type of the LoRA tensors (default f16)")
+    p.add_argument("--dry-run", action="store_true", help="check and plan everything, write nothing")
+    p.add_argument("--force", action="store_true", help="replace OUT.gguf if it exists")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    result = convert(
+        args.adapter,
+        base=args.base,
+        arch=args.arch,
+        out=args.output,
+        outtype=args.outtype,
+        dry_run=args.dry_run,
+        overwrite=args.force,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps({
+            "output": str(result.out_path) if result.out_path else None,
+            "arch": result.arch,
+            "alpha": result.alpha,
+            "source_format": result.source_format,
+            "modules": result.modules,
+            "tensors": len(result.tensors),
+            "checked_against_base": result.checked_against_base,
+            "notes": result.notes,
+        }, indent=2))
+        return 0
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not args.quiet:
+        where = f"wrote {result.out_path}" if result.out_path else "dry run, nothing written"
+        print(f"{where}: {result.arch}, {result.modules} modules, {len(result.tensors)} tensors, "
+              f"alpha {result.alpha:g}, from {result.source_format}")
+    return 0

@@ -1,0 +1,60 @@
+"""The ``edge-lora`` command: dispatch only. Library errors become messages and exit codes here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import EdgeLoraError
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    # The converter is a separate package (edge_lora_convert); the runtime never imports it
+    # at module level, so `edge-lora` keeps working where only the runtime is installed.
+    try:
+        mod = importlib.import_module("edge_lora_convert.cli")
+    except ImportError as exc:
+        p = sub.add_parser("convert", help="convert a PEFT/MLX LoRA checkpoint (converter not installed)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda _args: _missing_converter(exc))
+        return
+    mod.add_parser(sub)
+
+
+def _missing_converter(exc: ImportError) -> int:
+    print(f"edge-lora: the converter is not installed ({exc}); pip install 'edge-lora[convert]'", file=sys.stderr)
+    return 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import inspect_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="edge-lora",
+        description="Run LoRA fine-tunes on laptops: convert adapters to GGUF, inspect and run them over one base.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-lora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_convert(sub)
+    inspect_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeLoraError as exc:
+        print(f"edge-lora {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edge-lora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
