@@ -232,8 +232,7 @@ def _factors(
     fold = b_fold_factor(mod.scale, ckpt.alpha, mod.rank)
     if embedding:
         fold *= _embedding_fold(ckpt, shape, mod, problems)
-    b = mod.b.astype(np.float64) * fold if fold != 1.0 else mod.b
-    b = b.astype(np.float32)
+    b = (mod.b.astype(np.float64) * fold).astype(np.float32) if fold != 1.0 else mod.b
     transform = row_transform(shape.spec, ttype, shape.n_head, shape.n_head_kv)
     if transform is not None:
         b = transform(b)

@@ -1,0 +1,123 @@
+"""Build PEFT and MLX-LM adapters with random, non-zero factors on tiny models, offline."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.numpy import save_file as save_np
+from safetensors.torch import load_file, save_file
+
+# Linear layer names per case, as transformers names them
+ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MLP = ["gate_proj", "up_proj", "down_proj"]
+FUSED = {"phi3": (["qkv_proj", "o_proj"], ["gate_up_proj", "down_proj"])}
+
+
+def linear_names(case: str) -> list[str]:
+    attn, mlp = FUSED.get(case, (ATTN, MLP))
+    return attn + mlp
+
+
+def randomize_lora(model: torch.nn.Module, seed: int, b_std: float = 0.5) -> None:
+    """PEFT initialises B to zero; give both factors random values so the delta is real."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" not in name:
+                continue
+            fan = p.shape[1] if p.ndim == 2 else 1
+            std = (b_std if ("lora_B" in name or "lora_embedding_B" in name) else 1.0) / np.sqrt(fan)
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def round_lora_to_bf16(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(p.to(torch.bfloat16).to(torch.float32))
+
+
+def make_peft_adapter(
+    base_model: torch.nn.Module,
+    out_dir: Path,
+    config: dict[str, Any],
+    *,
+    seed: int = 1,
+    storage: str = "safetensors",  # or "bin" or "bf16"
+) -> torch.nn.Module:
+    """Save a PEFT adapter with random factors; return the PEFT model (the reference)."""
+    cfg = LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, **config)
+    model = get_peft_model(copy.deepcopy(base_model), cfg)
+    randomize_lora(model, seed)
+    if storage == "bf16":
+        round_lora_to_bf16(model)
+    model.eval()
+    model.save_pretrained(out_dir, safe_serialization=storage != "bin")
+    if storage == "bf16":
+        path = out_dir / "adapter_model.safetensors"
+        tensors = {k: v.to(torch.bfloat16) for k, v in load_file(path).items()}
+        save_file(tensors, path, metadata={"format": "pt"})
+    return model
+
+
+def peft_logits(model: torch.nn.Module, tokens: list[int], scale: float | None = None) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+def edit_adapter(out_dir: Path, fn) -> None:
+    """Rewrite an adapter's safetensors through ``fn(dict) -> dict`` (for refusal tests)."""
+    path = out_dir / "adapter_model.safetensors"
+    tensors = fn({k: v.clone() for k, v in load_file(path).items()})
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def edit_config(out_dir: Path, **changes: Any) -> None:
+    path = out_dir / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    path.write_text(json.dumps(cfg))
+
+
+def make_mlx_adapter(
+    base_model: torch.nn.Module, out_dir: Path, keys: list[str], *, rank: int, scale: float, num_layers: int, seed: int = 3
+) -> torch.nn.Module:
+    """Write an MLX-LM adapter (lora_a (in, r), lora_b (r, out), direct scale on the last
+    ``num_layers`` layers) and return a copy of the model with ``W + scale * (a @ b).T`` merged:
+    MLX-LM's own formula, the reference."""
+    g = torch.Generator().manual_seed(seed)
+    ref = copy.deepcopy(base_model)
+    layers = ref.model.layers
+    n = len(layers)
+    tensors: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for i in range(n - num_layers, n):
+            for key in keys:
+                lin = layers[i].get_submodule(key)
+                out_f, in_f = lin.weight.shape
+                a = torch.randn(in_f, rank, generator=g) / np.sqrt(in_f)
+                b = torch.randn(rank, out_f, generator=g) * 0.5 / np.sqrt(rank)
+                lin.weight += scale * (a @ b).T
+                prefix = f"model.layers.{i}.{key}"
+                tensors[prefix + ".lora_a"] = a.numpy()
+                tensors[prefix + ".lora_b"] = b.numpy()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_np(tensors, str(out_dir / "adapters.safetensors"))
+    cfg = {
+        "fine_tune_type": "lora",
+        "num_layers": num_layers,
+        "lora_parameters": {"rank": rank, "scale": scale, "dropout": 0.0, "keys": keys},
+    }
+    (out_dir / "adapter_config.json").write_text(json.dumps(cfg))
+    ref.eval()
+    return ref

@@ -1,0 +1,121 @@
+"""Converted adapters run in llama.cpp give transformers + PEFT's logits.
+
+Each adapter is converted through the CLI and loaded with llama-cpp-python's plain
+``Llama(model_path=..., lora_path=...)`` on the tiny f32 base.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from adapters import edit_adapter, edit_config, linear_names, make_mlx_adapter, make_peft_adapter, peft_logits
+from tiny_models import CASES, TOKENS, hf_logits, llama_logits, rel_err
+
+from edge_lora.cli import main as cli
+
+#: llama.cpp (f32 base, f32 adapter) against PEFT: relative Frobenius error over all positions
+PARITY_RTOL = 1e-3
+#: an adapter must move the logits at least this much, or parity would prove nothing
+MIN_EFFECT = 0.05
+#: storage types: what rounding the factors costs, relative to the PEFT logits
+OUTTYPE_RTOL = {"f32": 1e-3, "f16": 2e-3, "bf16": 1e-2, "q8_0": 1e-2}
+
+
+def _configs(case: str, n_layers: int) -> dict[str, tuple[dict, str]]:
+    names = linear_names(case)
+    attn0, attn_out, mlp_last = names[0], names[-3] if case != "phi3" else names[1], names[-1]
+    return {
+        "plain": (dict(r=8, lora_alpha=16, target_modules="all-linear"), "safetensors"),
+        "rslora": (dict(r=16, lora_alpha=8, use_rslora=True, target_modules=names), "safetensors"),
+        "patterns": (
+            dict(
+                r=8,
+                lora_alpha=16,
+                target_modules=names,
+                rank_pattern={attn0: 4, f"layers.1.mlp.{mlp_last}": 12},
+                alpha_pattern={attn_out: 4, mlp_last: 40},
+            ),
+            "safetensors",
+        ),
+        "layers": (dict(r=8, lora_alpha=8, target_modules=names, layers_to_transform=[0, n_layers - 1]), "safetensors"),
+        "regex": (dict(r=4, lora_alpha=8, target_modules=r".*\.layers\.1\..*_proj"), "safetensors"),
+        "bf16": (dict(r=8, lora_alpha=16, target_modules=names), "bf16"),
+        "bin": (dict(r=8, lora_alpha=32, target_modules=names), "bin"),
+        "embedding": (dict(r=8, lora_alpha=16, target_modules=["embed_tokens", attn0]), "safetensors"),
+    }
+
+
+CONFIG_NAMES = ["plain", "rslora", "patterns", "layers", "regex", "bf16", "bin", "embedding"]
+
+
+def convert(adapter: Path, base: Path, out: Path, *extra: str) -> None:
+    argv = ["convert", str(adapter), "--base", str(base), "-o", str(out), "--outtype", "f32", "-q", *extra]
+    assert cli(argv) == 0
+    assert out.exists()
+
+
+def check_parity(base_path: Path, lora: Path, want, base_logits, rtol: float = PARITY_RTOL) -> float:
+    assert rel_err(want, base_logits) > MIN_EFFECT, "the adapter barely changes the logits"
+    got = llama_logits(base_path, TOKENS, lora_path=lora)
+    err = rel_err(got, want)
+    assert err <= rtol, f"llama.cpp vs PEFT relative error {err:.2e} > {rtol:g}"
+    return err
+
+
+@pytest.mark.parametrize("config", CONFIG_NAMES)
+@pytest.mark.parametrize("case", CASES)
+def test_peft_parity(tiny, case, config, tmp_path):
+    t = tiny(case)
+    n_layers = t.model.config.num_hidden_layers
+    cfg, storage = _configs(case, n_layers)[config]
+    ref = make_peft_adapter(t.model, tmp_path / "adapter", cfg, storage=storage)
+    out = tmp_path / "adapter.gguf"
+    convert(tmp_path / "adapter", t.base_path, out)
+    err = check_parity(t.base_path, out, peft_logits(ref, TOKENS), hf_logits(t.model, TOKENS))
+    print(f"parity {case}/{config}: {err:.3e}")
+
+
+def test_lm_head_lora_on_untied_base(tiny, tmp_path):
+    t = tiny("llama2")
+    assert not t.model.config.tie_word_embeddings
+    ref = make_peft_adapter(t.model, tmp_path / "a", dict(r=8, lora_alpha=16, target_modules=["q_proj", "lm_head"]))
+    convert(tmp_path / "a", t.base_path, tmp_path / "a.gguf")
+    check_parity(t.base_path, tmp_path / "a.gguf", peft_logits(ref, TOKENS), hf_logits(t.model, TOKENS))
+
+
+def test_gemma3_embedding_lora_saved_by_old_peft(tiny, tmp_path):
+    """Before PEFT 0.18 the Gemma3 embedding delta was not multiplied by sqrt(hidden).
+
+    An old-PEFT adapter whose B is sqrt(hidden) times larger computes what the new
+    one does, so its conversion must match the new PEFT reference.
+    """
+    t = tiny("gemma3")
+    ad = tmp_path / "a"
+    ref = make_peft_adapter(t.model, ad, dict(r=8, lora_alpha=16, target_modules=["embed_tokens", "q_proj"]))
+    factor = math.sqrt(t.model.config.hidden_size)
+    edit_adapter(ad, lambda d: {k: (v * factor if "lora_embedding_B" in k else v) for k, v in d.items()})
+    edit_config(ad, peft_version="0.17.1")
+    convert(ad, t.base_path, tmp_path / "a.gguf")
+    check_parity(t.base_path, tmp_path / "a.gguf", peft_logits(ref, TOKENS), hf_logits(t.model, TOKENS))
+
+
+@pytest.mark.parametrize("case", ["llama2", "gemma3", "phi3", "qwen2"])
+def test_mlx_parity(tiny, case, tmp_path):
+    t = tiny(case)
+    keys = ["self_attn.qkv_proj", "mlp.down_proj"] if case == "phi3" else ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj"]
+    ref = make_mlx_adapter(t.model, tmp_path / "mlx", keys, rank=8, scale=4.0, num_layers=2)
+    convert(tmp_path / "mlx", t.base_path, tmp_path / "mlx.gguf")
+    err = check_parity(t.base_path, tmp_path / "mlx.gguf", hf_logits(ref, TOKENS), hf_logits(t.model, TOKENS))
+    print(f"parity mlx {case}: {err:.3e}")
+
+
+@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
+def test_outtypes(tiny, outtype, tmp_path):
+    t = tiny("llama3")
+    ref = make_peft_adapter(t.model, tmp_path / "a", dict(r=32, lora_alpha=16, target_modules="all-linear"))
+    out = tmp_path / "a.gguf"
+    convert(tmp_path / "a", t.base_path, out, "--outtype", outtype)
+    err = check_parity(t.base_path, out, peft_logits(ref, TOKENS), hf_logits(t.model, TOKENS), OUTTYPE_RTOL[outtype])
+    print(f"parity outtype {outtype}: {err:.3e}")
