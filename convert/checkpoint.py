@@ -52,8 +52,6 @@ class Checkpoint:
     #: alpha to write as adapter.lora.alpha
     alpha: float
     provenance: dict[str, Any] = field(default_factory=dict)
-    #: PEFT version that saved it, as a tuple, when the config says
-    peft_version: tuple[int, ...] | None = None
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -93,7 +91,7 @@ def _load_config(p: Path) -> dict[str, Any]:
 # "…lora_embedding_A[.<adapter>]"; the adapter segment appears in some raw saves.
 _PEFT_KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
-    r"(?:\.(?P<adapter>[A-Za-z_][\w-]*))?(?P<suffix>\.weight|\.bias)?$"
+    r"(?:\.(?!weight$|bias$)(?P<adapter>[A-Za-z_][\w-]*))?(?P<suffix>\.weight|\.bias)?$"
 )
 
 
@@ -124,7 +122,6 @@ def _read_peft(p: Path) -> Checkpoint:
     modules = _pair_up(pairs, cfg, problems)
     if problems:
         raise ConversionError(f"{p}: cannot convert this PEFT adapter", problems)
-    version = peft_config.parse_version(cfg.get("peft_version"))
     return Checkpoint(
         path=p,
         format="peft",
@@ -139,13 +136,18 @@ def _read_peft(p: Path) -> Checkpoint:
             "weights_dtypes": ",".join(dtypes),
             "peft_version": cfg.get("peft_version") or "",
         },
-        peft_version=version,
     )
 
 
 def _classify_non_lora(name: str) -> str:
     if "lora_magnitude_vector" in name:
         return f"{name}: DoRA (use_dora=True) is not supported: llama.cpp has no magnitude vector"
+    if ".base_layer." in name and name.endswith(".weight"):
+        return (
+            f"{name}: a saved embedding layer (PEFT's save_embedding_layers, on by default when embeddings "
+            "are targeted); a llama.cpp adapter cannot carry full weights. If the vocabulary was not "
+            "resized, re-save with save_pretrained(..., save_embedding_layers=False)"
+        )
     if "modules_to_save" in name or name.endswith(".weight"):
         return (
             f"{name}: a full weight (modules_to_save or a saved embedding layer); llama.cpp adapters "
@@ -171,14 +173,13 @@ def _pair_up(
             problems.append(f"{have}: lora_{missing} is missing for module {module}")
             continue
         (a_name, a), (b_name, b) = sides["A"], sides["B"]
-        if embedding:
-            # PEFT stores lora_embedding_A as (r, vocab) and lora_embedding_B as (hidden, r)
-            pass
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             problems.append(
                 f"{module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not form a rank-r pair"
             )
             continue
+        if not peft_config.has_valid_rank_alpha(cfg):
+            continue  # already reported; pairing problems are still collected
         r_cfg, alpha = peft_config.rank_and_alpha(cfg, module)
         if a.shape[0] != r_cfg:
             problems.append(f"{module}: tensor rank {a.shape[0]} differs from the configured rank {r_cfg}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 from gguf import MODEL_TENSOR, Keys
 
 from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
-from edge_lora.gguf_file import EdgeLoraKeys, GGUFInfo, read_gguf
+from edge_lora.gguf_file import OUTPUT_TENSOR, EdgeLoraKeys, read_gguf
 
 from . import __version__
 from .checkpoint import Checkpoint, LoraModule, read_checkpoint
@@ -206,6 +205,12 @@ def _target(
                 f"{mod.module}: layer {idx} is outside the last num_layers={n} of {shape.n_layers} layers"
             )
             return None
+    if mod.kind == "embedding" and shape.tensors is not None and OUTPUT_TENSOR not in shape.tensors:
+        problems.append(
+            f"{mod.module}: embedding LoRA on a base whose output shares the token embedding (tied weights): "
+            "llama.cpp would apply it to the output layer too, where PEFT does not"
+        )
+        return None
     if mod.kind == "embedding" and found[0] != MODEL_TENSOR.TOKEN_EMBD:
         problems.append(f"{mod.module}: embedding LoRA on a module that is not the token embedding")
         return None
@@ -230,8 +235,6 @@ def _factors(
             )
             return None, None
     fold = b_fold_factor(mod.scale, ckpt.alpha, mod.rank)
-    if embedding:
-        fold *= _embedding_fold(ckpt, shape, mod, problems)
     b = (mod.b.astype(np.float64) * fold).astype(np.float32) if fold != 1.0 else mod.b
     transform = row_transform(shape.spec, ttype, shape.n_head, shape.n_head_kv)
     if transform is not None:
@@ -241,22 +244,6 @@ def _factors(
         return None, None
     a = mod.a.T if embedding else mod.a  # llama.cpp gathers token_embd's A by rows
     return np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32)
-
-
-def _embedding_fold(ckpt: Checkpoint, shape: BaseShape, mod: LoraModule, problems: list[str]) -> float:
-    before = shape.spec.peft_unscaled_embedding_before
-    if ckpt.format != "peft" or before is None:
-        return 1.0
-    if ckpt.peft_version is None:
-        problems.append(
-            f"{mod.module}: embedding LoRA on {shape.spec.name} was scaled differently before PEFT "
-            f"{'.'.join(map(str, before))}; the config has no peft_version to tell which applies"
-        )
-        return 1.0
-    if ckpt.peft_version >= before:
-        return 1.0
-    n_embd = shape.n_embd or mod.b.shape[0]
-    return 1.0 / math.sqrt(n_embd)  # llama.cpp scales the delta by sqrt(n_embd), old PEFT did not
 
 
 def _provenance(ckpt: Checkpoint, shape: BaseShape) -> dict[str, object]:

@@ -49,6 +49,14 @@ def config_problems(cfg: dict[str, Any]) -> list[str]:
     return problems
 
 
+def has_valid_rank_alpha(cfg: dict[str, Any]) -> bool:
+    r, alpha = cfg.get("r"), cfg.get("lora_alpha")
+    valid_r = isinstance(r, int) and not isinstance(r, bool) and r > 0
+    valid_alpha = isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+    patterns_ok = all(isinstance(cfg.get(k) or {}, dict) for k in ("rank_pattern", "alpha_pattern"))
+    return valid_r and valid_alpha and patterns_ok
+
+
 def _pattern_key(patterns: dict[str, Any], key: str) -> str | None:
     for pat in patterns:
         if re.match(rf"(.*\.)?({pat})$", key):
@@ -116,13 +124,3 @@ def targets_text(cfg: dict[str, Any]) -> str:
     if targets is None:
         return ""
     return targets if isinstance(targets, str) else ",".join(sorted(targets))
-
-
-def parse_version(text: Any) -> tuple[int, ...] | None:
-    """``"0.18.1.dev0@abc"`` -> ``(0, 18, 1)``; None when absent or unparsable."""
-    if not isinstance(text, str):
-        return None
-    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
-    if not m:
-        return None
-    return tuple(int(x) for x in m.groups(default="0"))

@@ -28,10 +28,6 @@ class ArchSpec:
     hf_model_types: tuple[str, ...]
     #: llama.cpp's base converter permutes Q/K rows for GPT-J style rope (LlamaModel.permute)
     permute_qk: bool = False
-    #: PEFT versions before this one added the LoRA embedding delta *unscaled* while the
-    #: model scales its embedding inside the embedding module (Gemma3TextScaledWordEmbedding);
-    #: llama.cpp scales the delta by sqrt(n_embd), so such deltas get 1/sqrt(n_embd) folded in.
-    peft_unscaled_embedding_before: tuple[int, int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -45,7 +41,7 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec(MODEL_ARCH.QWEN2, ("qwen2",)),
         ArchSpec(MODEL_ARCH.QWEN3, ("qwen3",)),
         ArchSpec(MODEL_ARCH.GEMMA2, ("gemma2",)),
-        ArchSpec(MODEL_ARCH.GEMMA3, ("gemma3", "gemma3_text"), peft_unscaled_embedding_before=(0, 18, 0)),
+        ArchSpec(MODEL_ARCH.GEMMA3, ("gemma3", "gemma3_text")),
         ArchSpec(MODEL_ARCH.PHI3, ("phi3",)),
     )
 }

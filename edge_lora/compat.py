@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gguf import Keys
 
-from .gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, GGUFInfo
+from .gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo
 
 
 def lora_pairs(adapter: GGUFInfo) -> tuple[dict[str, dict[str, tuple[int, ...]]], list[str]]:
@@ -55,6 +55,13 @@ def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None) -> list[str]:
         if set(ab) != {"a", "b"}:
             continue
         problems += _shape_problems(name, ab["a"], ab["b"], base)
+    if TOKEN_EMBD_TENSOR in pairs and OUTPUT_TENSOR not in base.tensors:
+        # the tied output *is* token_embd in llama.cpp: its LoRA would hit the output matmul
+        # with the embedding layout and abort the process
+        problems.append(
+            f"{TOKEN_EMBD_TENSOR}: embedding LoRA on a base whose output shares the token embedding "
+            "(llama.cpp would apply it to the output layer and abort)"
+        )
     return problems
 
 
@@ -65,7 +72,7 @@ def _shape_problems(name: str, a: tuple[int, ...], b: tuple[int, ...], base: GGU
     if len(a) != 2 or len(b) != 2 or len(w.shape) != 2:
         return [f"{name}: expected 2-D factors and weight, found a{a} b{b} weight{w.shape}"]
     # numpy order; llama-adapter.cpp's checks, transposed
-    if name.startswith("token_embd."):
+    if name == TOKEN_EMBD_TENSOR:
         ok = w.shape[1] == b[0] and w.shape[0] == a[0] and a[1] == b[1]
     else:
         ok = w.shape[1] == a[1] and w.shape[0] == b[0] and a[0] == b[1]

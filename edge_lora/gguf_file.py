@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, Keys
+from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFReader, GGUFValueType, Keys
 from gguf.constants import GGML_QUANT_SIZES, GGUF_MAGIC
 
 from .errors import GGUFFileError
@@ -21,6 +21,8 @@ from .errors import GGUFFileError
 LORA_A_SUFFIX = ".lora_a"
 LORA_B_SUFFIX = ".lora_b"
 WEIGHT_SUFFIX = ".weight"
+OUTPUT_TENSOR = TENSOR_NAMES[MODEL_TENSOR.OUTPUT] + WEIGHT_SUFFIX
+TOKEN_EMBD_TENSOR = TENSOR_NAMES[MODEL_TENSOR.TOKEN_EMBD] + WEIGHT_SUFFIX
 
 #: string arrays longer than this (token lists) are kept as their length only
 _MAX_ARRAY_KEEP = 256

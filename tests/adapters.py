@@ -58,7 +58,8 @@ def make_peft_adapter(
     if storage == "bf16":
         round_lora_to_bf16(model)
     model.eval()
-    model.save_pretrained(out_dir, safe_serialization=storage != "bin")
+    # the vocabulary is not resized, so the embedding base layer need not be saved
+    model.save_pretrained(out_dir, safe_serialization=storage != "bin", save_embedding_layers=False)
     if storage == "bf16":
         path = out_dir / "adapter_model.safetensors"
         tensors = {k: v.to(torch.bfloat16) for k, v in load_file(path).items()}

@@ -6,14 +6,15 @@ Each adapter is converted through the CLI and loaded with llama-cpp-python's pla
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
-from adapters import edit_adapter, edit_config, linear_names, make_mlx_adapter, make_peft_adapter, peft_logits
+from adapters import linear_names, make_mlx_adapter, make_peft_adapter, peft_logits
 from tiny_models import CASES, TOKENS, hf_logits, llama_logits, rel_err
 
 from edge_lora.cli import main as cli
+from edge_lora.errors import ConversionError
+from edge_lora_convert import convert as convert_api
 
 #: llama.cpp (f32 base, f32 adapter) against PEFT: relative Frobenius error over all positions
 PARITY_RTOL = 1e-3
@@ -64,10 +65,17 @@ def check_parity(base_path: Path, lora: Path, want, base_logits, rtol: float = P
     return err
 
 
-@pytest.mark.parametrize("config", CONFIG_NAMES)
-@pytest.mark.parametrize("case", CASES)
+#: cases whose lm_head is tied to the token embedding (llama.cpp shares one tensor)
+TIED = ["llama3", "qwen2", "gemma2", "gemma3"]
+
+
+@pytest.mark.parametrize(
+    "case,config",
+    [(c, k) for c in CASES for k in CONFIG_NAMES if not (k == "embedding" and c in TIED)],
+)
 def test_peft_parity(tiny, case, config, tmp_path):
     t = tiny(case)
+    assert t.model.config.tie_word_embeddings == (case in TIED)
     n_layers = t.model.config.num_hidden_layers
     cfg, storage = _configs(case, n_layers)[config]
     ref = make_peft_adapter(t.model, tmp_path / "adapter", cfg, storage=storage)
@@ -85,20 +93,17 @@ def test_lm_head_lora_on_untied_base(tiny, tmp_path):
     check_parity(t.base_path, tmp_path / "a.gguf", peft_logits(ref, TOKENS), hf_logits(t.model, TOKENS))
 
 
-def test_gemma3_embedding_lora_saved_by_old_peft(tiny, tmp_path):
-    """Before PEFT 0.18 the Gemma3 embedding delta was not multiplied by sqrt(hidden).
-
-    An old-PEFT adapter whose B is sqrt(hidden) times larger computes what the new
-    one does, so its conversion must match the new PEFT reference.
-    """
-    t = tiny("gemma3")
-    ad = tmp_path / "a"
-    ref = make_peft_adapter(t.model, ad, dict(r=8, lora_alpha=16, target_modules=["embed_tokens", "q_proj"]))
-    factor = math.sqrt(t.model.config.hidden_size)
-    edit_adapter(ad, lambda d: {k: (v * factor if "lora_embedding_B" in k else v) for k, v in d.items()})
-    edit_config(ad, peft_version="0.17.1")
-    convert(ad, t.base_path, tmp_path / "a.gguf")
-    check_parity(t.base_path, tmp_path / "a.gguf", peft_logits(ref, TOKENS), hf_logits(t.model, TOKENS))
+@pytest.mark.parametrize("case", TIED)
+def test_embedding_lora_on_tied_base_refused(tiny, case, tmp_path):
+    """With tied weights llama.cpp's output layer *is* token_embd: an embedding LoRA would
+    be applied there too (and abort on the shape), where PEFT applies it to the input only."""
+    t = tiny(case)
+    assert t.model.config.tie_word_embeddings
+    make_peft_adapter(t.model, tmp_path / "a", dict(r=8, lora_alpha=16, target_modules=["embed_tokens", "q_proj"]))
+    with pytest.raises(ConversionError, match="output shares the token embedding") as err:
+        convert_api(tmp_path / "a", base=t.base_path, out=tmp_path / "a.gguf")
+    assert "embed_tokens" in str(err.value)
+    assert not (tmp_path / "a.gguf").exists()
 
 
 @pytest.mark.parametrize("case", ["llama2", "gemma3", "phi3", "qwen2"])

@@ -163,7 +163,7 @@ def test_unchecked_arch_conversion(tiny, tmp_path):
     """--arch without --base converts (qwen2 needs no head counts) and says it is unchecked."""
     t = tiny("qwen2")
     ref = make_peft_adapter(t.model, tmp_path / "a", dict(r=8, lora_alpha=16, target_modules="all-linear"))
-    proc = run_convert(tmp_path / "a", None, tmp_path / "o.gguf", "--arch", "qwen2")
+    proc = run_convert(tmp_path / "a", None, tmp_path / "o.gguf", "--arch", "qwen2", "--outtype", "f32")
     assert proc.returncode == 0, proc.stderr
     assert "unchecked" in proc.stderr
     got = llama_logits(t.base_path, TOKENS, lora_path=tmp_path / "o.gguf")

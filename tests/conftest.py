@@ -1,0 +1,29 @@
+"""Shared fixtures: each tiny case's model and GGUF base, built once per session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tiny_models import TinyCase, make_tiny_model, write_gguf_base
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyCase]:
+    """``tiny(case)`` -> the cached :class:`TinyCase` for ``case`` (see ``tiny_models.CASES``).
+
+    The model is shared by every test in the session: wrap ``fresh_model()``, not
+    ``model``, when building a PEFT adapter.
+    """
+    cache: dict[str, TinyCase] = {}
+
+    def get(case: str) -> TinyCase:
+        if case not in cache:
+            model = make_tiny_model(case)
+            base_path = tmp_path_factory.mktemp(f"tiny-{case}") / "base-f32.gguf"
+            write_gguf_base(model, base_path)
+            cache[case] = TinyCase(case, model, base_path)
+        return cache[case]
+
+    return get

@@ -1,0 +1,384 @@
+"""Offline test fixtures: tiny random transformers models and their f32 GGUF bases.
+
+Each case builds a few-layer random model with transformers and writes the GGUF base
+llama.cpp would get from ``convert_hf_to_gguf.py`` (same metadata, tensor names and
+base-weight transforms), so parity tests can compare llama.cpp's logits with
+transformers' logits without downloading anything.
+
+Tensor names and the Q/K row permutation come from the project's name table
+(``edge_lora_convert.table``), so a wrong table entry fails the base parity test
+before it can hide inside an adapter test. Base-only transforms that the LoRA
+converter never needs (Gemma's RMSNorm "+1", generated ``rope_freqs``) live here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+import transformers
+from gguf import GGUFWriter, MODEL_TENSOR, TokenType
+
+from edge_lora_convert.table import ArchSpec, arch_spec, gguf_tensor_for, row_transform
+
+CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
+
+#: 3 specials + 256 byte tokens (llama.cpp's SPM vocab looks up "<0x0A>") + a few plain ones
+VOCAB_SIZE = 320
+N_SPECIAL = 3
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+#: ids chosen clear of the special tokens; repeats make position effects visible
+TOKENS: list[int] = [37, 251, 119, 8, 300, 77, 77, 164, 12, 290, 55, 203, 141, 99, 318, 37]
+
+#: llama.cpp context for the parity runs: room for TOKENS plus slack
+N_CTX = 64
+
+# sizes shared by every case; per-case overrides below
+_COMMON: dict[str, Any] = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+    bos_token_id=BOS_ID,
+    eos_token_id=EOS_ID,
+    pad_token_id=None,
+)
+
+
+@dataclass(frozen=True)
+class CaseDef:
+    """How to build one case's transformers model."""
+
+    config_cls: str
+    model_cls: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+_CASE_DEFS: dict[str, CaseDef] = {
+    # MHA with its own lm_head: adapter tests need a base with an output tensor
+    "llama2": CaseDef("LlamaConfig", "LlamaForCausalLM", dict(num_key_value_heads=4, head_dim=16)),
+    "llama3": CaseDef(
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            head_dim=16,
+            rope_theta=500000.0,
+            tie_word_embeddings=True,
+            # a short original context puts the 8 rope frequencies of head_dim 16 in
+            # all three llama3 regimes (unscaled, smoothed, scaled by factor)
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=32.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            ),
+        ),
+    ),
+    "mistral": CaseDef("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, head_dim=16, sliding_window=None)),
+    "qwen2": CaseDef("Qwen2Config", "Qwen2ForCausalLM", dict(num_key_value_heads=2, tie_word_embeddings=True)),
+    # head_dim * n_head != hidden_size, as in real Qwen3: exercises key/value length
+    "qwen3": CaseDef("Qwen3Config", "Qwen3ForCausalLM", dict(num_key_value_heads=2, head_dim=32)),
+    "gemma2": CaseDef(
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        dict(
+            num_key_value_heads=2,
+            head_dim=32,
+            # llama.cpp scales queries by 1/sqrt(head_dim) for all but the 27B model
+            query_pre_attn_scalar=32,
+            sliding_window=512,
+            # smaller than Gemma's 50/30 so the tanh caps actually bend these logits
+            attn_logit_softcapping=10.0,
+            final_logit_softcapping=5.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "gemma3": CaseDef(
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(
+            # 6 layers: layers 0-4 slide, layer 5 is global (llama.cpp's pattern of 6)
+            num_hidden_layers=6,
+            num_key_value_heads=1,
+            head_dim=32,
+            query_pre_attn_scalar=32,
+            sliding_window=512,
+            # Gemma 3's 10000 equals llama.cpp's default local base, which would let a
+            # missing rope_freq_base_swa key pass unnoticed
+            rope_local_base_freq=20000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "phi3": CaseDef(
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        dict(num_key_value_heads=4, sliding_window=None, rope_scaling=None, original_max_position_embeddings=256),
+    ),
+}
+
+
+def make_tiny_model(case: str, seed: int = 0) -> transformers.PreTrainedModel:
+    """A tiny float32 eval-mode model with random (non-default) weights."""
+    spec = _CASE_DEFS[case]
+    config_cls = getattr(transformers, spec.config_cls)
+    model_cls = getattr(transformers, spec.model_cls)
+    # eager: sdpa would silently drop Gemma 2's attention softcap
+    config = config_cls(**{**_COMMON, **spec.overrides}, attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = model_cls(config).to(torch.float32)
+    _randomize(model, seed)
+    return model.eval()
+
+
+def _randomize(model: transformers.PreTrainedModel, seed: int) -> None:
+    """Replace default init so every tensor matters to the logits.
+
+    Default init leaves norms at 1 (or 0 for Gemma) and biases at 0, which would hide
+    a dropped norm, a missing Gemma "+1" or a bias mapped to the wrong tensor, and
+    its std of 0.02 gives nearly flat logits.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    # Gemma's RMSNorm multiplies by (1 + weight): its neutral weight is 0, not 1
+    norm_center = 0.0 if model.config.model_type.startswith("gemma") else 1.0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+            if name.endswith("norm.weight"):
+                param.copy_(norm_center + 0.2 * noise)
+            elif name.endswith(".bias"):
+                param.copy_(0.1 * noise)
+            else:
+                # unit-variance outputs for unit-variance inputs (fan-in is the last axis)
+                param.copy_(noise / math.sqrt(param.shape[-1]))
+
+
+def hf_logits(model: transformers.PreTrainedModel, token_ids: Sequence[int]) -> np.ndarray:
+    """transformers' logits, ``[n_tokens, n_vocab]`` float32."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([list(token_ids)], dtype=torch.long))
+    return out.logits[0].to(torch.float32).numpy()
+
+
+def llama_logits(
+    base_path: str | Path,
+    token_ids: Sequence[int],
+    lora_path: str | Path | None = None,
+    lora_scale: float = 1.0,
+) -> np.ndarray:
+    """llama.cpp's logits for ``token_ids`` (no BOS added), ``[n_tokens, n_vocab]`` float32."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(base_path),
+        lora_path=None if lora_path is None else str(lora_path),
+        lora_scale=lora_scale,
+        logits_all=True,
+        n_ctx=max(N_CTX, len(token_ids)),
+        n_threads=2,
+        # an f16 KV cache alone costs ~1e-4 relative error; keep the comparison exact-ish
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+        verbose=False,
+    )
+    try:
+        llm.eval(list(token_ids))
+        return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """``||a - b||_F / ||b||_F``, computed in float64."""
+    a64 = np.asarray(a, dtype=np.float64)
+    b64 = np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a64 - b64) / np.linalg.norm(b64))
+
+
+@dataclass(frozen=True)
+class TinyCase:
+    """One architecture case: its transformers model and the f32 GGUF base written from it."""
+
+    case: str
+    model: transformers.PreTrainedModel
+    base_path: Path
+
+    def fresh_model(self) -> transformers.PreTrainedModel:
+        """A private copy of ``model``.
+
+        PEFT's ``get_peft_model`` injects LoRA layers into the model it is given, so a
+        test that wrapped the shared ``model`` would change it for every later test.
+        """
+        return copy.deepcopy(self.model)
+
+
+# --- GGUF base writing --------------------------------------------------------------
+
+
+def head_dim_of(config: transformers.PretrainedConfig) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _n_head_kv(config: transformers.PretrainedConfig) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
+def _spec_for(config: transformers.PretrainedConfig) -> ArchSpec:
+    spec = arch_spec(config.model_type)
+    if spec is None:
+        raise ValueError(f"no GGUF arch for model_type {config.model_type!r}")
+    return spec
+
+
+def write_gguf_base(model: transformers.PreTrainedModel, path: str | Path) -> None:
+    """Write ``model`` as an all-f32 GGUF base that llama.cpp loads."""
+    config = model.config
+    spec = _spec_for(config)
+    writer = GGUFWriter(str(path), spec.name)
+    _write_hparams(writer, config, spec)
+    _write_vocab(writer, config.vocab_size)
+    for name, data in _base_tensors(model, spec):
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _write_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig, spec: ArchSpec) -> None:
+    """Hyperparameters every supported arch reads (TextModel.set_gguf_parameters), then per-arch extras."""
+    head_dim = head_dim_of(config)
+    # the name must not contain "phi3": llama.cpp then edits attributes of Phi-3's
+    # special tokens by text and fails on a vocab without "<|endoftext|>"
+    writer.add_name("edge-lora tiny test model")
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(_n_head_kv(config))
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_theta)
+    rotary = getattr(config, "partial_rotary_factor", None) or 1.0
+    writer.add_rope_dimension_count(int(head_dim * rotary))
+    _ARCH_HPARAMS.get(spec.arch, lambda w, c: None)(writer, config)
+
+
+def _gemma2_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig) -> None:
+    writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+    writer.add_final_logit_softcapping(config.final_logit_softcapping)
+    writer.add_sliding_window(config.sliding_window)
+
+
+def _gemma3_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig) -> None:
+    # without a sliding window llama.cpp builds Gemma3 with full attention everywhere
+    # and a single rope base; the local layers use rope_local_base_freq
+    writer.add_sliding_window(config.sliding_window)
+    writer.add_rope_freq_base_swa(config.rope_local_base_freq)
+    if config.final_logit_softcapping:
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+
+
+def _phi3_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig) -> None:
+    writer.add_rope_scaling_orig_ctx_len(config.original_max_position_embeddings)
+    # 0 marks "no sliding window" (Phi-4); convert_hf_to_gguf always writes the key
+    writer.add_sliding_window(config.sliding_window or 0)
+
+
+_ARCH_HPARAMS: dict[gguf.MODEL_ARCH, Callable[[GGUFWriter, transformers.PretrainedConfig], None]] = {
+    gguf.MODEL_ARCH.GEMMA2: _gemma2_hparams,
+    gguf.MODEL_ARCH.GEMMA3: _gemma3_hparams,
+    gguf.MODEL_ARCH.PHI3: _phi3_hparams,
+}
+
+
+def _write_vocab(writer: GGUFWriter, vocab_size: int) -> None:
+    """A synthetic SentencePiece ("llama") vocab of exactly ``vocab_size`` tokens.
+
+    Tests feed token ids directly; the vocab only has to load. llama.cpp looks up the
+    byte token "<0x0A>" for SPM vocabularies, so all 256 byte tokens are included.
+    """
+    n_plain = vocab_size - N_SPECIAL - 256
+    if n_plain < 0:
+        raise ValueError(f"vocab_size {vocab_size} < {N_SPECIAL + 256}")
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"tok{i}" for i in range(n_plain)]
+    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256 + [TokenType.NORMAL] * n_plain
+    scores = [0.0] * (N_SPECIAL + 256) + [-float(i) for i in range(n_plain)]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(UNK_ID)
+    writer.add_bos_token_id(BOS_ID)
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_add_bos_token(False)
+
+
+def _base_tensors(model: transformers.PreTrainedModel, spec: ArchSpec) -> Iterator[tuple[str, np.ndarray]]:
+    """(GGUF name, f32 array) for every parameter, transformed as the base converter does."""
+    config = model.config
+    n_layers = config.num_hidden_layers
+    # named_parameters() drops the tied lm_head alias, so a tied model gets no output tensor
+    for hf_name, param in model.named_parameters():
+        module, _, kind = hf_name.rpartition(".")
+        found = gguf_tensor_for(spec, module, n_layers)
+        if found is None:
+            raise KeyError(f"{spec.name}: no GGUF tensor for {hf_name}")
+        ttype, gguf_name = found
+        if kind != "weight":
+            gguf_name = gguf_name.removesuffix(".weight") + f".{kind}"
+        data = param.detach().to(torch.float32).numpy().copy()
+        permute = row_transform(spec, ttype, config.num_attention_heads, _n_head_kv(config))
+        if permute is not None:
+            data = permute(data)
+        if spec.arch in _NORM_PLUS_ONE_ARCHS and hf_name.endswith("norm.weight"):
+            data = data + 1.0
+        yield gguf_name, np.ascontiguousarray(data, dtype=np.float32)
+    yield from _extra_tensors(config)
+
+
+#: Gemma RMSNorm computes x * (1 + w); llama.cpp multiplies by the stored weight
+_NORM_PLUS_ONE_ARCHS = frozenset({gguf.MODEL_ARCH.GEMMA2, gguf.MODEL_ARCH.GEMMA3})
+
+
+def _extra_tensors(config: transformers.PretrainedConfig) -> Iterator[tuple[str, np.ndarray]]:
+    rope = getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type")) == "llama3":
+        name = gguf.TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        yield name, llama3_rope_factors(head_dim_of(config), config.rope_theta, rope)
+
+
+def llama3_rope_factors(head_dim: int, theta: float, rope: dict[str, Any]) -> np.ndarray:
+    """Per-frequency divisors llama.cpp applies (LlamaModel.generate_extra_tensors)."""
+    freqs = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    factor = rope["factor"]
+    low, high = rope["low_freq_factor"], rope["high_freq_factor"]
+    old_ctx = rope["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
