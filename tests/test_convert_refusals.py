@@ -181,3 +181,41 @@ def test_unsupported_arch_refused(tmp_path, llama2):
     make_peft_adapter(llama2.model, tmp_path / "a", dict(r=4, lora_alpha=8, target_modules=["q_proj"]))
     proc = run_convert(tmp_path / "a", None, tmp_path / "o.gguf", "--arch", "falcon")
     assert_refused(proc, tmp_path / "o.gguf", "not supported", "gemma3")
+
+
+def _run_on_tty(argv: list[str]) -> str:
+    """Run with stderr on a pseudo-terminal; return what was written there."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    # a terminal of 24x100: a fresh pty is 0x0, where tqdm draws nothing
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(master)
+    assert proc.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal(llama2, tmp_path):
+    make_peft_adapter(llama2.model, tmp_path / "a", dict(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    base = [sys.executable, "-m", "edge_lora.cli", "convert", str(tmp_path / "a"), "--base", str(llama2.base_path)]
+    shown = _run_on_tty(base + ["-o", str(tmp_path / "1.gguf")])
+    assert "%|" in shown  # tqdm's bar
+    assert "%|" not in _run_on_tty(base + ["-o", str(tmp_path / "2.gguf"), "--quiet"])
+    piped = subprocess.run(base + ["-o", str(tmp_path / "3.gguf")], capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "%|" not in piped.stderr
