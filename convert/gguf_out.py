@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +61,10 @@ def write_adapter(
         writer.add_float32(Keys.Adapter.LORA_ALPHA, float(alpha))
         for key, value in metadata.items():
             _add_value(writer, key, value)
-        for t in tensors:
-            data, qtype, note = encode(t.data, outtype)
+        # numpy's casts release the GIL: encode tensors on every core
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            encoded = list(pool.map(lambda t: encode(t.data, outtype), tensors))
+        for t, (data, qtype, note) in zip(tensors, encoded):
             if note:
                 notes.append(f"{t.name}: {note}")
             writer.add_tensor(t.name, data, raw_dtype=qtype if qtype not in _NATIVE else None)

@@ -30,6 +30,7 @@ def test_base_logits_match_transformers(tiny: Callable[[str], TinyCase], case: s
     assert got.shape == expected.shape == (len(TOKENS), fixture.model.config.vocab_size)
     err = rel_err(got, expected)
     assert err <= BASE_REL_TOL, f"{case}: relative logit error {err:.2e} > {BASE_REL_TOL:.0e}"
+    print(f"parity {case}/base: {err:.3e}")
 
 
 @pytest.mark.parametrize("case", CASES)
