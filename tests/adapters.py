@@ -36,11 +36,12 @@ def randomize_lora(model: torch.nn.Module, seed: int, b_std: float = 0.5) -> Non
             p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-def round_lora_to_bf16(model: torch.nn.Module) -> None:
+def round_lora_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Round the factors to the storage dtype, so the float32 reference uses the stored values."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:
-                p.copy_(p.to(torch.bfloat16).to(torch.float32))
+                p.copy_(p.to(dtype).to(torch.float32))
 
 
 def make_peft_adapter(
@@ -49,20 +50,21 @@ def make_peft_adapter(
     config: dict[str, Any],
     *,
     seed: int = 1,
-    storage: str = "safetensors",  # or "bin" or "bf16"
+    storage: str = "safetensors",  # or "bin", "bf16", "f16"
 ) -> torch.nn.Module:
     """Save a PEFT adapter with random factors; return the PEFT model (the reference)."""
     cfg = LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, **config)
     model = get_peft_model(copy.deepcopy(base_model), cfg)
     randomize_lora(model, seed)
-    if storage == "bf16":
-        round_lora_to_bf16(model)
+    if storage in ("bf16", "f16"):
+        round_lora_to(model, getattr(torch, {"bf16": "bfloat16", "f16": "float16"}[storage]))
     model.eval()
     # the vocabulary is not resized, so the embedding base layer need not be saved
     model.save_pretrained(out_dir, safe_serialization=storage != "bin", save_embedding_layers=False)
-    if storage == "bf16":
+    if storage in ("bf16", "f16"):
         path = out_dir / "adapter_model.safetensors"
-        tensors = {k: v.to(torch.bfloat16) for k, v in load_file(path).items()}
+        dtype = torch.bfloat16 if storage == "bf16" else torch.float16
+        tensors = {k: v.to(dtype) for k, v in load_file(path).items()}
         save_file(tensors, path, metadata={"format": "pt"})
     return model
 

@@ -125,3 +125,32 @@ def test_outtypes(tiny, outtype, tmp_path):
     convert(tmp_path / "a", t.base_path, out, "--outtype", outtype)
     err = check_parity(t.base_path, out, peft_logits(ref, TOKENS), hf_logits(t.model, TOKENS), OUTTYPE_RTOL[outtype])
     print(f"parity outtype {outtype}: {err:.3e}")
+
+
+#: on a Q8_0 base both sides carry the base's quantization error; the LoRA delta itself
+#: (adapter logits minus base logits, llama.cpp vs PEFT) must still agree this closely
+#: (measured 2.8e-2 to 2.9e-2; leaving out the Q/K permutation gives 0.68)
+QUANT_DELTA_RTOL = 5e-2
+
+
+@pytest.mark.parametrize("case", ["llama3", "gemma3"])
+def test_quantized_base(tiny, case, tmp_path):
+    """A quantized base is enough to convert against (shapes come from its tensor table)."""
+    from tiny_models import quantize_base
+
+    t = tiny(case)
+    qbase = quantize_base(t.base_path, tmp_path / "base-q8_0.gguf")
+    ref = make_peft_adapter(t.model, tmp_path / "a", dict(r=8, lora_alpha=16, target_modules="all-linear"))
+    convert(tmp_path / "a", qbase, tmp_path / "a.gguf")
+    want_delta = peft_logits(ref, TOKENS) - hf_logits(t.model, TOKENS)
+    got_delta = llama_logits(qbase, TOKENS, lora_path=tmp_path / "a.gguf") - llama_logits(qbase, TOKENS)
+    err = rel_err(got_delta, want_delta)
+    assert err <= QUANT_DELTA_RTOL, f"LoRA delta on the Q8_0 base: {err:.2e}"
+    print(f"parity q8_0-base {case}: {err:.3e}")
+
+
+def test_f16_safetensors_storage(tiny, tmp_path):
+    t = tiny("qwen3")
+    ref = make_peft_adapter(t.model, tmp_path / "a", dict(r=8, lora_alpha=16, target_modules="all-linear"), storage="f16")
+    convert(tmp_path / "a", t.base_path, tmp_path / "a.gguf")
+    check_parity(t.base_path, tmp_path / "a.gguf", peft_logits(ref, TOKENS), hf_logits(t.model, TOKENS))

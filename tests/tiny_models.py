@@ -382,3 +382,16 @@ def llama3_rope_factors(head_dim: int, theta: float, rope: dict[str, Any]) -> np
             smooth = (old_ctx / wavelen - low) / (high - low)
             out.append(1.0 / ((1 - smooth) / factor + smooth))
     return np.asarray(out, dtype=np.float32)
+
+
+def quantize_base(src: Path, dst: Path, ftype: int | None = None) -> Path:
+    """Quantize a GGUF base with llama.cpp's own quantizer (Q8_0 by default: hidden 64 fits its blocks)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0 if ftype is None else ftype
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc}) for {src}")
+    return dst
