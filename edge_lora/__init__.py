@@ -4,17 +4,36 @@ from __future__ import annotations
 
 from .errors import (
     CheckpointError,
+    ContextOverflowError,
     ConversionError,
     EdgeLoraError,
     GGUFFileError,
     IncompatibleAdapterError,
+    InvalidRequestError,
     MissingDependencyError,
+    NativeError,
     OutputExistsError,
+    UnknownAdapterError,
 )
+from .generate import Completion, SamplingParams, Timings
+from .registry import AdapterInfo
+from .runtime import Runtime, TextStream
+from .session import Session
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterInfo",
+    "Completion",
+    "ContextOverflowError",
+    "InvalidRequestError",
+    "NativeError",
+    "Runtime",
+    "SamplingParams",
+    "Session",
+    "TextStream",
+    "Timings",
+    "UnknownAdapterError",
     "CheckpointError",
     "ConversionError",
     "EdgeLoraError",

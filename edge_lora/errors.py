@@ -60,3 +60,31 @@ class MissingDependencyError(EdgeLoraError):
     """An optional dependency (an extra) is needed for this operation."""
 
     exit_code = 3
+
+
+class UnknownAdapterError(EdgeLoraError, KeyError):
+    """An adapter name that is not loaded; the message lists the loaded ones."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return EdgeLoraError.__str__(self)
+
+
+class InvalidRequestError(EdgeLoraError, ValueError):
+    """A bad argument to the runtime (unknown option, out-of-range value)."""
+
+    exit_code = 2
+
+
+class ContextOverflowError(InvalidRequestError):
+    """A prompt (plus what must be generated) does not fit the context window."""
+
+    def __init__(self, message: str, *, needed: int, n_ctx: int) -> None:
+        self.needed = needed
+        self.n_ctx = n_ctx
+        super().__init__(message)
+
+
+class NativeError(EdgeLoraError):
+    """llama.cpp reported a failure (decode, context creation)."""

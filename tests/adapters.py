@@ -124,3 +124,23 @@ def make_mlx_adapter(
     (out_dir / "adapter_config.json").write_text(json.dumps(cfg))
     ref.eval()
     return ref
+
+
+def peft_mix(base_model: torch.nn.Module, adapters: dict[str, tuple[Path, float]]) -> torch.nn.Module:
+    """transformers + PEFT with several saved adapters active at once, each at its own scale."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    names = list(adapters)
+    first = names[0]
+    model = PeftModel.from_pretrained(copy.deepcopy(base_model), adapters[first][0], adapter_name=first)
+    for name in names[1:]:
+        model.load_adapter(adapters[name][0], adapter_name=name)
+    model.base_model.set_adapter(names)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for name in names:
+                if name in module.scaling:
+                    module.scaling[name] *= adapters[name][1]
+    model.eval()
+    return model

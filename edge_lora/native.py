@@ -1,0 +1,267 @@
+"""The one module that calls llama.cpp (through llama-cpp-python's low-level bindings).
+
+Everything else in the runtime talks to these small wrappers. Native resources are
+freed explicitly (``close``) and never twice. Callers validate files in Python
+first (:mod:`edge_lora.gguf_file`, :mod:`edge_lora.compat`): llama.cpp aborts the
+process on some malformed inputs instead of returning an error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import llama_cpp as ll
+import numpy as np
+
+from .errors import ContextOverflowError, GGUFFileError, NativeError
+
+log = logging.getLogger(__name__)
+
+_init_lock = threading.Lock()
+_initialized = False
+
+KV_TYPES = {"f16": ll.GGML_TYPE_F16, "f32": ll.GGML_TYPE_F32, "q8_0": ll.GGML_TYPE_Q8_0}
+
+
+@ll.llama_log_callback
+def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 cont
+    msg = text.decode("utf-8", errors="replace").rstrip()
+    if msg:
+        log.log(logging.ERROR if level == 4 else logging.WARNING if level == 3 else logging.DEBUG, msg)
+
+
+def backend_init() -> None:
+    """Initialise llama.cpp once and route its log into Python's logging (off stderr)."""
+    global _initialized
+    with _init_lock:
+        if _initialized:
+            return
+        ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        ll.llama_backend_init()
+        _initialized = True
+
+
+class NativeModel:
+    """A loaded base model (weights memory-mapped) and its vocabulary."""
+
+    def __init__(self, path: str, *, n_gpu_layers: int = 0) -> None:
+        backend_init()
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.load_mode = ll.LLAMA_LOAD_MODE_MMAP  # keep mmap on: the base is shared, not copied
+        ptr = ll.llama_model_load_from_file(path.encode(), params)
+        if not ptr:
+            raise GGUFFileError(f"{path}: llama.cpp could not load this model (see the log for its reason)")
+        self.ptr = ptr
+        self.vocab = ll.llama_model_get_vocab(ptr)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(ll.llama_model_n_ctx_train(ptr))
+        self.bos = int(ll.llama_vocab_bos(self.vocab))
+        self.eos = int(ll.llama_vocab_eos(self.vocab))
+        self.add_bos = bool(ll.llama_vocab_get_add_bos(self.vocab))
+
+    def close(self) -> None:
+        if self.ptr:
+            ll.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            raise NativeError(f"tokenization failed ({n})")
+        return list(buf[:n])
+
+    def token_piece(self, token: int, *, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = ll.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self.vocab, token))
+
+    def token_text(self, token: int) -> str:
+        raw = ll.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def chat_template(self) -> str | None:
+        raw = ll.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+
+_serials = itertools.count(1)
+
+
+class NativeAdapter:
+    """A LoRA adapter loaded onto a model (freed before the model)."""
+
+    def __init__(self, model: NativeModel, path: str) -> None:
+        ptr = ll.llama_adapter_lora_init(model.ptr, path.encode())
+        if not ptr:
+            raise GGUFFileError(f"{path}: llama.cpp refused this adapter (see the log for its reason)")
+        self.ptr = ptr
+        self.serial = next(_serials)  # never reused, unlike id() or a freed pointer
+
+    def close(self) -> None:
+        if self.ptr:
+            ll.llama_adapter_lora_free(self.ptr)
+            self.ptr = None
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    n_ctx: int
+    n_batch: int
+    n_threads: int
+    kv_type: str = "f16"
+
+
+class NativeContext:
+    """One llama context (its own KV cache) over a shared model; not thread-safe by itself."""
+
+    def __init__(self, model: NativeModel, p: ContextParams) -> None:
+        params = ll.llama_context_default_params()
+        params.n_ctx = p.n_ctx
+        params.n_batch = p.n_batch
+        params.n_ubatch = min(p.n_batch, 512)
+        params.n_seq_max = 1
+        params.n_threads = p.n_threads
+        params.n_threads_batch = p.n_threads
+        params.type_k = params.type_v = KV_TYPES[p.kv_type]
+        params.swa_full = True  # keep the whole history so any prefix can be reused exactly
+        if p.kv_type == "f32":  # exact evaluation: the flash-attention CPU path accumulates in f16
+            params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        ptr = ll.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            raise NativeError("llama.cpp could not create a context (out of memory for this n_ctx?)")
+        self.ptr = ptr
+        self.model = model
+        self.n_ctx = int(ll.llama_n_ctx(ptr))
+        self.n_batch = p.n_batch
+        self.mem = ll.llama_get_memory(ptr)
+        self._adapters: tuple[tuple[int, float], ...] = ()
+
+    def close(self) -> None:
+        if self.ptr:
+            ll.llama_free(self.ptr)
+            self.ptr = None
+
+    # -- adapters --------------------------------------------------------------
+    def set_adapters(self, adapters: Sequence[tuple[NativeAdapter, float]]) -> None:
+        key = tuple((a.serial, float(s)) for a, s in adapters)
+        if key == self._adapters:
+            return
+        n = len(adapters)
+        arr = (ll.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.ptr for a, _ in adapters])
+        scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])
+        rc = ll.llama_set_adapters_lora(self.ptr, arr if n else None, n, scales if n else None)
+        if rc != 0:
+            raise NativeError(f"llama_set_adapters_lora failed ({rc})")
+        self._adapters = key
+
+    def holds_adapter(self, adapter: NativeAdapter) -> bool:
+        return any(serial == adapter.serial for serial, _ in self._adapters)
+
+    # -- KV memory ---------------------------------------------------------------
+    def clear(self) -> None:
+        ll.llama_memory_clear(self.mem, True)
+
+    def truncate(self, n_keep: int) -> bool:
+        """Drop KV positions >= n_keep; False when this memory cannot do a partial removal."""
+        return bool(ll.llama_memory_seq_rm(self.mem, 0, n_keep, -1))
+
+    def save_state(self) -> bytes:
+        size = ll.llama_state_seq_get_size(self.ptr, 0)
+        buf = (ctypes.c_uint8 * size)()
+        n = ll.llama_state_seq_get_data(self.ptr, buf, size, 0)
+        return bytes(buf[:n])
+
+    def load_state(self, data: bytes) -> bool:
+        self.clear()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return ll.llama_state_seq_set_data(self.ptr, buf, len(data), 0) == len(data)
+
+    # -- evaluation --------------------------------------------------------------
+    def decode(self, tokens: Sequence[int], start_pos: int, *, all_logits: bool = False) -> np.ndarray:
+        """Evaluate ``tokens`` at positions ``start_pos...``; return logits of the last token
+        (``[n_vocab]``) or of every token (``[len(tokens), n_vocab]``)."""
+        n_total = len(tokens)
+        if start_pos + n_total > self.n_ctx:
+            raise ContextOverflowError(
+                f"{start_pos + n_total} tokens do not fit the context of {self.n_ctx}", needed=start_pos + n_total, n_ctx=self.n_ctx
+            )
+        n_vocab = self.model.n_vocab
+        out = np.empty((n_total, n_vocab), dtype=np.float32) if all_logits else None
+        last = None
+        batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        try:
+            for off in range(0, n_total, self.n_batch):
+                chunk = tokens[off : off + self.n_batch]
+                batch.n_tokens = len(chunk)
+                for i, tok in enumerate(chunk):
+                    batch.token[i] = tok
+                    batch.pos[i] = start_pos + off + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = all_logits or (off + i == n_total - 1)
+                rc = ll.llama_decode(self.ptr, batch)
+                if rc != 0:
+                    raise NativeError(f"llama_decode failed ({rc})")
+                if all_logits:
+                    for i in range(len(chunk)):
+                        out[off + i] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), (n_vocab,))
+                elif off + len(chunk) == n_total:
+                    last = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, len(chunk) - 1), (n_vocab,)).copy()
+        finally:
+            ll.llama_batch_free(batch)
+        return out if all_logits else last
+
+
+class NativeSampler:
+    """A llama.cpp sampler chain (penalties, top-k, top-p, min-p, temperature, seed)."""
+
+    def __init__(self, model: NativeModel, *, temperature: float, top_k: int, top_p: float, min_p: float,
+                 repeat_penalty: float, repeat_last_n: int, seed: int) -> None:
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        self.ptr = chain
+        add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if repeat_penalty != 1.0:
+            add(ll.llama_sampler_init_penalties(model.n_vocab, repeat_last_n, repeat_penalty, 0.0, 0.0))
+        if temperature <= 0.0:
+            add(ll.llama_sampler_init_greedy())
+            return
+        if top_k > 0:
+            add(ll.llama_sampler_init_top_k(top_k))
+        if top_p < 1.0:
+            add(ll.llama_sampler_init_top_p(top_p, 1))
+        if min_p > 0.0:
+            add(ll.llama_sampler_init_min_p(min_p, 1))
+        add(ll.llama_sampler_init_temp(temperature))
+        add(ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def accept(self, token: int) -> None:
+        ll.llama_sampler_accept(self.ptr, token)
+
+    def sample(self, ctx: NativeContext) -> int:
+        return int(ll.llama_sampler_sample(self.ptr, ctx.ptr, -1))
+
+    def close(self) -> None:
+        if self.ptr:
+            ll.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,199 @@
+"""Loaded adapters by name, checked against the base before llama.cpp sees them.
+
+An adapter in use by a call is reference-counted: unloading it removes the name at
+once (new calls get :class:`UnknownAdapterError`) and frees the native adapter when
+the last call using it ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import Keys
+
+from .compat import adapter_problems, adapter_ranks
+from .errors import IncompatibleAdapterError, InvalidRequestError, UnknownAdapterError
+from .gguf_file import GGUFInfo, read_gguf
+from .native import NativeAdapter, NativeModel
+
+_uids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What is known of a loaded adapter."""
+
+    name: str
+    path: Path
+    alpha: float
+    ranks: list[int]
+    targets: list[str]
+    size_bytes: int
+    scale: float  # default scale when a call names the adapter without one
+    uid: int = field(repr=False)
+
+
+@dataclass
+class _Entry:
+    info: AdapterInfo
+    native: NativeAdapter
+    refs: int = 0
+    retired: bool = False
+
+
+#: what a call resolved: (name, uid, scale) sorted by name; zero scales dropped
+SetKey = tuple[tuple[str, int, float], ...]
+
+
+@dataclass(frozen=True)
+class AdapterSet:
+    """The adapters (and scales) one call runs with; also its KV-cache key."""
+
+    key: SetKey
+    natives: tuple[tuple[NativeAdapter, float], ...]
+
+    @property
+    def scales(self) -> dict[str, float]:
+        return {name: scale for name, _, scale in self.key}
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or len(name) > 128 or any(c in name for c in "=:/\\ \t\n"):
+        raise InvalidRequestError(f"adapter name {name!r}: use 1 to 128 characters without spaces, '=', ':' or slashes")
+    return name
+
+
+def check_scale(name: str, scale: object) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise InvalidRequestError(f"adapter {name!r}: scale must be a finite number, got {scale!r}")
+    return float(scale)
+
+
+class AdapterRegistry:
+    """Thread-safe map of adapter name to loaded adapter."""
+
+    def __init__(self, model: NativeModel, base: GGUFInfo, detach: Callable[[NativeAdapter], None]) -> None:
+        self._model = model
+        self._base = base
+        self._detach = detach  # removes an adapter from every context before it is freed
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._retired: list[_Entry] = []  # unloaded while still in use
+
+    def load(self, name: str, path: str | Path, scale: float = 1.0) -> AdapterInfo:
+        check_name(name)
+        scale = check_scale(name, scale)
+        info = read_gguf(path)
+        problems = adapter_problems(info, self._base)
+        if problems:
+            raise IncompatibleAdapterError(f"{info.path}: cannot be used with the base {self._base.path.name}", problems)
+        native = NativeAdapter(self._model, str(info.path))
+        entry = _Entry(_describe(name, info, scale), native)
+        with self._lock:
+            old = self._entries.get(name)
+            self._entries[name] = entry
+        if old is not None:
+            self._retire(old)
+        return entry.info
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(name, None)
+        if entry is None:
+            raise self._unknown(name)
+        self._retire(entry)
+
+    def infos(self) -> dict[str, AdapterInfo]:
+        with self._lock:
+            return {n: e.info for n, e in sorted(self._entries.items())}
+
+    def check(self, adapters: Mapping[str, float] | None) -> None:
+        """Raise now for unknown names or bad scales (streams resolve adapters lazily)."""
+        self.release(self.acquire(adapters))
+
+    def acquire(self, adapters: Mapping[str, float] | None) -> AdapterSet:
+        """Resolve a call's adapters (names to scales); ``None`` or ``{}`` is the base alone."""
+        if adapters is None:
+            adapters = {}
+        if not isinstance(adapters, Mapping):
+            raise InvalidRequestError(f"adapters must be a mapping of name to scale, got {type(adapters).__name__}")
+        with self._lock:
+            chosen: list[tuple[str, _Entry, float]] = []
+            for name, scale in adapters.items():
+                entry = self._entries.get(name)
+                if entry is None:
+                    raise self._unknown(name)
+                s = entry.info.scale if scale is None else check_scale(name, scale)
+                if s != 0.0:  # 0 disables: the base's own graph, exactly
+                    chosen.append((name, entry, s))
+            chosen.sort(key=lambda c: c[0])
+            for _, entry, _ in chosen:
+                entry.refs += 1
+        key = tuple((n, e.info.uid, s) for n, e, s in chosen)
+        return AdapterSet(key, tuple((e.native, s) for _, e, s in chosen))
+
+    def release(self, aset: AdapterSet) -> None:
+        to_free: list[_Entry] = []
+        with self._lock:
+            for native, _ in aset.natives:
+                entry = self._entry_of(native)
+                if entry is None:
+                    continue
+                entry.refs -= 1
+                if entry.retired and entry.refs == 0:
+                    to_free.append(entry)
+        for entry in to_free:
+            self._free(entry)
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for e in entries:
+            e.native.close()
+
+    # -- internals ---------------------------------------------------------------
+    def _entry_of(self, native: NativeAdapter) -> _Entry | None:
+        for e in list(self._entries.values()) + self._retired:
+            if e.native is native:
+                return e
+        return None
+
+    def _retire(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.retired = True
+            busy = entry.refs > 0
+            if busy:
+                self._retired.append(entry)
+        if not busy:
+            self._free(entry)
+
+    def _free(self, entry: _Entry) -> None:
+        self._detach(entry.native)
+        entry.native.close()
+        with self._lock:
+            if entry in self._retired:
+                self._retired.remove(entry)
+
+    def _unknown(self, name: object) -> UnknownAdapterError:
+        loaded = ", ".join(sorted(self._entries)) or "none"
+        return UnknownAdapterError(f"unknown adapter {name!r}; loaded adapters: {loaded}")
+
+
+def _describe(name: str, info: GGUFInfo, scale: float) -> AdapterInfo:
+    ranks = adapter_ranks(info)
+    return AdapterInfo(
+        name=name,
+        path=info.path,
+        alpha=float(info.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0)),
+        ranks=sorted(set(ranks.values())),
+        targets=sorted(ranks),
+        size_bytes=info.file_size,
+        scale=scale,
+        uid=next(_uids),
+    )

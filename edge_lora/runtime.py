@@ -1,0 +1,253 @@
+"""The public runtime: one base loaded once, any number of adapters, applied per call.
+
+    rt = Runtime("base.gguf", n_ctx=4096)
+    rt.load_adapter("sql", "sql.gguf")
+    rt.complete("SELECT", adapters={"sql": 1.0}, max_tokens=32).text
+
+Thread safety: every public method may be called from any thread. Calls lease one
+of ``n_parallel`` llama contexts for their duration (more calls wait); the adapter
+registry and the snapshot store have their own locks. See :mod:`edge_lora.pool`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .chat import ChatTemplate
+from .errors import ContextOverflowError, GGUFFileError, InvalidRequestError
+from .generate import Completion, SamplingParams, generate
+from .gguf_file import read_gguf
+from .native import ContextParams, NativeModel
+from .pool import ContextPool, Slot, SnapshotStore
+from .registry import AdapterInfo, AdapterRegistry, AdapterSet
+
+Adapters = Mapping[str, float] | None
+
+
+class TextStream:
+    """Iterator of text pieces; ``result`` holds the :class:`Completion` once it is exhausted.
+
+    Closing it early (or dropping it) stops the generation and frees its context.
+    """
+
+    def __init__(self, gen: Iterator[str]) -> None:
+        self._gen = gen
+        self.result: Completion | None = None
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._gen)
+        except StopIteration as stop:
+            self.result = stop.value
+            raise
+
+    def close(self) -> None:
+        self._gen.close()  # type: ignore[attr-defined]
+
+
+class Runtime:
+    """A quantized GGUF base loaded once, with hot-swappable LoRA adapters."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_parallel: int = 1,
+        n_batch: int = 512,
+        kv_type: str = "f16",
+        snapshot_mb: float = 256,
+    ) -> None:
+        """Load ``model_path`` (mmap kept on). ``n_parallel`` contexts serve calls in parallel,
+        each with its own ``n_ctx`` KV cache; ``snapshot_mb`` bounds the KV snapshots kept to make
+        switching back to an earlier adapter set cheap (0 disables them)."""
+        problems = []
+        for name, v, lo in (("n_ctx", n_ctx, 16), ("n_parallel", n_parallel, 1), ("n_batch", n_batch, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                problems.append(f"{name} must be an integer >= {lo}, got {v!r}")
+        if kv_type not in ("f16", "f32", "q8_0"):
+            problems.append(f"kv_type must be f16, f32 or q8_0, got {kv_type!r}")
+        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+            problems.append(f"n_threads must be an integer >= 1, got {n_threads!r}")
+        if not isinstance(snapshot_mb, (int, float)) or snapshot_mb < 0:
+            problems.append(f"snapshot_mb must be >= 0, got {snapshot_mb!r}")
+        if problems:
+            raise InvalidRequestError("invalid Runtime options", problems)
+        self.base_info = read_gguf(model_path)
+        if self.base_info.is_adapter:
+            raise GGUFFileError(f"{self.base_info.path}: is a LoRA adapter, not a base model")
+        self.model_path = Path(model_path)
+        self._model = NativeModel(str(self.model_path), n_gpu_layers=n_gpu_layers)
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, kv_type=kv_type)
+        store = SnapshotStore(int(snapshot_mb * 1024 * 1024)) if snapshot_mb > 0 else None
+        try:
+            self._pool = ContextPool(self._model, params, n_parallel, store)
+        except Exception:
+            self._model.close()
+            raise
+        self._registry = AdapterRegistry(self._model, self.base_info, self._pool.detach)
+        self._template = ChatTemplate(
+            self._model.chat_template(),
+            bos_token=self._model.token_text(self._model.bos) if self._model.bos >= 0 else "",
+            eos_token=self._model.token_text(self._model.eos) if self._model.eos >= 0 else "",
+        )
+        self._closed = False
+
+    # -- adapters --------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str | os.PathLike[str], scale: float = 1.0) -> AdapterInfo:
+        """Load a GGUF LoRA adapter under ``name`` (checked against the base in Python first).
+
+        Loading a name again replaces that adapter; calls in flight finish with the old one.
+        """
+        return self._registry.load(name, path, scale)
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload an adapter; it is freed when the last call using it ends."""
+        self._registry.unload(name)
+
+    def check_adapters(self, adapters: Adapters) -> None:
+        """Raise :class:`UnknownAdapterError` / :class:`InvalidRequestError` for a bad adapter mix."""
+        self._registry.check(adapters)
+
+    @property
+    def adapters(self) -> dict[str, AdapterInfo]:
+        """Loaded adapters: name -> path, alpha, ranks, targets, size, default scale."""
+        return self._registry.infos()
+
+    # -- tokens ------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._pool.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._model.n_vocab
+
+    @property
+    def chat_template_is_fallback(self) -> bool:
+        return self._template.is_fallback
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Token ids of ``text`` (BOS added when the model wants one; special tokens parsed)."""
+        if not isinstance(text, str):
+            raise InvalidRequestError(f"text must be a string, got {type(text).__name__}")
+        return self._model.tokenize(text, add_special=add_bos, parse_special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        self._check_ids(ids)
+        return b"".join(self._model.token_piece(int(t)) for t in ids).decode("utf-8", errors="replace")
+
+    # -- evaluation --------------------------------------------------------------------
+    def logits(self, token_ids: Sequence[int], adapters: Adapters = None) -> np.ndarray:
+        """Logits ``[n_tokens, n_vocab]`` of ``token_ids`` evaluated from scratch under ``adapters``."""
+        self._check_ids(token_ids)
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise InvalidRequestError("token_ids is empty")
+        with self._call(adapters) as (slot, aset):
+            if len(ids) > slot.ctx.n_ctx:
+                raise ContextOverflowError(
+                    f"{len(ids)} tokens do not fit the context of {slot.ctx.n_ctx}", needed=len(ids), n_ctx=slot.ctx.n_ctx
+                )
+            slot.ctx.set_adapters(aset.natives)
+            slot.ctx.clear()
+            slot.kv_key, slot.kv_tokens = None, []
+            out = slot.ctx.decode(ids, 0, all_logits=True)
+            slot.kv_key, slot.kv_tokens = aset.key, ids
+            return out
+
+    def complete(self, prompt: str, adapters: Adapters = None, **options: Any) -> Completion:
+        """Complete raw text. Options: max_tokens, temperature, top_p, top_k, min_p,
+        repeat_penalty, repeat_last_n, seed, stop."""
+        stream = self.stream(prompt, adapters, **options)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def stream(self, prompt: str, adapters: Adapters = None, **options: Any) -> TextStream:
+        """Like :meth:`complete`, as an iterator of text pieces (``.result`` at the end)."""
+        params = SamplingParams.build(**options)
+        self.check_adapters(adapters)
+        ids = self.tokenize(prompt)
+        return TextStream(self._run(ids, adapters, params))
+
+    def chat(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, **options: Any) -> Completion:
+        """Answer a conversation, formatted with the base's own chat template."""
+        stream = self.chat_stream(messages, adapters, **options)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def chat_stream(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, **options: Any) -> TextStream:
+        params = SamplingParams.build(**options)
+        self.check_adapters(adapters)
+        return TextStream(self._run(self.chat_tokens(messages), adapters, params))
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """The prompt tokens of a conversation, ready for the assistant's turn."""
+        text = self._template.render(messages, add_generation_prompt=True)
+        ids = self._model.tokenize(text, add_special=False, parse_special=True)
+        if self._model.add_bos and self._model.bos >= 0 and (not ids or ids[0] != self._model.bos):
+            ids.insert(0, self._model.bos)
+        return ids
+
+    def session(self, adapters: Adapters = None, messages: Sequence[Mapping[str, str]] = (), **options: Any) -> "Session":
+        """A multi-turn conversation that keeps its KV state between turns."""
+        from .session import Session
+
+        return Session(self, adapters, messages, options)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Free every native resource (adapters, contexts, then the model)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._registry.close()
+        self._pool.close()
+        self._model.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------
+    @property
+    def snapshots(self) -> SnapshotStore | None:
+        return self._pool.snapshots
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < self.n_vocab]
+        if bad:
+            raise InvalidRequestError(f"token ids must be integers in [0, {self.n_vocab}); bad: {bad[:5]}")
+
+    @contextmanager
+    def _call(self, adapters: Adapters) -> Iterator[tuple[Slot, AdapterSet]]:
+        if self._closed:
+            raise InvalidRequestError("this Runtime is closed")
+        aset = self._registry.acquire(adapters)
+        try:
+            with self._pool.lease() as slot:
+                yield slot, aset
+        finally:
+            self._registry.release(aset)
+
+    def _run(self, ids: list[int], adapters: Adapters, params: SamplingParams) -> Iterator[str]:
+        with self._call(adapters) as (slot, aset):
+            return (yield from generate(self._pool, slot, aset, ids, params))
