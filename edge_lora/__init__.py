@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from .errors import (
     CheckpointError,
     ContextOverflowError,
@@ -21,6 +23,9 @@ from .runtime import Runtime, TextStream
 from .session import Session
 
 __version__ = "0.1.0"
+
+# llama.cpp's log is routed into logging.getLogger("edge_lora.native"); quiet unless configured
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AdapterInfo",

@@ -30,7 +30,7 @@ def _missing_converter(exc: ImportError) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import inspect_cmd
+    from . import cli_run, inspect_cmd
 
     parser = argparse.ArgumentParser(
         prog="edge-lora",
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_convert(sub)
     inspect_cmd.add_parser(sub)
+    cli_run.add_parsers(sub)
     return parser
 
 

@@ -6,13 +6,15 @@ first turns every such case into a typed :class:`GGUFFileError` naming the file.
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFReader, GGUFValueType, Keys
+from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFValueType, Keys
 from gguf.constants import GGML_QUANT_SIZES, GGUF_MAGIC
 
 from .errors import GGUFFileError
@@ -75,25 +77,64 @@ class GGUFInfo:
         return sum(t.n_bytes for t in self.tensors.values())
 
 
-def _field_value(fld: Any) -> Any:
-    types = fld.types
-    if not types:
-        return None
-    if types[0] == GGUFValueType.ARRAY:
-        n = len(fld.data)
-        if types[-1] == GGUFValueType.STRING and n > _MAX_ARRAY_KEEP:
-            return ArrayLength(n)
-        if n > _MAX_ARRAY_KEEP:
-            return ArrayLength(n)
-        return list(fld.contents())
-    value = fld.contents()
-    if isinstance(value, np.generic):
-        value = value.item()
-    return value
+_SCALARS: dict[GGUFValueType, str] = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}
+
+
+class _Cursor:
+    """Sequential little-endian reads over a memory map; every overrun is a clear error."""
+
+    def __init__(self, buf: mmap.mmap | bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise ValueError(f"unexpected end of file at byte {self.pos}")
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def string(self, keep: bool = True) -> str | None:
+        n = self.take("<Q")
+        if self.pos + n > len(self.buf):
+            raise ValueError(f"string of {n} bytes at byte {self.pos} runs past the end of the file")
+        raw = self.buf[self.pos : self.pos + n] if keep else None
+        self.pos += n
+        return raw.decode("utf-8", errors="replace") if raw is not None else None
+
+    def value(self, vtype: int) -> Any:
+        vt = GGUFValueType(vtype)
+        if vt == GGUFValueType.STRING:
+            return self.string()
+        if vt == GGUFValueType.ARRAY:
+            etype, count = GGUFValueType(self.take("<I")), self.take("<Q")
+            keep = count <= _MAX_ARRAY_KEEP
+            if etype == GGUFValueType.STRING:
+                items = [self.string(keep) for _ in range(count)]
+                return items if keep else ArrayLength(count)
+            if etype == GGUFValueType.ARRAY:
+                raise ValueError("nested arrays are not supported")
+            size = struct.calcsize(_SCALARS[etype]) * count
+            if self.pos + size > len(self.buf):
+                raise ValueError(f"array of {count} items at byte {self.pos} runs past the end of the file")
+            fmt = "<" + _SCALARS[etype][1] * count if keep else None
+            items = list(struct.unpack_from(fmt, self.buf, self.pos)) if fmt else ArrayLength(count)
+            self.pos += size
+            return items
+        return self.take(_SCALARS[vt])
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
-    """Read and check a GGUF file's header. Raises :class:`GGUFFileError`."""
+    """Read and check a GGUF file's header (metadata, tensor table, data extent).
+
+    Raises :class:`GGUFFileError` naming the file for anything missing, foreign,
+    malformed or truncated. Long arrays (the vocabulary) are skipped, not decoded.
+    """
     p = Path(path)
     if not p.exists():
         raise GGUFFileError(f"{p}: file not found")
@@ -102,34 +143,51 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
     size = p.stat().st_size
     with open(p, "rb") as f:
         magic = f.read(4)
-    if len(magic) < 4 or int.from_bytes(magic, "little") != GGUF_MAGIC:
-        raise GGUFFileError(f"{p}: not a GGUF file (bad magic {magic!r})")
-    try:
-        reader = GGUFReader(p, "r")
-    except Exception as exc:  # the reader raises ValueError, IndexError, struct errors...
-        raise GGUFFileError(f"{p}: unreadable or truncated GGUF header ({exc})") from exc
-
-    metadata: dict[str, Any] = {}
-    for name, fld in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        metadata[name] = _field_value(fld)
-
+        if len(magic) < 4 or int.from_bytes(magic, "little") != GGUF_MAGIC:
+            raise GGUFFileError(f"{p}: not a GGUF file (bad magic {magic!r})")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                metadata, raw_tensors, data_start = _parse(_Cursor(mm))
+            except (ValueError, struct.error, UnicodeDecodeError) as exc:
+                raise GGUFFileError(f"{p}: malformed or truncated GGUF header ({exc})") from exc
     tensors: dict[str, TensorInfo] = {}
     problems: list[str] = []
-    for t in reader.tensors:
-        qtype = GGMLQuantizationType(t.tensor_type)
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+    for name, shape, qtype, offset in raw_tensors:
         block, type_size = GGML_QUANT_SIZES[qtype]
         n_elem = int(np.prod(shape)) if shape else 1
         n_bytes = n_elem // block * type_size
-        end = int(t.data_offset) + n_bytes
+        end = data_start + offset + n_bytes
         if end > size:
-            problems.append(f"tensor {t.name} ends at byte {end}, past the end of the file ({size} bytes)")
-        tensors[t.name] = TensorInfo(t.name, shape, qtype.name, n_bytes)
+            problems.append(f"tensor {name} ends at byte {end}, past the end of the file ({size} bytes)")
+        tensors[name] = TensorInfo(name, shape, qtype.name, n_bytes)
     if problems:
-        raise GGUFFileError(f"{p}: truncated GGUF file", problems)
+        raise GGUFFileError(f"{p}: truncated GGUF file", problems[:5] + ([f"... {len(problems) - 5} more"] if len(problems) > 5 else []))
     return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors)
+
+
+def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]], int]:
+    cur.take("<I")
+    version = cur.take("<I")
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} is not supported")
+    n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
+    metadata: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        metadata[key] = cur.value(cur.take("<I"))
+    raw = []
+    for _ in range(n_tensors):
+        name = cur.string()
+        n_dims = cur.take("<I")
+        if n_dims > 8:
+            raise ValueError(f"tensor {name} has {n_dims} dimensions")
+        dims = [cur.take("<Q") for _ in range(n_dims)]
+        qtype = GGMLQuantizationType(cur.take("<I"))
+        offset = cur.take("<Q")
+        raw.append((name, tuple(reversed(dims)), qtype, offset))
+    align = int(metadata.get(Keys.General.ALIGNMENT, 32)) or 32
+    data_start = (cur.pos + align - 1) // align * align
+    return metadata, raw, data_start
 
 
 class EdgeLoraKeys:

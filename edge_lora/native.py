@@ -99,6 +99,11 @@ class NativeModel:
         raw = ll.llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
 
+    def is_special_token(self, text: str) -> bool:
+        """Whether ``text`` is one control token of this vocabulary."""
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        return len(ids) == 1 and self.token_text(ids[0]) == text
+
     def chat_template(self) -> str | None:
         raw = ll.llama_model_chat_template(self.ptr, None)
         return raw.decode("utf-8", errors="replace") if raw else None

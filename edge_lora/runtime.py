@@ -102,6 +102,7 @@ class Runtime:
             self._model.chat_template(),
             bos_token=self._model.token_text(self._model.bos) if self._model.bos >= 0 else "",
             eos_token=self._model.token_text(self._model.eos) if self._model.eos >= 0 else "",
+            is_special_token=self._model.is_special_token,
         )
         self._closed = False
 
@@ -136,8 +137,10 @@ class Runtime:
         return self._model.n_vocab
 
     @property
-    def chat_template_is_fallback(self) -> bool:
-        return self._template.is_fallback
+    def chat_template(self) -> str:
+        """``"model"`` when the base carries its own template, else the fallback used
+        (``gemma``, ``llama3``, ``chatml`` or ``plain``; see :mod:`edge_lora.chat`)."""
+        return self._template.name
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
         """Token ids of ``text`` (BOS added when the model wants one; special tokens parsed)."""

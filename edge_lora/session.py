@@ -34,7 +34,9 @@ class Session:
         """Switch the adapter set for the following turns (``None`` or ``{}``: the base)."""
         adapters = dict(adapters or {})
         self._rt.check_adapters(adapters)
-        self.adapters = {n: check_scale(n, s) for n, s in adapters.items()}
+        infos = self._rt.adapters
+        # None: the adapter's default scale, fixed now so later turns use the same mix
+        self.adapters = {n: infos[n].scale if s is None else check_scale(n, s) for n, s in adapters.items()}
 
     def send(self, text: str, **options: Any) -> Completion:
         """Add a user turn and return the assistant's answer (kept in the history)."""
