@@ -30,7 +30,7 @@ def _missing_converter(exc: ImportError) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_run, inspect_cmd
+    from . import cli_run, cli_serve, inspect_cmd
 
     parser = argparse.ArgumentParser(
         prog="edge-lora",
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     inspect_cmd.add_parser(sub)
     cli_run.add_parsers(sub)
+    cli_serve.add_parser(sub)
     return parser
 
 

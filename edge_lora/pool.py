@@ -101,6 +101,15 @@ class ContextPool:
     def n_ctx(self) -> int:
         return self._slots[0].ctx.n_ctx
 
+    @property
+    def size(self) -> int:
+        return len(self._slots)
+
+    @property
+    def busy(self) -> int:
+        with self._cond:
+            return len(self._slots) - len(self._free)
+
     @contextmanager
     def lease(self) -> Iterator[Slot]:
         with self._cond:

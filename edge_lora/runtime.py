@@ -133,6 +133,15 @@ class Runtime:
         return self._pool.n_ctx
 
     @property
+    def n_parallel(self) -> int:
+        return self._pool.size
+
+    @property
+    def busy_contexts(self) -> int:
+        """Contexts leased by calls in flight right now."""
+        return self._pool.busy
+
+    @property
     def n_vocab(self) -> int:
         return self._model.n_vocab
 
@@ -185,6 +194,7 @@ class Runtime:
         params = SamplingParams.build(**options)
         self.check_adapters(adapters)
         ids = self.tokenize(prompt)
+        self._check_fits(ids)
         return TextStream(self._run(ids, adapters, params))
 
     def chat(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, **options: Any) -> Completion:
@@ -198,7 +208,9 @@ class Runtime:
     def chat_stream(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, **options: Any) -> TextStream:
         params = SamplingParams.build(**options)
         self.check_adapters(adapters)
-        return TextStream(self._run(self.chat_tokens(messages), adapters, params))
+        ids = self.chat_tokens(messages)
+        self._check_fits(ids)
+        return TextStream(self._run(ids, adapters, params))
 
     def chat_tokens(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         """The prompt tokens of a conversation, ready for the assistant's turn."""
@@ -234,6 +246,16 @@ class Runtime:
     @property
     def snapshots(self) -> SnapshotStore | None:
         return self._pool.snapshots
+
+    def _check_fits(self, ids: Sequence[int]) -> None:
+        """Refuse at the call (not at the first piece) a prompt that leaves no room to generate."""
+        if len(ids) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx} (leave room for at least one "
+                "generated token: shorten the prompt or raise n_ctx)",
+                needed=len(ids) + 1,
+                n_ctx=self.n_ctx,
+            )
 
     def _check_ids(self, ids: Sequence[int]) -> None:
         bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < self.n_vocab]
