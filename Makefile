@@ -4,8 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.edge-lora-dev-installed
+DEMO_STAMP := $(VENV)/.edge-lora-demo-installed
 
-.PHONY: install dev test bench-convert clean
+.PHONY: install dev test demo bench-convert bench-runtime bench-server clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,14 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 dev: $(STAMP)
 
+# the runtime and the demo's base only: no torch
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(PY) examples/demo.py
+
 install: | $(VENV)/bin/python
 	$(PIP) install -q -e .
 
@@ -28,6 +37,12 @@ test: $(STAMP)
 
 bench-convert: $(STAMP)
 	$(PY) benchmarks/bench_convert.py
+
+bench-runtime: $(STAMP)
+	$(PY) benchmarks/bench_runtime.py --base all
+
+bench-server: $(STAMP)
+	$(PY) benchmarks/bench_server.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -43,6 +43,7 @@ import llama_cpp  # noqa: E402
 
 from edge_lora import Runtime  # noqa: E402
 from edge_lora.gguf_file import read_gguf  # noqa: E402
+from edge_lora.native import backend_init  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench-runtime"
 RANK, ALPHA, N_ADAPTERS, THREADS = 16, 16.0, 8, 2
@@ -87,13 +88,16 @@ def _synthetic_hparams(w: GGUFWriter) -> None:
     w.add_rope_dimension_count(SYN["head_dim"])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(SYN["theta"])
-    # a synthetic SentencePiece vocab: 3 specials, the 256 byte tokens llama.cpp needs, plain pieces
-    n_plain = SYN["vocab"] - 3 - 256
+    # a synthetic SentencePiece vocab that round-trips: specials, the 256 byte tokens llama.cpp needs,
+    # printable ASCII, then "to", "tok", "tok0", "tok1", ... (each reachable by SPM merges of the previous)
+    chars = ["\u2581"] + [chr(c) for c in range(0x21, 0x7F)] + ["to", "tok"]
+    n_plain = SYN["vocab"] - 3 - 256 - len(chars)
     w.add_tokenizer_model("llama")
-    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"tok{i}" for i in range(n_plain)])
-    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(n_plain)])
+    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + chars
+                     + [f"tok{i}" for i in range(n_plain)])
+    w.add_token_scores([0.0] * (259 + len(chars)) + [-1.0 - i for i in range(n_plain)])
     w.add_token_types([TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
-                      + [TokenType.NORMAL] * n_plain)
+                      + [TokenType.NORMAL] * (len(chars) + n_plain))
     w.add_unk_token_id(0)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
@@ -102,11 +106,11 @@ def _synthetic_hparams(w: GGUFWriter) -> None:
 
 def synthetic_base() -> Path:
     """Write (once) the f16 synthetic base tensor by tensor, quantize it to Q4_K_M, drop the f16."""
-    dst = CACHE / "synthetic-llama-1b-q4_k_m.gguf"
+    dst = CACHE / "synthetic-llama-1b-v2-q4_k_m.gguf"
     if dst.exists():
         return dst
     CACHE.mkdir(parents=True, exist_ok=True)
-    f16 = CACHE / "synthetic-llama-1b-f16.gguf.tmp"
+    f16 = CACHE / "synthetic-llama-1b-v2-f16.gguf.tmp"
     t0 = time.perf_counter()
     print(f"writing the synthetic f16 base to {f16} ...", flush=True)
     layout = _synthetic_layout()
@@ -192,8 +196,10 @@ def med(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
 
-def llama(base: Path, lora: Path | None = None, n_ctx: int = 1024) -> llama_cpp.Llama:
+def llama(base: Path, lora: Path | None = None, n_ctx: int = 1024, fa: bool = False) -> llama_cpp.Llama:
     kw: dict[str, Any] = {"lora_path": str(lora)} if lora else {}
+    if fa:
+        kw["flash_attn"] = True
     return llama_cpp.Llama(model_path=str(base), n_ctx=n_ctx, n_threads=THREADS, verbose=False, **kw)
 
 
@@ -224,39 +230,43 @@ def llcpp_decode(llm: llama_cpp.Llama, prompt: str, n: int) -> tuple[float, int,
 def bench_decode(base: Path, adapters: list[Path], n_tok: int, repeats: int) -> None:
     rt = edge_runtime(base, adapters[:2], 1024)
     sets: list[dict[str, float]] = [{}, {"a0": 1.0}, {"a0": 1.0, "a1": 1.0}]
-    llms = [llama(base), llama(base, adapters[0])]
+    # the brief's Llama (library defaults), and the same with flash attention on as edge-lora's auto has it
+    llms = [[llama(base), llama(base, adapters[0])], [llama(base, fa=True), llama(base, adapters[0], fa=True)]]
     edge: list[list[float]] = [[], [], []]
-    ref: list[list[float]] = [[], []]
+    ref: list[list[list[float]]] = [[[], []], [[], []]]
     n_e, n_r, same = [0, 0, 0], [0, 0], ["", ""]
     for k in range(3):  # warm-up: fault in the weights, build the graphs
         rt.complete(PROMPT, sets[k], max_tokens=4, temperature=0.0)
-        if k < 2:
-            llcpp_decode(llms[k], PROMPT, 4)
+        for f in range(2 if k < 2 else 0):
+            llcpp_decode(llms[f][k], PROMPT, 4)
     for _ in range(repeats):
         for k in range(3):
             c = rt.complete(PROMPT, sets[k], max_tokens=n_tok, temperature=0.0)
             edge[k].append(c.tokens_per_second)
             n_e[k] = c.completion_tokens
-            if k < 2:
-                tps, n_r[k], text = llcpp_decode(llms[k], PROMPT, n_tok)
-                ref[k].append(tps)
+            for f in range(2 if k < 2 else 0):
+                tps, n_r[k], text = llcpp_decode(llms[f][k], PROMPT, n_tok)
+                ref[f][k].append(tps)
                 same[k] = "yes" if text == c.text else "no"
     rt.close()
-    for m in llms:
+    for m in llms[0] + llms[1]:
         m.close()
     rows = []
     for k in range(3):
         e = med(edge[k])
         if k < 2:
-            r = med(ref[k])
-            rows.append([str(k), f"{e:.1f}", f"{r:.1f}", f"**{e / r:.2f}**", f"{n_e[k]} / {n_r[k]}", same[k]])
+            r, rf = med(ref[0][k]), med(ref[1][k])
+            rows.append([str(k), f"{e:.1f}", f"{r:.1f}", f"**{e / r:.2f}**", f"{rf:.1f}", f"{e / rf:.2f}",
+                         f"{n_e[k]} / {n_r[k]}", same[k]])
         else:
-            rows.append([str(k), f"{e:.1f}", "n/a (one adapter only)", "n/a", f"{n_e[k]} / -", "-"])
+            rows.append([str(k), f"{e:.1f}", "n/a (one adapter only)", "n/a", "n/a", "n/a", f"{n_e[k]} / -", "-"])
     table(f"1. Decode tokens/s (greedy, up to {n_tok} tokens, median of {repeats}, interleaved)",
-          ["adapters", "edge-lora tok/s", "llama-cpp-python tok/s", "ratio edge/llcpp", "tokens gen. (edge / llcpp)",
-           "same text"], rows)
-    print("\nDecode rate = (tokens - 1) / time from first to last token, for both. llama-cpp-python runs with its "
-          "defaults (flash_attn=False, and mmap off whenever lora_path is set); edge-lora leaves llama.cpp's auto.")
+          ["adapters", "edge-lora", "llama-cpp-python", "ratio edge/llcpp", "llcpp flash_attn=True", "ratio",
+           "tokens (edge / llcpp)", "same text"], rows)
+    print("\nRate = (tokens - 1) / time from first to last token, for both. llama-cpp-python as the brief builds it "
+          "(flash_attn=False by default; mmap off whenever lora_path is set), and with flash_attn=True, which "
+          "edge-lora gets from llama.cpp's auto. 'same text' (edge vs flash_attn=True llcpp): greedy paths can "
+          "part at near-ties where a cached prompt re-decodes its last token alone.")
 
 
 # --- 2. switch latency --------------------------------------------------------------------
@@ -292,7 +302,7 @@ def bench_switch(base: Path, adapters: list[Path], repeats: int) -> None:
         ["edge-lora, same set as the previous call (KV reused)", f"{e_same:.1f}", f"{e_same / e_sw:.2f}", "1.00"],
         ["llama-cpp-python, new Llama(lora_path=other) + close old", f"{l_new:.1f}", f"**{l_new / e_sw:.1f}**",
          f"{l_new / e_same:.1f}"],
-        ["llama-cpp-python, same Llama (no switch possible)", f"{l_keep:.1f}", f"{l_keep / e_sw:.2f}",
+        ["llama-cpp-python, same Llama (exact prompt cached: no decode)", f"{l_keep:.1f}", f"{l_keep / e_sw:.2f}",
          f"{l_keep / e_same:.2f}"],
     ]
     table(f"2. Adapter-set switch latency: 1-token completion of {SHORT!r} (median of {repeats})",
@@ -333,6 +343,10 @@ def bench_history(base: Path, adapters: list[Path], repeats: int) -> None:
     for r in range(repeats):
         for key, rt in rts.items():
             runs[key].append(session_turns(rt, f"{key}{r}"))
+    ctx = rts["snap"]._pool._slots[0].ctx  # diagnostic, internal: what one KV snapshot costs here
+    t_save = timed(lambda: ctx.save_state())
+    state = ctx.save_state()
+    t_load = timed(lambda: ctx.load_state(state))
     for rt in rts.values():
         rt.close()
 
@@ -352,6 +366,9 @@ def bench_history(base: Path, adapters: list[Path], repeats: int) -> None:
         rows.append([label, f"{ms:.0f}", str(prompt), str(cached), f"**{ms / base_ms:.2f}**"])
     table(f"3. TTFT with a {runs['snap'][0]['history']}-token history (session, n_ctx 4096, median of {repeats})",
           ["turn", "ttft ms", "prompt tokens", "cached tokens", "x no switch"], rows)
+    print(f"\nNew tokens evaluated = prompt - cached. One KV snapshot of this history: {len(state) / 2**20:.1f} MiB, "
+          f"save_state {t_save * 1e3:.0f} ms, load_state {t_load * 1e3:.0f} ms (a switch saves the KV of the set it "
+          "leaves, inside that turn's ttft; a return loads it).")
 
 
 # --- 4. memory ----------------------------------------------------------------------------
@@ -361,7 +378,7 @@ def rss_kb() -> dict[str, int]:
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, val = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
+        if key in ("VmRSS", "RssAnon"):
             out[key] = int(val.split()[0])
     return out
 
@@ -421,6 +438,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats: a fast smoke run")
     args = ap.parse_args()
     logging.getLogger("edge_lora").setLevel(logging.ERROR)
+    backend_init()  # llama.cpp's log (the quantizer's too) goes to logging, silenced above
     t0 = time.perf_counter()
     print(f"# edge-lora runtime benchmark{' (quick)' if args.quick else ''}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores visible, {THREADS} threads used; "

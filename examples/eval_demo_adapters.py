@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_tasks import TASKS, split  # noqa: E402
 
 from edge_lora import Runtime  # noqa: E402
+from edge_lora.atomic import atomic_path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ADAPTERS = HERE / "adapters"
@@ -83,7 +84,8 @@ def main() -> int:
     for name, r in results.items():
         peft = "n/a" if r["peft_fp32"] is None else f"{r['peft_fp32']:.0%}"
         print(f"| {name} | {r['base']:.0%} | {r['adapter']:.0%} | {peft} |")
-    (ADAPTERS / "results.json").write_text(json.dumps({"n": args.n, "results": results}, indent=2) + "\n")
+    with atomic_path(ADAPTERS / "results.json") as tmp:
+        tmp.write_text(json.dumps({"n": args.n, "results": results}, indent=2) + "\n")
     return 0
 
 
