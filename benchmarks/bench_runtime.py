@@ -49,7 +49,8 @@ CACHE = ROOT / ".cache" / "bench-runtime"
 RANK, ALPHA, N_ADAPTERS, THREADS = 16, 16.0, 8, 2
 PROMPT = "The history of the printing press in Europe begins in the fifteenth century, when"
 SHORT = "Hello there"
-SYN = dict(hidden=2048, layers=16, heads=32, kv=8, head_dim=64, ffn=8192, vocab=128256, theta=500000.0)
+# the synthetic base: Llama-3.2-1B shape
+S_HIDDEN, S_LAYERS, S_HEADS, S_KV, S_HEAD_DIM, S_FFN, S_VOCAB, S_THETA = 2048, 16, 32, 8, 64, 8192, 128256, 5e5
 Msgs = list[dict[str, str]]
 
 
@@ -63,9 +64,9 @@ def gemma_base() -> Path:
 
 
 def _synthetic_layout() -> list[tuple[str, tuple[int, ...]]]:
-    h, f, q, kv = SYN["hidden"], SYN["ffn"], SYN["heads"] * SYN["head_dim"], SYN["kv"] * SYN["head_dim"]
-    out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (SYN["vocab"], h)), ("output_norm.weight", (h,))]
-    for i in range(SYN["layers"]):
+    h, f, q, kv = S_HIDDEN, S_FFN, S_HEADS * S_HEAD_DIM, S_KV * S_HEAD_DIM
+    out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (S_VOCAB, h)), ("output_norm.weight", (h,))]
+    for i in range(S_LAYERS):
         p = f"blk.{i}."
         out += [(p + "attn_norm.weight", (h,)), (p + "attn_q.weight", (q, h)), (p + "attn_k.weight", (kv, h)),
                 (p + "attn_v.weight", (kv, h)), (p + "attn_output.weight", (h, q)), (p + "ffn_norm.weight", (h,)),
@@ -76,22 +77,22 @@ def _synthetic_layout() -> list[tuple[str, tuple[int, ...]]]:
 def _synthetic_hparams(w: GGUFWriter) -> None:
     w.add_name("edge-lora synthetic llama-3.2-1b shape")
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    w.add_vocab_size(SYN["vocab"])
+    w.add_vocab_size(S_VOCAB)
     w.add_context_length(8192)
-    w.add_embedding_length(SYN["hidden"])
-    w.add_block_count(SYN["layers"])
-    w.add_feed_forward_length(SYN["ffn"])
-    w.add_head_count(SYN["heads"])
-    w.add_head_count_kv(SYN["kv"])
-    w.add_key_length(SYN["head_dim"])
-    w.add_value_length(SYN["head_dim"])
-    w.add_rope_dimension_count(SYN["head_dim"])
+    w.add_embedding_length(S_HIDDEN)
+    w.add_block_count(S_LAYERS)
+    w.add_feed_forward_length(S_FFN)
+    w.add_head_count(S_HEADS)
+    w.add_head_count_kv(S_KV)
+    w.add_key_length(S_HEAD_DIM)
+    w.add_value_length(S_HEAD_DIM)
+    w.add_rope_dimension_count(S_HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(SYN["theta"])
+    w.add_rope_freq_base(S_THETA)
     # a synthetic SentencePiece vocab that round-trips: specials, the 256 byte tokens llama.cpp needs,
     # printable ASCII, then "to", "tok", "tok0", "tok1", ... (each reachable by SPM merges of the previous)
     chars = ["\u2581"] + [chr(c) for c in range(0x21, 0x7F)] + ["to", "tok"]
-    n_plain = SYN["vocab"] - 3 - 256 - len(chars)
+    n_plain = S_VOCAB - 3 - 256 - len(chars)
     w.add_tokenizer_model("llama")
     w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + chars
                      + [f"tok{i}" for i in range(n_plain)])
@@ -442,10 +443,11 @@ def main() -> int:
     t0 = time.perf_counter()
     print(f"# edge-lora runtime benchmark{' (quick)' if args.quick else ''}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores visible, {THREADS} threads used; "
-          f"python {platform.python_version()}; llama-cpp-python {llama_cpp.__version__}")
+          f"python {platform.python_version()}; llama-cpp-python {llama_cpp.__version__}; "
+          f"load average at start {os.getloadavg()[0]:.2f} (ggml's OpenMP threads spin: other load skews absolutes)")
     for key in (["gemma", "synthetic"] if args.base == "all" else [args.base]):
         run_base(key, args.quick)
-    print(f"\ntotal: {time.perf_counter() - t0:.0f} s")
+    print(f"\ntotal: {time.perf_counter() - t0:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     return 0
 
 

@@ -142,7 +142,7 @@ def generate(
             n_ctx=n_ctx,
         )
     cached = pool.prepare(slot, aset, prompt)
-    logits = slot.ctx.decode(prompt[cached:], cached)
+    slot.ctx.decode(prompt[cached:], cached)  # leaves the last token's logits for the sampler
     slot.kv_tokens = list(prompt)
     t_prompt = time.perf_counter()
     seed = params.seed if params.seed is not None else random.getrandbits(32)
@@ -158,7 +158,6 @@ def generate(
     try:
         for tok in prompt[-params.repeat_last_n :] if params.repeat_penalty != 1.0 else ():
             sampler.accept(tok)
-        del logits  # the sampler reads the context's logits of the last decoded token
         while True:
             tok = sampler.sample(slot.ctx)
             if t_first is None:

@@ -161,9 +161,11 @@ class NativeContext:
         self.n_batch = p.n_batch
         self.mem = ll.llama_get_memory(ptr)
         self._adapters: tuple[tuple[int, float], ...] = ()
+        self._batch = ll.llama_batch_init(self.n_batch, 0, 1)  # reused by every decode
 
     def close(self) -> None:
         if self.ptr:
+            ll.llama_batch_free(self._batch)
             ll.llama_free(self.ptr)
             self.ptr = None
 
@@ -203,9 +205,10 @@ class NativeContext:
         return ll.llama_state_seq_set_data(self.ptr, buf, len(data), 0) == len(data)
 
     # -- evaluation --------------------------------------------------------------
-    def decode(self, tokens: Sequence[int], start_pos: int, *, all_logits: bool = False) -> np.ndarray:
-        """Evaluate ``tokens`` at positions ``start_pos...``; return logits of the last token
-        (``[n_vocab]``) or of every token (``[len(tokens), n_vocab]``)."""
+    def decode(self, tokens: Sequence[int], start_pos: int, *, all_logits: bool = False) -> np.ndarray | None:
+        """Evaluate ``tokens`` at positions ``start_pos...``. With ``all_logits``, return every
+        token's logits ``[len(tokens), n_vocab]``; else only the last token's are computed, left
+        in the context for the sampler."""
         n_total = len(tokens)
         if start_pos + n_total > self.n_ctx:
             raise ContextOverflowError(
@@ -213,29 +216,23 @@ class NativeContext:
             )
         n_vocab = self.model.n_vocab
         out = np.empty((n_total, n_vocab), dtype=np.float32) if all_logits else None
-        last = None
-        batch = ll.llama_batch_init(self.n_batch, 0, 1)
-        try:
-            for off in range(0, n_total, self.n_batch):
-                chunk = tokens[off : off + self.n_batch]
-                batch.n_tokens = len(chunk)
-                for i, tok in enumerate(chunk):
-                    batch.token[i] = tok
-                    batch.pos[i] = start_pos + off + i
-                    batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = all_logits or (off + i == n_total - 1)
-                rc = ll.llama_decode(self.ptr, batch)
-                if rc != 0:
-                    raise NativeError(f"llama_decode failed ({rc})")
-                if all_logits:
-                    for i in range(len(chunk)):
-                        out[off + i] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), (n_vocab,))
-                elif off + len(chunk) == n_total:
-                    last = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, len(chunk) - 1), (n_vocab,)).copy()
-        finally:
-            ll.llama_batch_free(batch)
-        return out if all_logits else last
+        batch = self._batch
+        for off in range(0, n_total, self.n_batch):
+            chunk = tokens[off : off + self.n_batch]
+            batch.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = start_pos + off + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = all_logits or (off + i == n_total - 1)
+            rc = ll.llama_decode(self.ptr, batch)
+            if rc != 0:
+                raise NativeError(f"llama_decode failed ({rc})")
+            if out is not None:
+                for i in range(len(chunk)):
+                    out[off + i] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), (n_vocab,))
+        return out
 
 
 class NativeSampler:

@@ -38,14 +38,12 @@ def edge_lora_rate(rt: Runtime, task_name: str, adapters: dict[str, float], n: i
     return ok / len(held_out)
 
 
-def peft_rate(rt: Runtime, gguf: Path, workdir: Path, task_name: str, n: int) -> float:
+def peft_rate(rt: Runtime, base: object, workdir: Path, task_name: str, n: int) -> float:
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     task = TASKS[task_name]
     _, held_out = split(task, n)
-    base = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, workdir / task_name).eval()
     end = rt.tokenize("<end_of_turn>", add_bos=False)[0]
     ok = 0
@@ -56,7 +54,15 @@ def peft_rate(rt: Runtime, gguf: Path, workdir: Path, task_name: str, n: int) ->
                                  do_sample=False, eos_token_id=end, pad_token_id=0)
             new = [t for t in out[0, ids.shape[1]:].tolist() if t != end]
             ok += task.check(ex, rt.detokenize(new))
+    model.unload()  # the bare base again, for the next task
     return ok / len(held_out)
+
+
+def load_fp32_base(gguf: Path) -> object:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
 
 
 def main() -> int:
@@ -69,6 +75,7 @@ def main() -> int:
 
     gguf = assemble()
     results: dict[str, dict[str, float | None]] = {}
+    fp32 = None if args.skip_peft else load_fp32_base(gguf)
     with Runtime(gguf, n_ctx=512) as rt:
         for name in TASKS:
             rt.load_adapter(name, ADAPTERS / f"{name}.gguf")
@@ -76,7 +83,7 @@ def main() -> int:
             results[name] = {
                 "base": edge_lora_rate(rt, name, {}, args.n),
                 "adapter": edge_lora_rate(rt, name, {name: 1.0}, args.n),
-                "peft_fp32": None if args.skip_peft else peft_rate(rt, gguf, args.workdir, name, args.n),
+                "peft_fp32": None if fp32 is None else peft_rate(rt, fp32, args.workdir, name, args.n),
             }
     print(f"Success on {args.n} held-out prompts per task, greedy (gemma-3-270m):")
     print("| task | base alone (edge-lora, Q4_K_M) | base + adapter (edge-lora, Q4_K_M + f16 GGUF) | PEFT, dequantized fp32 |")

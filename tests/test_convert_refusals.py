@@ -219,3 +219,15 @@ def test_progress_bar_only_on_a_terminal(llama2, tmp_path):
     assert "%|" not in _run_on_tty(base + ["-o", str(tmp_path / "2.gguf"), "--quiet"])
     piped = subprocess.run(base + ["-o", str(tmp_path / "3.gguf")], capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0 and "%|" not in piped.stderr
+
+
+def test_output_gets_normal_permissions(llama2, tmp_path):
+    """Atomic writes go through a private temp file; the result must still be readable as usual."""
+    import os
+
+    make_peft_adapter(llama2.model, tmp_path / "a", dict(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    out = tmp_path / "o.gguf"
+    assert cli(["convert", str(tmp_path / "a"), "--base", str(llama2.base_path), "-o", str(out), "-q"]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
