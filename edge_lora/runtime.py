@@ -89,7 +89,9 @@ class Runtime:
             raise GGUFFileError(f"{self.base_info.path}: is a LoRA adapter, not a base model")
         self.model_path = Path(model_path)
         self._model = NativeModel(str(self.model_path), n_gpu_layers=n_gpu_layers)
-        threads = n_threads or max(1, os.cpu_count() or 1)
+        # llama.cpp's worker threads spin while they wait: contexts running at once must not
+        # oversubscribe the cores, so by default they share them
+        threads = n_threads or max(1, (os.cpu_count() or 1) // n_parallel)
         params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, kv_type=kv_type)
         store = SnapshotStore(int(snapshot_mb * 1024 * 1024)) if snapshot_mb > 0 else None
         try:
