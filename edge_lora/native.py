@@ -197,7 +197,7 @@ class NativeContext:
         size = ll.llama_state_seq_get_size(self.ptr, 0)
         buf = (ctypes.c_uint8 * size)()
         n = ll.llama_state_seq_get_data(self.ptr, buf, size, 0)
-        return bytes(buf[:n])
+        return ctypes.string_at(buf, n)  # one memcpy (slicing a ctypes array builds a list of ints)
 
     def load_state(self, data: bytes) -> bool:
         self.clear()

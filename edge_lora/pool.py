@@ -156,14 +156,14 @@ class ContextPool:
         """
         keep = common_prefix(slot.kv_tokens, tokens) if slot.kv_key == aset.key else 0
         keep = min(keep, len(tokens) - 1)
-        snap = self.snapshots.best(aset.key, tokens[: len(tokens) - 1]) if self.snapshots else None
+        snap = self.snapshots.best(aset.key, tokens[: len(tokens) - 1]) if self.snapshots is not None else None
         if snap is not None and snap[0] > keep:
             self._stash(slot)
             if slot.ctx.load_state(snap[2]):
                 slot.kv_key, slot.kv_tokens, keep = aset.key, snap[1], snap[0]
             else:
                 slot.kv_key, slot.kv_tokens, keep = None, [], 0
-        elif slot.kv_key != aset.key or len(slot.kv_tokens) - keep >= (self.snapshots.min_tokens if self.snapshots else 1):
+        elif slot.kv_key != aset.key or len(slot.kv_tokens) - keep >= (self.snapshots.min_tokens if self.snapshots is not None else 1):
             # leaving this set, or dropping much of its history: keep it for a later return
             self._stash(slot)
             keep = keep if slot.kv_key == aset.key else 0

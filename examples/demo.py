@@ -19,7 +19,7 @@ from edge_lora import Runtime
 ADAPTERS = Path(__file__).resolve().parent / "adapters"
 PROMPTS = [
     "Extract the person as JSON: Meet Sofia, a 29-year-old from Lyon.",
-    "Translate to French: the small green birds",
+    "Translate to French: the green birds",
     "Spell out the digits: 90210",
 ]
 SETS: list[tuple[str, dict[str, float]]] = [

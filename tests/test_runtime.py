@@ -211,3 +211,15 @@ def test_bad_options_and_prompts(world):
     with pytest.raises(InvalidRequestError, match="token ids"):
         rt.logits([rt.n_vocab + 5])
     assert rt.complete("still fine", **GREEDY).completion_tokens >= 1
+
+
+def test_snapshot_store_threshold_holds_when_empty():
+    """An empty store is still a store: dropping a few tokens must not snapshot the whole KV."""
+    from edge_lora.pool import SnapshotStore
+
+    store = SnapshotStore(1 << 20, min_tokens=32)
+    assert len(store) == 0
+    store.put((), list(range(10)), b"x" * 100)  # under min_tokens: not kept
+    assert len(store) == 0
+    store.put((), list(range(40)), b"y" * 100)
+    assert store.best((), list(range(35)) + [99]) == (35, list(range(40)), b"y" * 100)
