@@ -100,7 +100,7 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     argv = [sys.executable, "-m", "edge_lora.cli", "serve", str(base), "--port", str(port), "--model-name", "base",
-            "--parallel", str(args.parallel), "--n-ctx", "1024", "--threads", str(os.cpu_count() or 1)]
+            "--parallel", str(args.parallel), "--n-ctx", "1024"]  # default threads: the cores shared by the contexts
     for name, path in adapters.items():
         argv += ["--adapter", f"{name}={path}"]
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
