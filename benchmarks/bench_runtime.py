@@ -372,9 +372,8 @@ def bench_history(base: Path, adapters: list[Path], repeats: int) -> None:
           ["turn", "ttft ms", "prompt tokens", "cached tokens", "x no switch"], rows)
     print(f"\nNew tokens evaluated = prompt - cached. One KV snapshot of this history: {len(state) / 2**20:.1f} MiB, "
           f"save_state {t_save * 1e3:.0f} ms, load_state {t_load * 1e3:.0f} ms (a switch saves the KV of the set it "
-          "leaves, inside that turn's ttft; a return loads it). The store is primed with one snapshot first: "
-          "an empty SnapshotStore tests false (it has __len__), and ContextPool.prepare then saves a snapshot "
-          "whenever a turn drops even one KV token, instead of 32 or more.")
+          "leaves, inside that turn's ttft; a return loads it). The store is primed with one snapshot first, "
+          "so every measured turn starts from the same store state.")
 
 
 # --- 4. memory ----------------------------------------------------------------------------
