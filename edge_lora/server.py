@@ -164,27 +164,29 @@ def create_app(rt: Runtime, settings: ServerSettings) -> FastAPI:
                     min_p=req.min_p, repeat_penalty=req.repeat_penalty, seed=req.seed, stop=req.stop)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
-    async def chat_completions(req: ChatCompletionRequest) -> Any:
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         mix = mix_of(req)
         opts = options(req, req.max_completion_tokens or req.max_tokens)
         msgs = [{"role": m.role, "content": m.content} for m in req.messages]
         stream: TextStream = await call(rt.chat_stream, msgs, mix, **opts)
-        return await respond(req, stream, chat=True)
+        return await respond(req, stream, request, chat=True)
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
-    async def completions(req: CompletionRequest) -> Any:
+    async def completions(req: CompletionRequest, request: Request) -> Any:
         mix = mix_of(req)
         stream: TextStream = await call(rt.stream, req.prompt, mix, **options(req, req.max_tokens))
-        return await respond(req, stream, chat=False)
+        return await respond(req, stream, request, chat=False)
 
-    async def respond(req: ChatCompletionRequest | CompletionRequest, stream: TextStream, chat: bool) -> Any:
+    async def respond(req: ChatCompletionRequest | CompletionRequest, stream: TextStream, request: Request,
+                      chat: bool) -> Any:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(_sse(stream, rid, req.model, chat, usage, pool), media_type="text/event-stream")
-        text = "".join(await call(list, stream))
+        text = await _collect(stream, request, pool)
         c = stream.result
-        assert c is not None
+        if c is None:  # the client went away: nobody to answer
+            return JSONResponse({}, status_code=499)
         choice: dict[str, Any] = {"index": 0, "finish_reason": c.finish_reason, "logprobs": None}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
@@ -239,6 +241,29 @@ def _usage(c: Any) -> dict:
     return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "total_tokens": c.prompt_tokens + c.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": c.cached_tokens}}
+
+
+async def _collect(stream: TextStream, request: Request, pool: ThreadPoolExecutor) -> str:
+    """Run a whole generation; stop it (and free its context) if the client disconnects."""
+    cancel = threading.Event()
+
+    def work() -> str:
+        parts = []
+        try:
+            for piece in stream:
+                if cancel.is_set():
+                    break
+                parts.append(piece)
+        finally:
+            stream.close()
+        return "".join(parts)
+
+    task = asyncio.get_running_loop().run_in_executor(pool, work)
+    while not task.done():
+        await asyncio.wait([task], timeout=0.05)
+        if not task.done() and await request.is_disconnected():
+            cancel.set()
+    return await task
 
 
 async def _sse(stream: TextStream, rid: str, model: str, chat: bool, usage: bool,

@@ -270,3 +270,23 @@ def test_disconnect_frees_the_slot(server):
     if n_full >= 1000:  # only meaningful when the full run is long
         assert released < full_s / 2, (released, full_s)
     print(f"disconnect: slot free after {released * 1000:.0f} ms; full generation {full_s * 1000:.0f} ms")
+
+
+def test_non_streaming_disconnect_frees_the_slot(server):
+    body = {"model": "tone", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 1500,
+            "temperature": 0.0}
+    t0 = time.perf_counter()
+    full = server.post("/v1/chat/completions", body)
+    full_s = time.perf_counter() - t0
+    assert full.status_code == 200
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                   timeout=full_s / 10)
+    t_gone = time.perf_counter()
+    while httpx.get(server.url + "/health").json()["slots"]["busy"] > 0:
+        assert time.perf_counter() - t_gone < 10, "slot still busy after the client left"
+        time.sleep(0.01)
+    released = time.perf_counter() - t_gone
+    if full.json()["usage"]["completion_tokens"] >= 1000:
+        assert released < full_s / 2, (released, full_s)
+    print(f"non-streaming disconnect: slot free after {released * 1000:.0f} ms; full generation {full_s * 1000:.0f} ms")
