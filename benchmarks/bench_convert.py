@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, Keys
+from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 
 HIDDEN, N_HEAD, N_KV, HEAD_DIM, FFN, VOCAB = 4096, 32, 8, 128, 14336, 128256

@@ -76,7 +76,8 @@ def convert(
     ckpt = read_checkpoint(adapter)
     shape = _base_shape(ckpt, base, arch)
     problems: list[str] = []
-    out_tensors, notes = _plan(ckpt, shape, problems)
+    out_tensors = _plan(ckpt, shape, problems)
+    notes: list[str] = []
     if problems:
         raise ConversionError(f"{ckpt.path}: cannot convert to a {shape.spec.name} GGUF adapter", problems)
     if shape.tensors is None:
@@ -160,10 +161,9 @@ def _layer_of(module: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str]) -> tuple[list[OutTensor], list[str]]:
+def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str]) -> list[OutTensor]:
     out: list[OutTensor] = []
     seen: dict[str, str] = {}
-    notes: list[str] = []
     for mod in ckpt.modules:
         target = _target(ckpt, mod, shape, problems)
         if target is None:
@@ -173,12 +173,12 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str]) -> tuple[list
             problems.append(f"{mod.module}: maps to {gname}, already used by {seen[gname]}")
             continue
         seen[gname] = mod.module
-        a, b = _factors(ckpt, mod, ttype, shape, problems)
+        a, b = _factors(ckpt, mod, ttype, gname, shape, problems)
         if a is None or b is None:
             continue
         out.append(OutTensor(gname + LORA_A_SUFFIX, a))
         out.append(OutTensor(gname + LORA_B_SUFFIX, b))
-    return out, notes
+    return out
 
 
 def _target(
@@ -218,9 +218,8 @@ def _target(
 
 
 def _factors(
-    ckpt: Checkpoint, mod: LoraModule, ttype: MODEL_TENSOR, shape: BaseShape, problems: list[str]
+    ckpt: Checkpoint, mod: LoraModule, ttype: MODEL_TENSOR, gname: str, shape: BaseShape, problems: list[str]
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    gname = gguf_tensor_for(shape.spec, mod.module, max(shape.n_layers, 1))[1]  # type: ignore[index]
     embedding = mod.kind == "embedding"
     # the base weight, numpy order: linear (out, in); token_embd (vocab, hidden)
     want = (mod.a.shape[1], mod.b.shape[0]) if embedding else (mod.b.shape[0], mod.a.shape[1])

@@ -17,9 +17,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     try:
         mod = importlib.import_module("edge_lora_convert.cli")
     except ImportError as exc:
+        missing = exc  # `exc` itself is unbound when the except block ends
         p = sub.add_parser("convert", help="convert a PEFT/MLX LoRA checkpoint (converter not installed)")
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda _args: _missing_converter(exc))
+        p.set_defaults(func=lambda _args: _missing_converter(missing))
         return
     mod.add_parser(sub)
 

@@ -83,7 +83,7 @@ class AdapterRegistry:
         self._detach = detach  # removes an adapter from every context before it is freed
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self._retired: list[_Entry] = []  # unloaded while still in use
+        self._live: dict[int, _Entry] = {}  # by native serial: loaded, or unloaded but still in use
 
     def load(self, name: str, path: str | Path, scale: float = 1.0) -> AdapterInfo:
         check_name(name)
@@ -97,6 +97,7 @@ class AdapterRegistry:
         with self._lock:
             old = self._entries.get(name)
             self._entries[name] = entry
+            self._live[native.serial] = entry
         if old is not None:
             self._retire(old)
         return entry.info
@@ -141,7 +142,7 @@ class AdapterRegistry:
         to_free: list[_Entry] = []
         with self._lock:
             for native, _ in aset.natives:
-                entry = self._entry_of(native)
+                entry = self._live.get(native.serial)
                 if entry is None:
                     continue
                 entry.refs -= 1
@@ -152,33 +153,25 @@ class AdapterRegistry:
 
     def close(self) -> None:
         with self._lock:
-            entries = list(self._entries.values())
+            entries = list(self._live.values())
             self._entries.clear()
+            self._live.clear()
         for e in entries:
             e.native.close()
 
     # -- internals ---------------------------------------------------------------
-    def _entry_of(self, native: NativeAdapter) -> _Entry | None:
-        for e in list(self._entries.values()) + self._retired:
-            if e.native is native:
-                return e
-        return None
-
     def _retire(self, entry: _Entry) -> None:
         with self._lock:
             entry.retired = True
             busy = entry.refs > 0
-            if busy:
-                self._retired.append(entry)
         if not busy:
             self._free(entry)
 
     def _free(self, entry: _Entry) -> None:
         self._detach(entry.native)
-        entry.native.close()
         with self._lock:
-            if entry in self._retired:
-                self._retired.remove(entry)
+            self._live.pop(entry.native.serial, None)
+        entry.native.close()
 
     def _unknown(self, name: object) -> UnknownAdapterError:
         loaded = ", ".join(sorted(self._entries)) or "none"

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .gguf_file import read_gguf
 from .native import ContextParams, NativeModel
 from .pool import ContextPool, Slot, SnapshotStore
 from .registry import AdapterInfo, AdapterRegistry, AdapterSet
+
+if TYPE_CHECKING:
+    from .session import Session
 
 Adapters = Mapping[str, float] | None
 
@@ -52,6 +55,13 @@ class TextStream:
 
     def close(self) -> None:
         self._gen.close()  # type: ignore[attr-defined]
+
+    def consume(self) -> Completion:
+        """Run to the end and return the :class:`Completion`."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
 
 
 class Runtime:
@@ -185,11 +195,7 @@ class Runtime:
     def complete(self, prompt: str, adapters: Adapters = None, **options: Any) -> Completion:
         """Complete raw text. Options: max_tokens, temperature, top_p, top_k, min_p,
         repeat_penalty, repeat_last_n, seed, stop."""
-        stream = self.stream(prompt, adapters, **options)
-        for _ in stream:
-            pass
-        assert stream.result is not None
-        return stream.result
+        return self.stream(prompt, adapters, **options).consume()
 
     def stream(self, prompt: str, adapters: Adapters = None, **options: Any) -> TextStream:
         """Like :meth:`complete`, as an iterator of text pieces (``.result`` at the end)."""
@@ -201,11 +207,7 @@ class Runtime:
 
     def chat(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, **options: Any) -> Completion:
         """Answer a conversation, formatted with the base's own chat template."""
-        stream = self.chat_stream(messages, adapters, **options)
-        for _ in stream:
-            pass
-        assert stream.result is not None
-        return stream.result
+        return self.chat_stream(messages, adapters, **options).consume()
 
     def chat_stream(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, **options: Any) -> TextStream:
         params = SamplingParams.build(**options)
@@ -222,7 +224,7 @@ class Runtime:
             ids.insert(0, self._model.bos)
         return ids
 
-    def session(self, adapters: Adapters = None, messages: Sequence[Mapping[str, str]] = (), **options: Any) -> "Session":
+    def session(self, adapters: Adapters = None, messages: Sequence[Mapping[str, str]] = (), **options: Any) -> Session:
         """A multi-turn conversation that keeps its KV state between turns."""
         from .session import Session
 

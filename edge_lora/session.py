@@ -40,11 +40,7 @@ class Session:
 
     def send(self, text: str, **options: Any) -> Completion:
         """Add a user turn and return the assistant's answer (kept in the history)."""
-        stream = self.stream(text, **options)
-        for _ in stream:
-            pass
-        assert stream.result is not None
-        return stream.result
+        return self.stream(text, **options).consume()
 
     def stream(self, text: str, **options: Any) -> TextStream:
         """Like :meth:`send`, as an iterator of text pieces."""

@@ -91,3 +91,21 @@ def test_chat_template_fallbacks():
     assert plain.name == "plain" and plain.render(msgs[1:]) == "User: Hi\nAssistant:"
     own = ChatTemplate("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}", bos_token="", eos_token="")
     assert own.name == "model" and own.render(msgs) == "[system]Be brief.[user]Hi"
+
+
+def test_convert_without_the_converter_says_which_extra(monkeypatch, capsys):
+    """Where only the runtime is installed, `edge-lora convert` names the extra to install."""
+    import importlib
+
+    from edge_lora import cli
+
+    real = importlib.import_module
+
+    def fake(name, *a, **kw):
+        if name == "edge_lora_convert.cli":
+            raise ImportError("No module named 'edge_lora_convert'")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(cli.importlib, "import_module", fake)
+    assert cli.main(["convert", "somewhere"]) == 3
+    assert "pip install 'edge-lora[convert]'" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from adapters import edit_adapter, edit_config, make_mlx_adapter, make_peft_adapter, peft_logits
-from tiny_models import TOKENS, hf_logits, llama_logits, rel_err
+from tiny_models import TOKENS, llama_logits, rel_err
 
 from edge_lora.cli import main as cli
 
