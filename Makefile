@@ -5,15 +5,41 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.edge-lora-dev-installed
 DEMO_STAMP := $(VENV)/.edge-lora-demo-installed
+JOBS   ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 
-.PHONY: install dev test demo bench-convert bench-runtime bench-server clean
+# The native engine (llama.cpp), built by the top-level CMakeLists.txt and installed into
+# $(VENV): BACKEND=cpu|cuda|metal|vulkan (empty: cpu, metal on macOS), CPU=portable|native.
+BACKEND ?=
+CPU     ?= portable
+ENGINE_CONFIG := $(or $(BACKEND),default)-$(CPU)
+ENGINE_BUILD  := build/engine-$(ENGINE_CONFIG)
+ENGINE_STAMP  := $(VENV)/.edge-lora-engine-$(ENGINE_CONFIG)
+ENGINE_ARGS   := -DEDGE_LORA_CPU=$(CPU) $(if $(BACKEND),-DEDGE_LORA_BACKEND=$(BACKEND)) $(CMAKE_ARGS)
+
+.PHONY: install engine engine-native-build dev test demo bench-convert bench-runtime bench-server bench-engine clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
+# one native build per configuration; `cmake --install` puts the bindings and the libraries
+# into the venv, so pip never builds llama-cpp-python itself
+$(ENGINE_STAMP): CMakeLists.txt $(wildcard cmake/*.cmake) | $(VENV)/bin/python
+	cmake -S . -B $(ENGINE_BUILD) $(ENGINE_ARGS) -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build $(ENGINE_BUILD) --config Release -j $(JOBS)
+	cmake --install $(ENGINE_BUILD) --config Release
+	rm -f $(VENV)/.edge-lora-engine-*
+	touch $@
+
+engine: $(ENGINE_STAMP)
+
+# a native CPU build (AMX off) beside the portable one, not installed: bench-engine's reference
+engine-native-build: | $(VENV)/bin/python
+	cmake -S . -B build/engine-bench-native -DEDGE_LORA_CPU=native -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build build/engine-bench-native -j $(JOBS)
+
 # torch==2.13.0 first: the CPU build from this machine's disk (an unpinned torch pulls a CUDA build)
-$(STAMP): pyproject.toml | $(VENV)/bin/python
+$(STAMP): pyproject.toml | $(ENGINE_STAMP)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
@@ -21,14 +47,14 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 dev: $(STAMP)
 
 # the runtime and the demo's base only: no torch
-$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+$(DEMO_STAMP): pyproject.toml | $(ENGINE_STAMP)
 	$(PIP) install -q -e '.[demo]'
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
 	$(PY) examples/demo.py
 
-install: | $(VENV)/bin/python
+install: | $(ENGINE_STAMP)
 	$(PIP) install -q -e .
 
 test: $(STAMP)
@@ -43,6 +69,9 @@ bench-runtime: $(STAMP)
 
 bench-server: $(STAMP)
 	$(PY) benchmarks/bench_server.py
+
+bench-engine: $(STAMP) engine-native-build
+	$(PY) benchmarks/bench_engine.py --native build/engine-bench-native/bin
 
 clean:
 	rm -rf $(VENV) build *.egg-info

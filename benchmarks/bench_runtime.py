@@ -43,7 +43,7 @@ import llama_cpp  # noqa: E402
 
 from edge_lora import Runtime  # noqa: E402
 from edge_lora.gguf_file import read_gguf  # noqa: E402
-from edge_lora.native import backend_init  # noqa: E402
+from edge_lora.engine.native import backend_init  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench-runtime"
 RANK, ALPHA, N_ADAPTERS, THREADS = 16, 16.0, 8, 2

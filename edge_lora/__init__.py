@@ -24,7 +24,7 @@ from .session import Session
 
 __version__ = "0.1.0"
 
-# llama.cpp's log is routed into logging.getLogger("edge_lora.native"); quiet unless configured
+# llama.cpp's log is routed into logging.getLogger("edge_lora.engine.native"); quiet unless configured
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [

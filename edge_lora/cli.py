@@ -31,7 +31,7 @@ def _missing_converter(exc: ImportError) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_run, cli_serve, inspect_cmd
+    from . import cli_doctor, cli_run, cli_serve, inspect_cmd
 
     parser = argparse.ArgumentParser(
         prog="edge-lora",
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd.add_parser(sub)
     cli_run.add_parsers(sub)
     cli_serve.add_parser(sub)
+    cli_doctor.add_parser(sub)
     return parser
 
 

@@ -88,3 +88,10 @@ class ContextOverflowError(InvalidRequestError):
 
 class NativeError(EdgeLoraError):
     """llama.cpp reported a failure (decode, context creation)."""
+
+
+class EngineBuildError(EdgeLoraError):
+    """The native engine (llama.cpp as built on this machine) failed its smoke test here:
+    it crashed, aborted or computed wrong numbers. The message names the fix."""
+
+    exit_code = 4

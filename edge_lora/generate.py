@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .errors import ContextOverflowError, InvalidRequestError
-from .native import NativeSampler
+from .engine.native import NativeSampler
 from .pool import ContextPool, Slot
 from .registry import AdapterSet
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .native import ContextParams, NativeAdapter, NativeContext, NativeModel
+from .engine.native import ContextParams, NativeAdapter, NativeContext, NativeModel
 from .registry import AdapterSet, SetKey
 
 

@@ -19,7 +19,7 @@ from gguf import Keys
 from .compat import adapter_problems, adapter_ranks
 from .errors import IncompatibleAdapterError, InvalidRequestError, UnknownAdapterError
 from .gguf_file import GGUFInfo, read_gguf
-from .native import NativeAdapter, NativeModel
+from .engine.native import NativeAdapter, NativeModel
 
 _uids = itertools.count(1)
 

@@ -23,7 +23,8 @@ from .chat import ChatTemplate
 from .errors import ContextOverflowError, GGUFFileError, InvalidRequestError
 from .generate import Completion, SamplingParams, generate
 from .gguf_file import read_gguf
-from .native import ContextParams, NativeModel
+from .engine.check import ensure_engine_ok
+from .engine.native import ContextParams, NativeModel
 from .pool import ContextPool, Slot, SnapshotStore
 from .registry import AdapterInfo, AdapterRegistry, AdapterSet
 
@@ -98,6 +99,7 @@ class Runtime:
         if self.base_info.is_adapter:
             raise GGUFFileError(f"{self.base_info.path}: is a LoRA adapter, not a base model")
         self.model_path = Path(model_path)
+        ensure_engine_ok()  # once per native build and CPU: a child process runs the smoke test
         self._model = NativeModel(str(self.model_path), n_gpu_layers=n_gpu_layers)
         # llama.cpp's worker threads spin while they wait: contexts running at once must not
         # oversubscribe the cores, so by default they share them

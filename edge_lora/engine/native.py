@@ -1,9 +1,15 @@
-"""The one module that calls llama.cpp (through llama-cpp-python's low-level bindings).
+"""The one module that calls llama.cpp and ggml (through llama-cpp-python's low-level bindings).
 
-Everything else in the runtime talks to these small wrappers. Native resources are
-freed explicitly (``close``) and never twice. Callers validate files in Python
-first (:mod:`edge_lora.gguf_file`, :mod:`edge_lora.compat`): llama.cpp aborts the
-process on some malformed inputs instead of returning an error.
+Everything else talks to these small wrappers. Native resources are freed explicitly
+(``close``) and never twice. Callers validate files in Python first
+(:mod:`edge_lora.gguf_file`, :mod:`edge_lora.compat`): llama.cpp aborts the process on
+some malformed inputs instead of returning an error.
+
+The libraries are the ones llama-cpp-python loads (``<site-packages>/llama_cpp/lib`` or
+``$LLAMA_CPP_LIB_PATH``). With edge-lora's portable build, ggml's backends (the CPU
+variants, CUDA...) are separate modules in that folder, loaded from there by
+:func:`backend_init` before anything else runs (ggml would otherwise look beside the
+Python executable and in the current directory).
 """
 
 from __future__ import annotations
@@ -11,14 +17,18 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import gguf
 import llama_cpp as ll
+import llama_cpp.llama_cpp as _ll_lib
 import numpy as np
 
-from .errors import ContextOverflowError, GGUFFileError, NativeError
+from ..errors import ContextOverflowError, GGUFFileError, InvalidRequestError, NativeError
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +46,161 @@ def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         log.log(logging.ERROR if level == 4 else logging.WARNING if level == 3 else logging.DEBUG, msg)
 
 
+def lib_dir() -> Path:
+    """The folder llama-cpp-python loaded ``libllama`` from (its backends live beside it)."""
+    return Path(_ll_lib._base_path)
+
+
+def _lib_file(stem: str) -> Path:
+    if sys.platform == "win32":
+        return lib_dir() / f"{stem}.dll"
+    if sys.platform == "darwin" and not (lib_dir() / f"lib{stem}.so").exists():
+        return lib_dir() / f"lib{stem}.dylib"
+    return lib_dir() / f"lib{stem}.so"
+
+
+class _Ggml:
+    """ctypes declarations of the few ggml functions the bindings do not expose."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(str(_lib_file("ggml")))  # already loaded by libllama: same handle
+        vp, sz, cp = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
+        decls = {
+            "ggml_backend_load_all_from_path": ([cp], None),
+            "ggml_backend_reg_count": ([], sz),
+            "ggml_backend_reg_get": ([sz], vp),
+            "ggml_backend_reg_name": ([vp], cp),
+            "ggml_backend_dev_count": ([], sz),
+            "ggml_backend_dev_get": ([sz], vp),
+            "ggml_backend_dev_name": ([vp], cp),
+            "ggml_backend_dev_description": ([vp], cp),
+            "ggml_backend_dev_type": ([vp], ctypes.c_int),
+            "ggml_backend_dev_memory": ([vp, ctypes.POINTER(sz), ctypes.POINTER(sz)], None),
+            "ggml_version": ([], cp),
+            "ggml_commit": ([], cp),
+            "ggml_row_size": ([ctypes.c_int, ctypes.c_int64], sz),
+            "ggml_quantize_requires_imatrix": ([ctypes.c_int], ctypes.c_bool),
+            "ggml_quantize_chunk": (
+                [ctypes.c_int, ctypes.POINTER(ctypes.c_float), vp, ctypes.c_int64, ctypes.c_int64,
+                 ctypes.c_int64, ctypes.POINTER(ctypes.c_float)],
+                sz,
+            ),
+        }
+        for name, (args, res) in decls.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, res
+            setattr(self, name, fn)
+
+
+_ggml_lib: _Ggml | None = None
+
+
+def _ggml() -> _Ggml:
+    global _ggml_lib
+    if _ggml_lib is None:
+        _ggml_lib = _Ggml()
+    return _ggml_lib
+
+
 def backend_init() -> None:
-    """Initialise llama.cpp once and route its log into Python's logging (off stderr)."""
+    """Initialise llama.cpp once: route its log into Python's logging (off stderr) and, for a
+    build with dynamically loaded backends, load them from :func:`lib_dir`.
+
+    Raises :class:`NativeError` when no backend can be loaded (a broken install)."""
     global _initialized
     with _init_lock:
         if _initialized:
             return
         ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        g = _ggml()
+        if g.ggml_backend_reg_count() == 0:  # GGML_BACKEND_DL build: nothing is linked in
+            g.ggml_backend_load_all_from_path(str(lib_dir()).encode())
+            if g.ggml_backend_reg_count() == 0:
+                raise NativeError(
+                    f"no ggml backend could be loaded from {lib_dir()} (no usable libggml-cpu* there); "
+                    "reinstall the engine (README, Install) and run `edge-lora doctor`"
+                )
         ll.llama_backend_init()
         _initialized = True
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device ggml sees: ``kind`` is cpu, gpu, igpu or accel; memory in bytes (0 when unknown)."""
+
+    backend: str
+    name: str
+    description: str
+    kind: str
+    memory_free: int
+    memory_total: int
+
+
+_DEV_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
+
+
+def devices() -> list[Device]:
+    """Every device of every loaded backend."""
+    backend_init()
+    g = _ggml()
+    out = []
+    for i in range(g.ggml_backend_dev_count()):
+        dev = g.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        name = (g.ggml_backend_dev_name(dev) or b"").decode(errors="replace")
+        out.append(Device(
+            backend=name.rstrip("0123456789") or name,
+            name=name,
+            description=(g.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
+            kind=_DEV_KINDS.get(g.ggml_backend_dev_type(dev), "other"),
+            memory_free=int(free.value),
+            memory_total=int(total.value),
+        ))
+    return out
+
+
+def backends() -> list[str]:
+    """Names of the loaded ggml backends (registries), e.g. ``["CPU"]`` or ``["CUDA", "CPU"]``."""
+    backend_init()
+    g = _ggml()
+    return [(g.ggml_backend_reg_name(g.ggml_backend_reg_get(i)) or b"").decode() for i in range(g.ggml_backend_reg_count())]
+
+
+def system_info() -> dict[str, str]:
+    """Versions and what llama.cpp reports of itself: ``llama_print_system_info`` (the CPU
+    backend's compiled features), ggml's version, GPU offload support."""
+    backend_init()
+    g = _ggml()
+    return {
+        "ggml_version": (g.ggml_version() or b"").decode(),
+        "ggml_commit": (g.ggml_commit() or b"").decode(),
+        "system_info": ll.llama_print_system_info().decode(errors="replace").strip(),
+        "gpu_offload": "yes" if ll.llama_supports_gpu_offload() else "no",
+    }
+
+
+def quantize_rows(data: np.ndarray, ggml_type: int) -> bytes:
+    """Quantize ``data`` (f32, shape ``[n_rows, n_per_row]``) to ``ggml_type`` with ggml's own
+    quantizer (``ggml_quantize_chunk``); returns the rows' bytes, as stored in GGUF.
+
+    Raises :class:`InvalidRequestError` when ``n_per_row`` is not a multiple of the type's
+    block size or the type needs an importance matrix."""
+    g = _ggml()
+    rows = np.ascontiguousarray(data, dtype=np.float32)
+    if rows.ndim != 2:
+        raise InvalidRequestError(f"quantize_rows needs a 2-D array, got shape {rows.shape}")
+    n_rows, n_per_row = rows.shape
+    if g.ggml_quantize_requires_imatrix(ggml_type):
+        raise InvalidRequestError(f"ggml type {ggml_type} needs an importance matrix")
+    row_size = g.ggml_row_size(ggml_type, n_per_row)
+    block, _ = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+    if n_per_row % block:
+        raise InvalidRequestError(f"rows of {n_per_row} values do not fill {gguf.GGMLQuantizationType(ggml_type).name} blocks of {block}")
+    out = ctypes.create_string_buffer(row_size * n_rows)
+    src = rows.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    n = g.ggml_quantize_chunk(ggml_type, src, out, 0, n_rows, n_per_row, None)
+    return out.raw[:n]
 
 
 class NativeModel:

@@ -1,0 +1,45 @@
+# The llama.cpp source: the pinned llama-cpp-python sdist, from the package index (pip), its
+# sha256 checked, unpacked into the build tree. EDGE_LORA_SDIST may name the .tar.gz or an
+# unpacked folder instead (offline builds).
+function(edge_lora_llama_cpp_source out_dir)
+    set(version "${EDGE_LORA_LLAMA_CPP_PYTHON_VERSION}")
+    set(name "llama_cpp_python-${version}")
+    set(sdist "${EDGE_LORA_SDIST}")
+    if(sdist AND IS_DIRECTORY "${sdist}")
+        if(NOT EXISTS "${sdist}/vendor/llama.cpp/CMakeLists.txt")
+            message(FATAL_ERROR "EDGE_LORA_SDIST=${sdist}: not an unpacked llama-cpp-python sdist (no vendor/llama.cpp)")
+        endif()
+        file(STRINGS "${sdist}/PKG-INFO" _ver REGEX "^Version: ")
+        if(NOT _ver STREQUAL "Version: ${version}")
+            message(FATAL_ERROR "EDGE_LORA_SDIST=${sdist} is llama-cpp-python '${_ver}', edge-lora pins ${version}")
+        endif()
+        set(${out_dir} "${sdist}" PARENT_SCOPE)
+        return()
+    endif()
+    if(NOT sdist)
+        set(sdist "${CMAKE_BINARY_DIR}/_sdist/${name}.tar.gz")
+        if(NOT EXISTS "${sdist}")
+            message(STATUS "Downloading llama-cpp-python ${version} (sdist) with pip")
+            execute_process(
+                COMMAND "${Python3_EXECUTABLE}" -m pip download --quiet --no-deps --no-binary :all:
+                        "llama-cpp-python==${version}" -d "${CMAKE_BINARY_DIR}/_sdist"
+                RESULT_VARIABLE rc)
+            if(NOT rc EQUAL 0 OR NOT EXISTS "${sdist}")
+                message(FATAL_ERROR "pip could not download llama-cpp-python==${version} (sdist); "
+                                    "download it by hand and pass -DEDGE_LORA_SDIST=/path/to/${name}.tar.gz")
+            endif()
+        endif()
+    endif()
+    file(SHA256 "${sdist}" sha)
+    if(NOT sha STREQUAL EDGE_LORA_LLAMA_CPP_PYTHON_SHA256)
+        message(FATAL_ERROR "${sdist}: sha256 ${sha}, expected ${EDGE_LORA_LLAMA_CPP_PYTHON_SHA256} "
+                            "(llama-cpp-python ${version} as published on PyPI)")
+    endif()
+    set(dest "${CMAKE_BINARY_DIR}/_src")
+    if(NOT EXISTS "${dest}/${name}/.edge-lora-unpacked-${sha}")
+        file(REMOVE_RECURSE "${dest}/${name}")
+        file(ARCHIVE_EXTRACT INPUT "${sdist}" DESTINATION "${dest}")
+        file(TOUCH "${dest}/${name}/.edge-lora-unpacked-${sha}")
+    endif()
+    set(${out_dir} "${dest}/${name}" PARENT_SCOPE)
+endfunction()

@@ -1,0 +1,189 @@
+"""Run the engine probe in a child process and keep its verdict per library build and CPU.
+
+The first :class:`~edge_lora.Runtime` with a given set of native libraries on a given CPU
+runs the smoke test of :mod:`edge_lora.engine.probe` in a child process (so a build that
+faults on this CPU cannot kill the caller) and caches the verdict in
+``engine-verdicts.json`` under the user cache folder (``$EDGE_LORA_CACHE_DIR``, else
+``$XDG_CACHE_HOME/edge-lora``, ``~/Library/Caches/edge-lora`` or ``%LOCALAPPDATA%\\edge-lora``).
+The key is the library files (name, size, mtime), the CPU (:mod:`edge_lora.engine.cpu`) and
+the smoke test's version. ``EDGE_LORA_ENGINE_CHECK=0`` turns the check off (for an app that
+ran ``edge-lora doctor`` at install time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_path
+from ..errors import EngineBuildError
+from .cpu import cpu_info
+
+#: bump when the smoke test changes, so cached verdicts are taken again
+SMOKE_VERSION = 1
+FIX = (
+    "rebuild the engine with edge-lora's portable CPU build: from a clone of edge-lora, `make engine` "
+    "(or the cmake commands under Install in README); `edge-lora doctor` shows what failed"
+)
+_lock = threading.Lock()
+_passed: set[str] = set()
+
+
+def lib_dir() -> Path | None:
+    """Where llama-cpp-python will load its libraries from, found without loading them."""
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    if override:
+        return Path(override)
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "lib"
+
+
+def manifest(directory: Path | None = None) -> dict[str, Any] | None:
+    """``edge-lora-engine.json`` written by edge-lora's CMake install, or None (another build)."""
+    d = directory or lib_dir()
+    try:
+        return json.loads((d / "edge-lora-engine.json").read_text()) if d else None
+    except (OSError, ValueError):
+        return None
+
+
+def fingerprint(directory: Path | None = None) -> str:
+    """The cache key: the native libraries' names, sizes and mtimes, the CPU, the test version."""
+    d = directory or lib_dir()
+    files = []
+    if d and d.is_dir():
+        for p in sorted(d.iterdir()):
+            if ("ggml" in p.name or "llama" in p.name) and p.is_file():
+                st = p.stat()
+                files.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    return json.dumps([SMOKE_VERSION, str(d), files, cpu_info().fingerprint, sys.platform])
+
+
+@dataclass
+class ProbeResult:
+    """What a probe child reported: ``ok`` and its ``reason`` when not; ``data`` its JSON."""
+
+    ok: bool
+    reason: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    returncode: int = 0
+    stderr: str = ""
+    seconds: float = 0.0
+
+
+def _describe_exit(rc: int) -> str:
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        what = {"SIGILL": "an instruction this CPU does not have (or may not use)", "SIGABRT": "an abort (a failed assertion)",
+                "SIGSEGV": "a memory fault", "SIGBUS": "a bus error"}.get(name, "a signal")
+        return f"the engine died of {name}: {what}"
+    return f"the probe exited with status {rc}"
+
+
+def run_probe(args: list[str] = ("--smoke",), *, wrapper: list[str] = (), env: dict[str, str] | None = None,
+              timeout: float = 300.0) -> ProbeResult:
+    """Run ``python -m edge_lora.engine.probe ARGS`` in a child (``wrapper`` goes before the
+    interpreter, e.g. ``["qemu-x86_64", "-cpu", "Haswell"]``); never raises for the child's fate."""
+    cmd = [*wrapper, sys.executable, "-m", "edge_lora.engine.probe", *args]
+    child_env = {**os.environ, **(env or {})}
+    # the child must import this edge_lora, even when it is not installed
+    root = str(Path(__file__).resolve().parents[2])
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, child_env.get("PYTHONPATH", "")) if p)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return ProbeResult(False, f"the probe did not finish in {timeout:.0f} s", seconds=time.perf_counter() - t0)
+    except OSError as exc:
+        return ProbeResult(False, f"could not start the probe: {exc}", seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    data: dict[str, Any] = {}
+    lines = proc.stdout.strip().splitlines()
+    if lines:
+        with contextlib.suppress(ValueError):
+            data = json.loads(lines[-1])
+    stderr_tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+    if proc.returncode != 0 and not data:
+        return ProbeResult(False, _describe_exit(proc.returncode), returncode=proc.returncode, stderr=stderr_tail, seconds=seconds)
+    smoke = data.get("smoke")
+    if smoke is not None and not smoke.get("ok"):
+        return ProbeResult(False, "the smoke test computed wrong numbers: " + "; ".join(smoke.get("problems", [])),
+                           data, proc.returncode, stderr_tail, seconds)
+    if proc.returncode != 0:
+        return ProbeResult(False, _describe_exit(proc.returncode), data, proc.returncode, stderr_tail, seconds)
+    return ProbeResult(True, "", data, 0, stderr_tail, seconds)
+
+
+def cache_file() -> Path:
+    base = os.environ.get("EDGE_LORA_CACHE_DIR")
+    if base:
+        return Path(base) / "engine-verdicts.json"
+    if sys.platform == "darwin":
+        root = Path.home() / "Library" / "Caches"
+    elif sys.platform == "win32":
+        root = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "edge-lora" / "engine-verdicts.json"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(cache_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def record(key: str, result: ProbeResult) -> None:
+    """Store ``result`` as the verdict for ``key`` (atomically; a cache that cannot be written is skipped)."""
+    verdicts = _read_cache()
+    verdicts[key] = {
+        "ok": result.ok,
+        "reason": result.reason,
+        "cpu_variant": result.data.get("cpu_variant"),
+        "seconds": round(result.seconds, 3),
+        "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with contextlib.suppress(OSError):
+        with atomic_path(cache_file()) as tmp:
+            tmp.write_text(json.dumps(verdicts, indent=1))
+
+
+def ensure_engine_ok() -> None:
+    """Raise :class:`EngineBuildError` unless this machine's engine build passed its smoke test
+    (run now in a child process, once per library build and CPU, then cached)."""
+    if os.environ.get("EDGE_LORA_ENGINE_CHECK", "1") == "0":
+        return
+    key = fingerprint()
+    if key in _passed:
+        return
+    with _lock:
+        if key in _passed:
+            return
+        verdict = _read_cache().get(key)
+        if verdict is None:
+            result = run_probe()
+            record(key, result)
+            verdict = {"ok": result.ok, "reason": result.reason}
+        if not verdict.get("ok"):
+            raise EngineBuildError(
+                f"the native engine in {lib_dir()} failed its smoke test on this machine: {verdict.get('reason')}",
+                [FIX],
+            )
+        _passed.add(key)
