@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
 
 from tiny_models import TinyCase, make_tiny_model, write_gguf_base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_verdict_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The engine's smoke-test verdicts go to a fresh folder: the suite takes them itself
+    (and its subprocesses inherit the variable) instead of trusting the user's cache."""
+    os.environ["EDGE_LORA_CACHE_DIR"] = str(tmp_path_factory.mktemp("edge-lora-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -135,11 +135,13 @@ def smoke_test(workdir: Path, n_threads: int) -> dict[str, Any]:
     }
 
 
-def greedy_decode(base: Path, prompt: list[int], n_tokens: int, n_threads: int) -> list[int]:
-    """Greedy tokens after ``prompt`` on ``base`` (no adapter)."""
+def greedy_decode(base: Path, prompt: list[int] | str, n_tokens: int, n_threads: int) -> list[int]:
+    """Greedy tokens after ``prompt`` (token ids, or text tokenized by the model) on ``base``."""
     from .native import ContextParams, NativeContext, NativeModel, NativeSampler
 
     nm = NativeModel(str(base))
+    if isinstance(prompt, str):
+        prompt = nm.tokenize(prompt, add_special=True, parse_special=False)
     ctx = NativeContext(nm, ContextParams(n_ctx=128, n_batch=64, n_threads=n_threads))
     sampler = NativeSampler(nm, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
                             repeat_last_n=0, seed=0)
@@ -158,7 +160,8 @@ def greedy_decode(base: Path, prompt: list[int], n_tokens: int, n_threads: int) 
         nm.close()
 
 
-def probe(smoke: bool, decode: Path | None = None, n_tokens: int = 8, n_threads: int | None = None) -> dict[str, Any]:
+def probe(smoke: bool, decode: Path | None = None, n_tokens: int = 8, n_threads: int | None = None,
+          text: str | None = None) -> dict[str, Any]:
     from . import native
 
     threads = n_threads or min(4, os.cpu_count() or 1)
@@ -173,7 +176,7 @@ def probe(smoke: bool, decode: Path | None = None, n_tokens: int = 8, n_threads:
         with tempfile.TemporaryDirectory(prefix="edge-lora-smoke-") as tmp:
             out["smoke"] = smoke_test(Path(tmp), threads)
     if decode is not None:
-        out["decode"] = greedy_decode(decode, PROMPT, n_tokens, threads)
+        out["decode"] = greedy_decode(decode, text if text is not None else PROMPT, n_tokens, threads)
     out["libraries"] = loaded_libraries()
     out["cpu_variant"] = cpu_variant(out["libraries"])
     return out
@@ -184,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="run the smoke test")
     p.add_argument("--decode", type=Path, help="greedy-decode this GGUF base after a fixed prompt")
     p.add_argument("--n-tokens", type=int, default=8)
+    p.add_argument("--text", help="with --decode: this prompt (tokenized by the model) instead of fixed token ids")
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    result = probe(args.smoke, args.decode, args.n_tokens, args.threads)
+    result = probe(args.smoke, args.decode, args.n_tokens, args.threads, args.text)
     result["probe_seconds"] = round(time.perf_counter() - t0, 3)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0 if result.get("smoke", {"ok": True})["ok"] else 1
