@@ -35,8 +35,7 @@ engine: $(ENGINE_STAMP)
 
 # a native CPU build (AMX off) beside the portable one, not installed: bench-engine's reference
 engine-native-build: | $(VENV)/bin/python
-	cmake -S . -B build/engine-bench-native -DEDGE_LORA_CPU=native -DPython3_EXECUTABLE=$(abspath $(PY)) \
-	      -DEDGE_LORA_SDIST=$(abspath $(ENGINE_BUILD))/_sdist/llama_cpp_python-0.3.36.tar.gz
+	cmake -S . -B build/engine-bench-native -DEDGE_LORA_CPU=native -DPython3_EXECUTABLE=$(abspath $(PY))
 	cmake --build build/engine-bench-native -j $(JOBS)
 
 # torch==2.13.0 first: the CPU build from this machine's disk (an unpinned torch pulls a CUDA build)
