@@ -5,13 +5,7 @@
 #   2. the engine's libraries into <site-packages>/llama_cpp/lib, where the bindings load
 #      them, after removing whatever libraries were there (an older build's CPU variants);
 #   3. edge-lora-engine.json beside them: how they were built (`edge-lora doctor` reads it).
-execute_process(
-    COMMAND "${Python3_EXECUTABLE}" -c "import sysconfig; print(sysconfig.get_paths()['platlib'])"
-    OUTPUT_VARIABLE _platlib OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _rc)
-if(NOT _rc EQUAL 0)
-    message(FATAL_ERROR "${Python3_EXECUTABLE} could not report its site-packages")
-endif()
-set(EDGE_LORA_INSTALL_LIBDIR "${_platlib}/llama_cpp/lib" CACHE PATH "where the engine's libraries are installed")
+# (EDGE_LORA_INSTALL_LIBDIR, _platlib: set by CMakeLists.txt before llama.cpp is configured)
 # llama.cpp's own install rules are not used (EXCLUDE_FROM_ALL); keep any stray one local
 set(CMAKE_INSTALL_PREFIX "${CMAKE_BINARY_DIR}/_unused_prefix" CACHE PATH "" FORCE)
 

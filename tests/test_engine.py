@@ -129,3 +129,20 @@ def test_a_bad_build_is_a_typed_error_not_a_crash(tiny, tmp_path):
 def test_cpu_variant_names():
     assert cpu_variant(["/x/libggml-base.so.0", "/x/libggml-cpu-haswell.so"]) == "haswell"
     assert cpu_variant(["/x/libggml-cpu.so"]) == "built in"
+
+
+def test_plain_llama_cpp_python_finds_the_backends(tmp_path):
+    """Stock llama-cpp-python (``Llama(...)``, which loads ggml's backends itself) works with
+    the installed engine from any folder: the CPU variants are found where they were installed."""
+    code = (
+        "import sys, llama_cpp\n"
+        "from edge_lora.engine import tiny\n"
+        "tiny.write_base('tiny.gguf')\n"
+        "llm = llama_cpp.Llama('tiny.gguf', n_ctx=64, verbose=False)\n"
+        "out = llm([300, 271, 265], max_tokens=4, temperature=0.0)\n"
+        "print(out['usage']['completion_tokens'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "4"
