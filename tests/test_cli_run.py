@@ -11,7 +11,7 @@ from adapters import make_peft_adapter
 
 from edge_lora import Runtime
 from edge_lora.chat import ChatTemplate
-from edge_lora.cli_run import parse_adapter_spec
+from edge_lora.cli.run import parse_adapter_spec
 from edge_lora_convert import convert
 
 

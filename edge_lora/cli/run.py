@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from .errors import InvalidRequestError
-from .runtime import Runtime
+from ..errors import InvalidRequestError
+from ..runtime import Runtime
 
 RUN_HELP = "generate once from a prompt, with any mix of adapters"
 RUN_EPILOG = """examples:

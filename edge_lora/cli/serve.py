@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_run import parse_adapter_spec
-from .errors import InvalidRequestError, MissingDependencyError
+from .run import parse_adapter_spec
+from ..errors import InvalidRequestError, MissingDependencyError
 
 HELP = "OpenAI-compatible local server: the base and each adapter are models"
 EPILOG = """examples:
@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .server import ServerSettings, create_app
+        from ..server import ServerSettings, create_app
     except ImportError as exc:
         raise MissingDependencyError(f"the server needs its extra: pip install 'edge-lora[server]' ({exc})") from exc
-    from .runtime import Runtime
+    from ..runtime import Runtime
 
     specs = [parse_adapter_spec(s) for s in args.adapter]
     for d in args.adapter_dir:

@@ -7,8 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .errors import EdgeLoraError
+from .. import __version__
+from ..errors import EdgeLoraError
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def _missing_converter(exc: ImportError) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import cli_doctor, cli_run, cli_serve, inspect_cmd
+    from . import doctor, inspect_cmd, run, serve
 
     parser = argparse.ArgumentParser(
         prog="edge-lora",
@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_convert(sub)
     inspect_cmd.add_parser(sub)
-    cli_run.add_parsers(sub)
-    cli_serve.add_parser(sub)
-    cli_doctor.add_parser(sub)
+    run.add_parsers(sub)
+    serve.add_parser(sub)
+    doctor.add_parser(sub)
     return parser
 
 
@@ -59,6 +59,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("edge-lora: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

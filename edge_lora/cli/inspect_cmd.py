@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .inspect import describe, format_text
+from ..inspect import describe, format_text
 
 HELP = "describe a GGUF adapter or base; with --base, check an adapter against it"
 EPILOG = """examples:

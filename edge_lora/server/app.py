@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .errors import (
+from ..errors import (
     ContextOverflowError,
     EdgeLoraError,
     GGUFFileError,
@@ -32,8 +32,8 @@ from .errors import (
     InvalidRequestError,
     UnknownAdapterError,
 )
-from .runtime import Runtime, TextStream
-from .server_schemas import ChatCompletionRequest, CompletionRequest, LoadAdapterRequest, UnloadAdapterRequest
+from ..runtime import Runtime, TextStream
+from .schemas import ChatCompletionRequest, CompletionRequest, LoadAdapterRequest, UnloadAdapterRequest
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine.doctor import diagnose, format_text
+    from ..engine.doctor import diagnose, format_text
 
     report = diagnose()
     print(json.dumps(report, indent=2) if args.json else format_text(report))
