@@ -8,6 +8,7 @@ with ``scale`` the effective multiplier the training framework used.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,32 +53,92 @@ class Checkpoint:
     #: alpha to write as adapter.lora.alpha
     alpha: float
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: what the reader decided on the user's behalf (shown by the CLI, kept in ConvertResult.notes)
+    notes: list[str] = field(default_factory=list)
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a PEFT or MLX-LM adapter directory. Raises CheckpointError/ConversionError."""
+#: weight files PEFT itself loads, in its order of preference (peft.utils.load_peft_weights)
+PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MLX_WEIGHTS = ("adapters.safetensors",)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def read_checkpoint(path: str | Path, *, adapter_name: str | None = None, text_only: bool = False,
+                    base_vocab: int | None = None) -> Checkpoint:
+    """Read a PEFT or MLX-LM adapter: its folder, its ``adapter_config.json`` or its weights file.
+
+    The format is decided by the config (PEFT's ``peft_type``/``r`` or MLX-LM's
+    ``lora_parameters``), never by a file name. ``adapter_name`` picks one of several PEFT
+    adapter names in one file; ``text_only`` drops vision/audio tower pairs of a multimodal
+    checkpoint; ``base_vocab`` (the base's token count) lets a resized vocabulary be named as
+    such. Raises :class:`CheckpointError` / :class:`ConversionError` listing every problem.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: adapter path not found")
+    weights: Path | None = None
     if p.is_file():
-        raise CheckpointError(
-            f"{p}: expected an adapter directory (PEFT: adapter_config.json + adapter_model.safetensors; "
-            "MLX-LM: adapter_config.json + adapters.safetensors)"
-        )
-    if (p / "adapters.safetensors").exists():
-        return _read_mlx(p)
-    if (p / "adapter_model.safetensors").exists() or (p / "adapter_model.bin").exists():
-        return _read_peft(p)
+        if p.name == "adapter_config.json":
+            folder = p.parent
+        elif p.suffix in _WEIGHT_SUFFIXES:
+            folder, weights = p.parent, p
+        else:
+            raise CheckpointError(f"{p}: give the adapter folder, its adapter_config.json or its weights file")
+    else:
+        folder = p
+    cfg = _load_config(folder)
+    fmt = _format_of(cfg, folder)
+    notes: list[str] = []
+    if weights is None:
+        weights = _pick_weights(folder, PEFT_WEIGHTS if fmt == "peft" else MLX_WEIGHTS, notes)
+    if fmt == "mlx":
+        ckpt = _read_mlx(folder, cfg, weights)
+    else:
+        ckpt = _read_peft(folder, cfg, weights, adapter_name, text_only, base_vocab)
+    ckpt.notes[:0] = notes
+    return ckpt
+
+
+def _format_of(cfg: dict[str, Any], folder: Path) -> Literal["peft", "mlx"]:
+    mlx = "lora_parameters" in cfg or "fine_tune_type" in cfg
+    peft = "peft_type" in cfg or "lora_alpha" in cfg or "r" in cfg
+    if mlx and not peft:
+        return "mlx"
+    if peft and not mlx:
+        return "peft"
     raise CheckpointError(
-        f"{p}: no adapter weights found (expected adapter_model.safetensors, adapter_model.bin "
-        "or MLX-LM's adapters.safetensors)"
+        f"{folder / 'adapter_config.json'}: cannot tell PEFT from MLX-LM "
+        "(PEFT configs have peft_type, r and lora_alpha; MLX-LM configs have lora_parameters and fine_tune_type)"
+    )
+
+
+def _pick_weights(folder: Path, preferred: tuple[str, ...], notes: list[str]) -> Path:
+    """The weights file the framework itself would load; else the folder's only weights file."""
+    found = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in _WEIGHT_SUFFIXES)
+    for name in preferred:
+        if (folder / name).is_file():
+            others = [f.name for f in found if f.name != name]
+            if others:
+                notes.append(f"read {name} (the file PEFT/MLX-LM loads); also in the folder: {', '.join(others)}")
+            return folder / name
+    if len(found) == 1:
+        notes.append(f"read {found[0].name}: the folder's only weights file (the usual name is {preferred[0]})")
+        return found[0]
+    if found:
+        raise CheckpointError(
+            f"{folder}: several weights files and none named {' or '.join(preferred)}: "
+            f"{', '.join(f.name for f in found)}; give the one to convert as the path"
+        )
+    raise CheckpointError(
+        f"{folder}: no adapter weights found", [f"searched {folder / n}" for n in preferred]
+        + [f"searched {folder}/*{sfx}" for sfx in _WEIGHT_SUFFIXES]
     )
 
 
 def _load_config(p: Path) -> dict[str, Any]:
     cfg_path = p / "adapter_config.json"
     if not cfg_path.exists():
-        raise CheckpointError(f"{cfg_path}: missing adapter config")
+        raise CheckpointError(f"{cfg_path}: missing adapter config", [f"searched {cfg_path}"])
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -87,38 +148,77 @@ def _load_config(p: Path) -> dict[str, Any]:
     return cfg
 
 
-# PEFT state-dict keys: "base_model.model.<module>.lora_A[.<adapter>].weight", embeddings
-# "…lora_embedding_A[.<adapter>]"; the adapter segment appears in some raw saves.
+def _read_weights(weights: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    if weights.suffix == ".safetensors":
+        return read_safetensors(weights), sorted(safetensors_dtypes(weights))
+    return read_torch_bin(weights), ["torch"]
+
+
+def nonfinite_problems(tensors: dict[str, np.ndarray]) -> list[str]:
+    """One problem per tensor holding NaN or infinite values (they would be served as garbage)."""
+    out = []
+    for name, arr in tensors.items():
+        if not np.isfinite(arr).all():
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            out.append(f"{name}: {bad} of {arr.size} values are NaN or infinite")
+    return out
+
+
+# PEFT state-dict keys: "base_model.model.<module>.lora_A[.<adapter>].weight" (the prefix once per
+# PeftModel wrapper: a model wrapped twice has it twice), embeddings "...lora_embedding_A[.<adapter>]";
+# the adapter-name segment is in raw state dicts (save_pretrained strips it).
 _PEFT_KEY = re.compile(
-    r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+    r"^(?:base_model\.model\.)*(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
     r"(?:\.(?!weight$|bias$)(?P<adapter>[A-Za-z_][\w-]*))?(?P<suffix>\.weight|\.bias)?$"
 )
 
 
-def _read_peft(p: Path) -> Checkpoint:
-    cfg = _load_config(p)
+def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: str | None,
+               text_only: bool, base_vocab: int | None) -> Checkpoint:
     problems = peft_config.config_problems(cfg)
-    st = p / "adapter_model.safetensors"
-    if st.exists():
-        tensors, weights_file, dtypes = read_safetensors(st), st, sorted(safetensors_dtypes(st))
-    else:
-        weights_file = p / "adapter_model.bin"
-        tensors, dtypes = read_torch_bin(weights_file), ["torch"]
-    pairs: dict[tuple[str, bool], dict[str, tuple[str, np.ndarray]]] = {}
+    notes = [n for n in (peft_config.fan_in_fan_out_note(cfg),) if n]
+    tensors, dtypes = _read_weights(weights_file)
+    problems += nonfinite_problems(tensors)
+    parsed = []
     for name, arr in tensors.items():
         m = _PEFT_KEY.match(name)
         if m is None:
-            problems.append(_classify_non_lora(name))
+            problems.append(_classify_non_lora(name, arr, base_vocab))
             continue
+        parsed.append((name, arr, m))
+    names = sorted({m["adapter"] or "" for _, _, m in parsed})
+    if adapter_name is not None:
+        if adapter_name not in names:
+            shown = ", ".join(repr(n) if n else "(none)" for n in names)
+            raise CheckpointError(f"{weights_file}: no adapter named {adapter_name!r}; the file has: {shown}")
+        parsed = [t for t in parsed if (t[2]["adapter"] or "") == adapter_name]
+        notes.append(f"converted adapter {adapter_name!r} of {len(names)} in the file")
+    elif len(names) > 1:
+        counts = {n: sum(1 for t in parsed if (t[2]["adapter"] or "") == n) for n in names}
+        shown = ", ".join(f"{n!r} ({c} tensors)" if n else f"unnamed ({c} tensors)" for n, c in counts.items())
+        problems.append(f"the file holds several PEFT adapters: {shown}; pick one with --adapter-name NAME")
+    pairs: dict[tuple[str, bool], dict[str, tuple[str, np.ndarray]]] = {}
+    towers: dict[str, int] = {}
+    for name, arr, m in parsed:
         if m["suffix"] == ".bias":
             problems.append(f"{name}: LoRA bias (lora_bias=True) is not supported by llama.cpp")
             continue
         if m["part"].startswith("lora_embedding") and m["suffix"]:
             problems.append(f"{name}: unexpected '.weight' on an embedding LoRA factor")
             continue
+        module, tower = unwrap_text_model(m["module"])
+        if tower:
+            towers[tower] = towers.get(tower, 0) + 1
+            continue
         embedding = m["part"].startswith("lora_embedding")
-        side = m["part"][-1]
-        pairs.setdefault((m["module"], embedding), {})[side] = (name, arr)
+        pairs.setdefault((module, embedding), {})[m["part"][-1]] = (name, arr)
+    if towers:
+        what = ", ".join(f"{t} ({n} tensors)" for t, n in sorted(towers.items()))
+        if text_only:
+            notes.append(f"--text-only: dropped the LoRA tensors of {what}; the text model's are converted")
+        else:
+            problems.append(f"LoRA on the multimodal towers {what}: a text GGUF base has no such layers; "
+                            "pass --text-only to convert the text model's part alone")
     modules = _pair_up(pairs, cfg, problems)
     if problems:
         raise ConversionError(f"{p}: cannot convert this PEFT adapter", problems)
@@ -135,23 +235,59 @@ def _read_peft(p: Path) -> Checkpoint:
             "weights_file": weights_file.name,
             "weights_dtypes": ",".join(dtypes),
             "peft_version": cfg.get("peft_version") or "",
+            "text_only": bool(towers) and text_only,
         },
+        notes=notes,
     )
 
 
-def _classify_non_lora(name: str) -> str:
+#: module-path segments of the non-text towers of multimodal checkpoints
+_TOWERS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "mm_projector", "audio_tower",
+           "audio_model", "embed_vision", "embed_audio", "vision_embed_tokens")
+#: text-model wrappers of multimodal checkpoints (Gemma 3 4B+, Llava, Mistral 3, transformers 5 layouts)
+_TEXT_WRAPPERS = re.compile(r"^(?:model\.language_model\.|language_model\.model\.|language_model\.|model\.text_model\.)")
+
+
+def unwrap_text_model(module: str) -> tuple[str, str | None]:
+    """``(text-model module path, None)``, or ``(module, tower)`` for a vision/audio tower's module.
+
+    ``model.language_model.layers.0.x`` and ``language_model.model.layers.0.x`` both become
+    ``model.layers.0.x``, the text model's own path."""
+    parts = module.split(".")
+    for seg in _TOWERS:
+        if seg in parts:
+            return module, ".".join(parts[: parts.index(seg) + 1])
+    m = _TEXT_WRAPPERS.match(module)
+    return ("model." + module[m.end():], None) if m else (module, None)
+
+
+def _classify_non_lora(name: str, arr: np.ndarray, base_vocab: int | None) -> str:
+    shape = tuple(arr.shape)
+    vocab_layer = ("embed_tokens" in name or "lm_head" in name or "wte" in name) and name.endswith(".weight")
+    if vocab_layer and len(shape) == 2 and base_vocab is not None and shape[0] != base_vocab:
+        return (f"{name}: the vocabulary was resized from {base_vocab} to {shape[0]} tokens (the full embedding/"
+                f"lm_head is saved): an adapter cannot add tokens to a base. You need a base with those "
+                f"{shape[0]} tokens: merge the adapter into the resized model (PEFT merge_and_unload), convert that "
+                "model with llama.cpp's convert_hf_to_gguf.py, and use it as the base")
     if "lora_magnitude_vector" in name:
         return f"{name}: DoRA (use_dora=True) is not supported: llama.cpp has no magnitude vector"
+    if "rotary_emb" in name or "inv_freq" in name or "rope_freqs" in name:
+        return (f"{name}: a generated buffer (rotary embedding frequencies), not a trained weight; the file holds "
+                "more than a LoRA adapter: save the PeftModel itself (save_pretrained) and convert that")
+    if vocab_layer and ("modules_to_save" in name or ".base_layer." in name):
+        return (f"{name}: a full {shape[0]}x{shape[1] if len(shape) > 1 else '?'} embedding/lm_head weight "
+                "(modules_to_save or save_embedding_layers); if the vocabulary was not resized, re-save with "
+                "save_pretrained(..., save_embedding_layers=False) and without modules_to_save"
+                if len(shape) == 2 else f"{name}: a full weight that a llama.cpp adapter cannot carry")
     if ".base_layer." in name and name.endswith(".weight"):
         return (
-            f"{name}: a saved embedding layer (PEFT's save_embedding_layers, on by default when embeddings "
-            "are targeted); a llama.cpp adapter cannot carry full weights. If the vocabulary was not "
-            "resized, re-save with save_pretrained(..., save_embedding_layers=False)"
+            f"{name}: a saved base layer (PEFT's save_embedding_layers); a llama.cpp adapter cannot carry full "
+            "weights. If the vocabulary was not resized, re-save with save_pretrained(..., save_embedding_layers=False)"
         )
     if "modules_to_save" in name or name.endswith(".weight"):
         return (
-            f"{name}: a full weight (modules_to_save or a saved embedding layer); llama.cpp adapters "
-            "carry only LoRA factors: merge it into the base instead"
+            f"{name}: a full weight (modules_to_save); llama.cpp adapters carry only LoRA factors: merge it into "
+            "the base instead"
         )
     if name.endswith(".bias"):
         return f"{name}: a trained bias (bias='all' or 'lora_only') is not supported by llama.cpp adapters"
@@ -195,8 +331,7 @@ def _pair_up(
     return modules
 
 
-def _read_mlx(p: Path) -> Checkpoint:
-    cfg = _load_config(p)
+def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path) -> Checkpoint:
     problems: list[str] = []
     ftype = cfg.get("fine_tune_type", "lora")
     if ftype != "lora":
@@ -205,8 +340,13 @@ def _read_mlx(p: Path) -> Checkpoint:
     if not isinstance(params, dict) or "rank" not in params or "scale" not in params:
         problems.append("adapter_config.json: lora_parameters with 'rank' and 'scale' is required")
         raise ConversionError(f"{p}: cannot convert this MLX-LM adapter", problems)
+    raw_scale = params["scale"]
+    if isinstance(raw_scale, bool) or not isinstance(raw_scale, (int, float)) or not math.isfinite(raw_scale):
+        problems.append(f"adapter_config.json: lora_parameters.scale must be a finite number, found {raw_scale!r}")
+        raise ConversionError(f"{p}: cannot convert this MLX-LM adapter", problems)
     scale = mlx_scale(params)
-    tensors = read_safetensors(p / "adapters.safetensors")
+    tensors, _ = _read_weights(weights_file)
+    problems += nonfinite_problems(tensors)
     pairs: dict[str, dict[str, tuple[str, np.ndarray]]] = {}
     for name, arr in tensors.items():
         m = re.match(r"^(?P<module>.+)\.(?P<part>lora_a|lora_b)$", name)
@@ -249,7 +389,7 @@ def _read_mlx(p: Path) -> Checkpoint:
             "source_format": "mlx-lm",
             "base_model": cfg.get("model") or "",
             "target_modules": ",".join(params.get("keys") or []),
-            "weights_file": "adapters.safetensors",
+            "weights_file": weights_file.name,
             "mlx_num_layers": str(cfg.get("num_layers", "")),
         },
     )

@@ -22,12 +22,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "convert", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("adapter", help="PEFT directory (adapter_config.json + adapter_model.safetensors|.bin) "
-                   "or MLX-LM adapter directory (adapter_config.json + adapters.safetensors)")
+    p.add_argument("adapter", help="PEFT or MLX-LM adapter: its folder (adapter_config.json + weights), its "
+                   "adapter_config.json or its weights file")
     p.add_argument("--base", metavar="BASE.gguf", help="GGUF base model (any quantization) to check every tensor against")
     p.add_argument("--arch", metavar="NAME", help="architecture when converting without --base (unchecked)")
     p.add_argument("-o", "--output", metavar="OUT.gguf", help="output file (default: ADAPTER.gguf beside the directory)")
     p.add_argument("--outtype", choices=list(OUTTYPES), default="f16", help="storage type of the LoRA tensors (default f16)")
+    p.add_argument("--adapter-name", metavar="NAME", help="the PEFT adapter to convert when the file holds several")
+    p.add_argument("--text-only", action="store_true",
+                   help="multimodal checkpoint: drop the vision/audio towers' LoRA, convert the text model's")
     p.add_argument("--dry-run", action="store_true", help="check and plan everything, write nothing")
     p.add_argument("--force", action="store_true", help="replace OUT.gguf if it exists")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         overwrite=args.force,
         progress=not args.quiet,
+        adapter_name=args.adapter_name,
+        text_only=args.text_only,
     )
     if args.json:
         print(json.dumps({

@@ -10,7 +10,7 @@ import numpy as np
 from gguf import MODEL_TENSOR, Keys
 
 from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
-from edge_lora.gguf_file import OUTPUT_TENSOR, EdgeLoraKeys, read_gguf
+from edge_lora.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, EdgeLoraKeys, GGUFInfo, read_gguf
 
 from . import __version__
 from .checkpoint import Checkpoint, LoraModule, read_checkpoint
@@ -63,21 +63,27 @@ def convert(
     dry_run: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    adapter_name: str | None = None,
+    text_only: bool = False,
 ) -> ConvertResult:
-    """Convert a PEFT or MLX-LM adapter directory to a GGUF LoRA adapter.
+    """Convert a PEFT or MLX-LM adapter (folder, config or weights file) to a GGUF LoRA adapter.
 
     ``base`` (a GGUF base, quantized or not) gives the architecture, layer count
     and every tensor shape, and each adapter tensor is checked against it. Without
-    it, ``arch`` converts unchecked. Every problem is collected and raised at once
-    as :class:`ConversionError`; nothing is written then.
+    it, ``arch`` converts unchecked. ``adapter_name`` picks one of several PEFT adapter
+    names in one file; ``text_only`` drops the vision/audio towers of a multimodal
+    checkpoint. Every problem is collected and raised at once as :class:`ConversionError`;
+    nothing is written then.
     """
     if outtype not in OUTTYPES:
         raise ConversionError(f"unknown --outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
-    ckpt = read_checkpoint(adapter)
-    shape = _base_shape(ckpt, base, arch)
+    base_info = read_gguf(base) if base is not None else None
+    vocab = base_info.tensors[TOKEN_EMBD_TENSOR].shape[0] if base_info and TOKEN_EMBD_TENSOR in base_info.tensors else None
+    ckpt = read_checkpoint(adapter, adapter_name=adapter_name, text_only=text_only, base_vocab=vocab)
+    shape = _base_shape(ckpt, base_info, arch)
     problems: list[str] = []
-    out_tensors = _plan(ckpt, shape, problems)
-    notes: list[str] = []
+    notes: list[str] = list(ckpt.notes)
+    out_tensors = _plan(ckpt, shape, problems, notes)
     if problems:
         raise ConversionError(f"{ckpt.path}: cannot convert to a {shape.spec.name} GGUF adapter", problems)
     if shape.tensors is None:
@@ -117,15 +123,14 @@ def _check_output(out: Path, adapter_dir: Path, base: str | Path | None, overwri
         raise OutputExistsError(f"{out}: already exists (pass --force to replace it)")
 
 
-def _base_shape(ckpt: Checkpoint, base: str | Path | None, arch: str | None) -> BaseShape:
-    if base is None:
+def _base_shape(ckpt: Checkpoint, info: GGUFInfo | None, arch: str | None) -> BaseShape:
+    if info is None:
         if arch is None:
             raise ConversionError("give --base BASE.gguf (recommended) or --arch NAME to convert unchecked")
         spec = _spec_or_error(arch)
         layers = [_layer_of(m.module) for m in ckpt.modules]
         n_layers = max([i for i in layers if i is not None], default=-1) + 1
         return BaseShape(spec, n_layers, None, None, None, None)
-    info = read_gguf(base)
     if info.is_adapter:
         raise IncompatibleAdapterError(f"{info.path}: is a LoRA adapter, not a base model")
     spec = _spec_or_error(info.architecture)
@@ -161,11 +166,12 @@ def _layer_of(module: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str]) -> list[OutTensor]:
+def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[str]) -> list[OutTensor]:
     out: list[OutTensor] = []
     seen: dict[str, str] = {}
+    unmapped: list[str] = []
     for mod in ckpt.modules:
-        target = _target(ckpt, mod, shape, problems)
+        target = _target(ckpt, mod, shape, problems, unmapped)
         if target is None:
             continue
         ttype, gname = target
@@ -178,11 +184,42 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str]) -> list[OutTe
             continue
         out.append(OutTensor(gname + LORA_A_SUFFIX, a))
         out.append(OutTensor(gname + LORA_B_SUFFIX, b))
+        if shape.tensors is not None and mod.rank > min(shape.tensors[gname]):
+            notes.append(f"{mod.module}: rank {mod.rank} exceeds min(in, out) = {min(shape.tensors[gname])} of {gname}; "
+                         "the extra rank adds nothing")
+    if unmapped:
+        shown = ", ".join(unmapped[:12]) + (f", ... ({len(unmapped) - 12} more)" if len(unmapped) > 12 else "")
+        problems.append(
+            f"{len(unmapped)} of {len(ckpt.modules)} modules did not map to {shape.spec.name} tensors "
+            f"({len(ckpt.modules) - len(unmapped)} did): {shown}. A {shape.spec.name} base's Hugging Face modules "
+            f"look like {shape.spec.tree_example}; an adapter trained on another model family cannot be converted for it"
+        )
+    note = _base_model_note(ckpt, shape.spec)
+    if note:
+        notes.append(note)
     return out
 
 
+#: model-name words of Hugging Face families, for the base_model_name_or_path note
+_FAMILY_WORDS = {"llama": "llama", "mistral": "llama", "mixtral": "mixtral", "qwen3": "qwen3", "qwen2": "qwen2",
+                 "gemma-3": "gemma3", "gemma3": "gemma3", "gemma-2": "gemma2", "gemma2": "gemma2", "phi-3": "phi3",
+                 "phi3": "phi3", "phi-4": "phi3", "gpt2": "gpt2", "gpt-j": "gptj", "falcon": "falcon"}
+
+
+def _base_model_note(ckpt: Checkpoint, spec: ArchSpec) -> str | None:
+    """A note when the adapter's recorded base model is of another family than the GGUF base."""
+    name = str(ckpt.provenance.get("base_model") or "").lower()
+    for word, family in _FAMILY_WORDS.items():
+        if word in name:
+            if family != spec.name and arch_spec(family) is not spec:
+                return (f"the adapter records base model {ckpt.provenance['base_model']!r}, which looks like {family}, "
+                        f"not {spec.name}: check that this is the base it was trained on")
+            return None
+    return None
+
+
 def _target(
-    ckpt: Checkpoint, mod: LoraModule, shape: BaseShape, problems: list[str]
+    ckpt: Checkpoint, mod: LoraModule, shape: BaseShape, problems: list[str], unmapped: list[str]
 ) -> tuple[MODEL_TENSOR, str] | None:
     spec = shape.spec
     last = mod.module.rsplit(".", 1)[-1]
@@ -195,7 +232,7 @@ def _target(
         )
         return None
     if found is None:
-        problems.append(f"{mod.module}: unknown module name for architecture {spec.name}")
+        unmapped.append(mod.module)
         return None
     if ckpt.format == "mlx":
         n = ckpt.config.get("num_layers")
@@ -264,4 +301,6 @@ def _provenance(ckpt: Checkpoint, shape: BaseShape) -> dict[str, object]:
         meta[EdgeLoraKeys.WEIGHTS_DTYPES] = p["weights_dtypes"]
     if p.get("peft_version"):
         meta[EdgeLoraKeys.PEFT_VERSION] = p["peft_version"]
+    if p.get("text_only"):
+        meta[EdgeLoraKeys.TEXT_ONLY] = True
     return meta

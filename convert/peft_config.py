@@ -6,6 +6,7 @@ The matching rules mirror PEFT's own (``peft.utils.other.get_pattern_key`` and
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -15,7 +16,7 @@ from .scales import peft_scale
 _UNSUPPORTED: dict[str, str] = {
     "use_dora": "DoRA (use_dora=True): llama.cpp has no magnitude vector",
     "lora_bias": "LoRA bias (lora_bias=True) is not supported by llama.cpp",
-    "fan_in_fan_out": "fan_in_fan_out=True (Conv1D layers) is not supported",
+    "fan_in_fan_out": "fan_in_fan_out=True (Conv1D layers) is not supported",  # see fan_in_fan_out_note
     "layer_replication": "layer_replication changes the base's layer layout",
     "use_qalora": "QALoRA (use_qalora=True) is not supported",
     "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens) is not supported yet",
@@ -23,6 +24,42 @@ _UNSUPPORTED: dict[str, str] = {
     "target_parameters": "LoRA on raw parameters (target_parameters) is not supported",
     "modules_to_save": "modules_to_save holds full trained weights, which a llama.cpp adapter cannot carry",
 }
+
+#: init_lora_weights values after which PEFT trains against a base it modified itself, so the
+#: adapter is wrong on the original base (peft/tuners/lora/layer.py, LoraLayer.update_layer):
+#: PiSSA, OLoRA, CorDA and LoRA-GA subtract scale * B0 @ A0 from W; LoftQ replaces W by a
+#: quantized one. Values are matched as prefixes (pissa_niter_16).
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
+#: values that leave the base alone: the adapter is an ordinary LoRA
+_PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica")
+_CONVERT_FIRST = (
+    "convert it to an ordinary LoRA first: save the adapter PEFT initialised, before training, then "
+    "model.save_pretrained(OUT, path_initial_model_for_weight_conversion=THAT_FOLDER) after training "
+    "(PEFT computes the change as a plain rank-2r LoRA on the original base), and convert OUT"
+)
+
+
+def init_problem(value: Any) -> str | None:
+    """Why an ``init_lora_weights`` value cannot be converted, or None when it can."""
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value).lower()
+    if text in _PLAIN_INITS:
+        return None
+    if text.startswith("loftq"):
+        return ("adapter_config.json: init_lora_weights='loftq': LoftQ trains against a base PEFT replaced by a "
+                "quantized one, so this adapter is wrong on the original base; use it with the base LoftQ saved "
+                "(convert that base to GGUF) or retrain with init_lora_weights=True")
+    if text.startswith(_BASE_CHANGING_INITS):
+        return (f"adapter_config.json: init_lora_weights={value!r}: the adapter was trained against a base PEFT "
+                "modified at initialisation (W - scale * B0 @ A0), so on the original base its outputs are wrong; "
+                + _CONVERT_FIRST)
+    return (f"adapter_config.json: init_lora_weights={value!r} is not an initialisation this converter knows "
+            "(it may change the base, as PiSSA does); convert with a PEFT save whose init_lora_weights is true")
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def config_problems(cfg: dict[str, Any]) -> list[str]:
@@ -35,12 +72,24 @@ def config_problems(cfg: dict[str, Any]) -> list[str]:
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         problems.append(f"adapter_config.json: 'r' must be a positive integer, found {r!r}")
     alpha = cfg.get("lora_alpha")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        problems.append(f"adapter_config.json: 'lora_alpha' must be a number, found {alpha!r}")
+    if not _finite_number(alpha):
+        problems.append(f"adapter_config.json: 'lora_alpha' must be a finite number, found {alpha!r}")
     for key in ("rank_pattern", "alpha_pattern"):
-        if cfg.get(key) is not None and not isinstance(cfg.get(key), dict):
+        pattern = cfg.get(key)
+        if pattern is not None and not isinstance(pattern, dict):
             problems.append(f"adapter_config.json: '{key}' must be an object")
+            continue
+        for pat, v in (pattern or {}).items():
+            if key == "rank_pattern" and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                problems.append(f"adapter_config.json: rank_pattern[{pat!r}] must be a positive integer, found {v!r}")
+            elif key == "alpha_pattern" and not _finite_number(v):
+                problems.append(f"adapter_config.json: alpha_pattern[{pat!r}] must be a finite number, found {v!r}")
+    init = init_problem(cfg.get("init_lora_weights", True))
+    if init:
+        problems.append(init)
     for key, why in _UNSUPPORTED.items():
+        if key == "fan_in_fan_out":
+            continue  # decided with the base's layer type (see fan_in_fan_out_note)
         if cfg.get(key):
             problems.append(f"adapter_config.json: {why}")
     bias = cfg.get("bias", "none")
@@ -50,11 +99,23 @@ def config_problems(cfg: dict[str, Any]) -> list[str]:
 
 
 def has_valid_rank_alpha(cfg: dict[str, Any]) -> bool:
-    r, alpha = cfg.get("r"), cfg.get("lora_alpha")
+    r = cfg.get("r")
     valid_r = isinstance(r, int) and not isinstance(r, bool) and r > 0
-    valid_alpha = isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
-    patterns_ok = all(isinstance(cfg.get(k) or {}, dict) for k in ("rank_pattern", "alpha_pattern"))
-    return valid_r and valid_alpha and patterns_ok
+    patterns = [cfg.get(k) or {} for k in ("rank_pattern", "alpha_pattern")]
+    if not all(isinstance(p, dict) for p in patterns):
+        return False
+    ranks_ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patterns[0].values())
+    alphas_ok = all(_finite_number(v) for v in patterns[1].values())
+    return valid_r and _finite_number(cfg.get("lora_alpha")) and ranks_ok and alphas_ok
+
+
+def fan_in_fan_out_note(cfg: dict[str, Any]) -> str | None:
+    """PEFT ignores ``fan_in_fan_out`` on ``nn.Linear`` layers (it warns and resets the flag),
+    and every architecture this converter supports is built of ``nn.Linear``: a note, not a refusal."""
+    if not cfg.get("fan_in_fan_out"):
+        return None
+    return ("fan_in_fan_out=true ignored: the supported architectures use nn.Linear layers, for which PEFT "
+            "resets the flag (it applies to GPT-2-style Conv1D only)")
 
 
 def _pattern_key(patterns: dict[str, Any], key: str) -> str | None:

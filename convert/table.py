@@ -8,6 +8,7 @@ llama.cpp's base converter applied to a weight, which must be applied to LoRA B 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,14 @@ from edge_lora.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, WEIGHT_SUFFIX
 __all__ = ["LORA_A_SUFFIX", "LORA_B_SUFFIX", "WEIGHT_SUFFIX", "ARCHS", "ArchSpec"]
 
 
+#: the Hugging Face module tree of the decoder families below (LlamaForCausalLM and its
+#: descendants): blocks under ``model.layers.N`` (``self_attn``, ``mlp`` and norms), the token
+#: embedding ``model.embed_tokens``, the final ``model.norm`` and the head ``lm_head``. gguf-py's TensorNameMap is the union
+#: of every family's names (``transformer.h.N.attn.q_proj`` of GPT-J maps to attn_q as well), so
+#: a path must first belong to the base's own family.
+HF_DECODER_TREE = re.compile(r"^(?:model\.layers\.\d+\.[A-Za-z0-9_.]+|model\.embed_tokens|model\.norm|lm_head)$")
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """What the converter must know about one GGUF architecture."""
@@ -28,6 +37,10 @@ class ArchSpec:
     hf_model_types: tuple[str, ...]
     #: llama.cpp's base converter permutes Q/K rows for GPT-J style rope (LlamaModel.permute)
     permute_qk: bool = False
+    #: the module paths of this family's Hugging Face models (see HF_DECODER_TREE)
+    module_tree: re.Pattern[str] = HF_DECODER_TREE
+    #: how the module tree looks, for messages
+    tree_example: str = "model.layers.N.self_attn.q_proj, model.layers.N.mlp.up_proj"
 
     @property
     def name(self) -> str:
@@ -42,7 +55,7 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec(MODEL_ARCH.QWEN3, ("qwen3",)),
         ArchSpec(MODEL_ARCH.GEMMA2, ("gemma2",)),
         ArchSpec(MODEL_ARCH.GEMMA3, ("gemma3", "gemma3_text")),
-        ArchSpec(MODEL_ARCH.PHI3, ("phi3",)),
+        ArchSpec(MODEL_ARCH.PHI3, ("phi3",), tree_example="model.layers.N.self_attn.qkv_proj, model.layers.N.mlp.gate_up_proj"),
     )
 }
 
@@ -71,8 +84,10 @@ def gguf_tensor_for(spec: ArchSpec, module: str, n_layers: int) -> tuple[MODEL_T
     """Map a checkpoint module path (``model.layers.3.self_attn.q_proj``) to its GGUF tensor.
 
     Returns ``(tensor type, "blk.3.attn_q.weight")`` or None when the name is unknown
-    for this architecture.
+    for this architecture or not in its family's module tree.
     """
+    if not spec.module_tree.match(module):
+        return None
     key = (spec.arch, n_layers)
     if key not in _name_maps:
         _name_maps[key] = TensorNameMap(spec.arch, n_layers)

@@ -15,6 +15,7 @@ from .errors import (
     InvalidRequestError,
     MissingDependencyError,
     NativeError,
+    NonFiniteLogitsError,
     OutputExistsError,
     UnknownAdapterError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ContextOverflowError",
     "InvalidRequestError",
     "NativeError",
+    "NonFiniteLogitsError",
     "Runtime",
     "SamplingParams",
     "Session",

@@ -6,8 +6,11 @@ so the runtime and ``edge-lora inspect --base`` can refuse with a complete repor
 
 from __future__ import annotations
 
+import math
+
 from gguf import Keys
 
+from .finite import nonfinite_tensors
 from .gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo
 
 
@@ -30,8 +33,9 @@ def lora_pairs(adapter: GGUFInfo) -> tuple[dict[str, dict[str, tuple[int, ...]]]
     return pairs, problems
 
 
-def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None) -> list[str]:
-    """Every reason llama.cpp would refuse ``adapter`` (on ``base`` when given)."""
+def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bool = True) -> list[str]:
+    """Every reason llama.cpp would refuse ``adapter`` (on ``base`` when given), and every tensor
+    holding NaN or infinite values (``check_data``: reads the tensor data once)."""
     problems: list[str] = []
     if not adapter.is_adapter:
         kind = adapter.file_type or "model"
@@ -40,8 +44,13 @@ def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None) -> list[str]:
     adapter_type = adapter.metadata.get(Keys.Adapter.TYPE)
     if adapter_type != "lora":
         problems.append(f"adapter.type is {adapter_type!r}, only 'lora' is supported")
+    alpha = adapter.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        problems.append(f"{Keys.Adapter.LORA_ALPHA} must be a finite number, found {alpha!r}")
     pairs, pair_problems = lora_pairs(adapter)
     problems += pair_problems
+    if check_data:
+        problems += nonfinite_tensors(adapter)
     if not pairs:
         problems.append("no LoRA tensors")
     if base is None:

@@ -90,6 +90,13 @@ class NativeError(EdgeLoraError):
     """llama.cpp reported a failure (decode, context creation)."""
 
 
+class NonFiniteLogitsError(EdgeLoraError):
+    """The logits turned NaN or infinite during a generation (an adapter scale or weight so large
+    that the computation overflows): the generation stops instead of sampling garbage."""
+
+    exit_code = 1
+
+
 class EngineBuildError(EdgeLoraError):
     """The native engine (llama.cpp as built on this machine) failed its smoke test here:
     it crashed, aborted or computed wrong numbers. The message names the fix."""

@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .errors import ContextOverflowError, InvalidRequestError
+import numpy as np
+
 from .engine.native import NativeSampler
+from .errors import ContextOverflowError, InvalidRequestError, NonFiniteLogitsError
 from .pool import ContextPool, Slot
 from .registry import AdapterSet
 
@@ -159,6 +161,13 @@ def generate(
         for tok in prompt[-params.repeat_last_n :] if params.repeat_penalty != 1.0 else ():
             sampler.accept(tok)
         while True:
+            if not np.isfinite(slot.ctx.last_logits()).all():
+                slot.kv_tokens = []  # the KV holds the same overflow: never reuse it
+                slot.ctx.clear()
+                raise NonFiniteLogitsError(
+                    f"the logits turned NaN or infinite after {len(out_tokens)} generated tokens with adapters "
+                    f"{aset.scales or 'none'}: an adapter's scale or weights overflow the computation; lower the scale"
+                )
             tok = sampler.sample(slot.ctx)
             if t_first is None:
                 t_first = time.perf_counter()

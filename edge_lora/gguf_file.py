@@ -38,6 +38,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     type_name: str
     n_bytes: int
+    offset: int = 0  # of its data, from the start of the file
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         end = data_start + offset + n_bytes
         if end > size:
             problems.append(f"tensor {name} ends at byte {end}, past the end of the file ({size} bytes)")
-        tensors[name] = TensorInfo(name, shape, qtype.name, n_bytes)
+        tensors[name] = TensorInfo(name, shape, qtype.name, n_bytes, data_start + offset)
     if problems:
         raise GGUFFileError(f"{p}: truncated GGUF file", problems[:5] + ([f"... {len(problems) - 5} more"] if len(problems) > 5 else []))
     return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors)
@@ -203,3 +204,4 @@ class EdgeLoraKeys:
     WEIGHTS_DTYPES = "edge_lora.weights_dtypes"
     SCALES_FOLDED = "edge_lora.scales_folded"
     CHECKED_AGAINST_BASE = "edge_lora.checked_against_base"
+    TEXT_ONLY = "edge_lora.text_only"  # the vision/audio towers of a multimodal checkpoint were dropped

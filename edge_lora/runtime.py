@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .base_check import base_problems
 from .chat import ChatTemplate
 from .errors import ContextOverflowError, GGUFFileError, InvalidRequestError
 from .generate import Completion, SamplingParams, generate
@@ -98,6 +99,9 @@ class Runtime:
         self.base_info = read_gguf(model_path)
         if self.base_info.is_adapter:
             raise GGUFFileError(f"{self.base_info.path}: is a LoRA adapter, not a base model")
+        bad = base_problems(self.base_info)
+        if bad:
+            raise GGUFFileError(f"{self.base_info.path}: hyperparameters llama.cpp cannot run with", bad)
         self.model_path = Path(model_path)
         ensure_engine_ok()  # once per native build and CPU: a child process runs the smoke test
         self._model = NativeModel(str(self.model_path), n_gpu_layers=n_gpu_layers)

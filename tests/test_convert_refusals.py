@@ -75,7 +75,7 @@ def test_unknown_module_refused(llama2, tmp_path):
     edit_adapter(tmp_path / "a", lambda d: {k.replace("q_proj", "foo_proj"): v for k, v in d.items()})
     edit_config(tmp_path / "a", target_modules=["foo_proj"])
     proc = run_convert(tmp_path / "a", llama2.base_path, tmp_path / "o.gguf")
-    assert_refused(proc, tmp_path / "o.gguf", "model.layers.0.self_attn.foo_proj", "unknown module")
+    assert_refused(proc, tmp_path / "o.gguf", "model.layers.0.self_attn.foo_proj", "did not map to llama tensors")
 
 
 def test_shape_mismatch_refused(tiny, tmp_path):

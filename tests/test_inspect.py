@@ -116,7 +116,7 @@ def test_embedding_lora_on_tied_base_is_a_problem():
     """llama.cpp would apply token_embd's LoRA to the tied output and abort: caught in Python."""
     base = _info({"token_embd.weight": (320, 64), "blk.0.attn_q.weight": (64, 64)}, adapter=False)
     adapter = _info({"token_embd.weight.lora_a": (320, 4), "token_embd.weight.lora_b": (64, 4)}, adapter=True)
-    problems = adapter_problems(adapter, base)
+    problems = adapter_problems(adapter, base, check_data=False)  # a header without a file
     assert len(problems) == 1 and "output shares the token embedding" in problems[0]
     untied = _info({"token_embd.weight": (320, 64), "output.weight": (320, 64)}, adapter=False)
-    assert adapter_problems(adapter, untied) == []
+    assert adapter_problems(adapter, untied, check_data=False) == []

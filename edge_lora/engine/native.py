@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -31,6 +32,9 @@ import numpy as np
 from ..errors import ContextOverflowError, GGUFFileError, InvalidRequestError, NativeError
 
 log = logging.getLogger(__name__)
+
+# a native abort (GGML_ASSERT) must not print a debugger backtrace into the user's terminal
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -389,6 +393,11 @@ class NativeContext:
                 for i in range(len(chunk)):
                     out[off + i] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), (n_vocab,))
         return out
+
+
+    def last_logits(self) -> np.ndarray:
+        """The last evaluated token's logits ``[n_vocab]`` (a view into llama.cpp's buffer)."""
+        return np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, -1), (self.model.n_vocab,))
 
 
 class NativeSampler:

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..errors import (
     ContextOverflowError,
     EdgeLoraError,
+    NonFiniteLogitsError,
     GGUFFileError,
     IncompatibleAdapterError,
     InvalidRequestError,
@@ -64,6 +65,8 @@ def _error_for(exc: EdgeLoraError) -> ApiError:
         return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, (InvalidRequestError, IncompatibleAdapterError, GGUFFileError)):
         return ApiError(400, str(exc))
+    if isinstance(exc, NonFiniteLogitsError):
+        return ApiError(422, str(exc), param="adapters", code="non_finite_logits")
     return ApiError(500, str(exc), kind="server_error")
 
 

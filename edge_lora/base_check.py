@@ -1,0 +1,136 @@
+"""Check a GGUF base's hyperparameters in Python, before llama.cpp sees the file.
+
+llama.cpp asserts on some values (``GGML_ASSERT(eps >= 0.0f)`` in ggml_rms_norm), divides by
+others, and sizes allocations from a few (``block_count``): a bad value aborts the process.
+Every key here is the architecture's own (``{arch}.attention.layer_norm_rms_epsilon``...,
+from gguf-py's ``Keys``), checked for type, range and agreement with the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from gguf import MODEL_ARCH_NAMES, Keys
+
+from .gguf_file import TOKEN_EMBD_TENSOR, ArrayLength, GGUFInfo
+
+#: beyond any released model, far below what would make llama.cpp allocate absurd tables
+MAX_LAYERS = 4096
+MAX_CONTEXT = 1 << 27
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+def _ints(v: Any) -> list[int] | None:
+    """The value as a list of ints (scalars and per-layer arrays), None when not integers."""
+    items = v if isinstance(v, list) else [v]
+    if not items or any(isinstance(x, bool) or not isinstance(x, int) for x in items):
+        return None
+    return items
+
+
+def _floats(v: Any) -> list[float] | None:
+    items = v if isinstance(v, list) else [v]
+    if not items or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in items):
+        return None
+    return [float(x) for x in items]
+
+
+def base_problems(info: GGUFInfo) -> list[str]:
+    """Every hyperparameter of ``info`` that llama.cpp would abort on, divide by zero with, or
+    find inconsistent with the tensors; each names its key. Empty when the base is sound."""
+    arch = info.architecture
+    if arch not in MODEL_ARCH_NAMES.values():
+        return [f"{Keys.General.ARCHITECTURE}={arch!r} is not an architecture llama.cpp knows"]
+    problems: list[str] = []
+
+    def key(template: str) -> str:
+        return template.format(arch=arch)
+
+    def get(template: str) -> Any:
+        return info.metadata.get(key(template))
+
+    def positive_ints(template: str, *, required: bool, upper: int | None = None, zero_ok: bool = False) -> list[int] | None:
+        v = get(template)
+        if v is None:
+            if required:
+                problems.append(f"{key(template)} is missing")
+            return None
+        items = _ints(v)
+        low = 0 if zero_ok else 1
+        if items is None or any(x < low or (upper is not None and x > upper) for x in items):
+            bound = f" and at most {upper}" if upper else ""
+            problems.append(f"{key(template)}={v!r}: must be {'a non-negative' if zero_ok else 'a positive'} integer{bound}")
+            return None
+        return items
+
+    def positive_floats(template: str, *, below: float | None = None) -> list[float] | None:
+        v = get(template)
+        if v is None:
+            return None
+        items = _floats(v)
+        if items is None or any(not math.isfinite(x) or x <= 0 or (below is not None and x >= below) for x in items):
+            bound = f" below {below:g}" if below is not None else ""
+            problems.append(f"{key(template)}={v!r}: must be a finite number above 0{bound}")
+            return None
+        return items
+
+    n_layer = positive_ints(Keys.LLM.BLOCK_COUNT, required=True, upper=MAX_LAYERS)
+    positive_ints(Keys.LLM.CONTEXT_LENGTH, required=False, upper=MAX_CONTEXT)
+    n_embd = positive_ints(Keys.LLM.EMBEDDING_LENGTH, required=False)
+    positive_ints(Keys.LLM.FEED_FORWARD_LENGTH, required=False, zero_ok=True)
+    n_head = positive_ints(Keys.Attention.HEAD_COUNT, required=False, zero_ok=True)
+    n_head_kv = positive_ints(Keys.Attention.HEAD_COUNT_KV, required=False, zero_ok=True)
+    k_len = positive_ints(Keys.Attention.KEY_LENGTH, required=False)
+    positive_ints(Keys.Attention.VALUE_LENGTH, required=False)
+    for eps in (Keys.Attention.LAYERNORM_RMS_EPS, Keys.Attention.LAYERNORM_EPS):
+        positive_floats(eps, below=1.0)
+    positive_floats(Keys.Rope.FREQ_BASE)
+    positive_floats(Keys.Rope.FREQ_BASE_SWA)
+    positive_floats(Keys.Rope.SCALING_FACTOR)
+    positive_ints(Keys.Rope.SCALING_ORIG_CTX_LEN, required=False, upper=MAX_CONTEXT)
+    rope_dims = positive_ints(Keys.Rope.DIMENSION_COUNT, required=False, zero_ok=True)
+    positive_ints(Keys.Attention.SLIDING_WINDOW, required=False, zero_ok=True)
+    for cap in (Keys.LLM.ATTN_LOGIT_SOFTCAPPING, Keys.LLM.FINAL_LOGIT_SOFTCAPPING):
+        positive_floats(cap)
+    n_expert = positive_ints(Keys.LLM.EXPERT_COUNT, required=False, zero_ok=True)
+    n_used = positive_ints(Keys.LLM.EXPERT_USED_COUNT, required=False, zero_ok=True)
+    if n_expert and n_used and (n_used[0] > n_expert[0] or (n_expert[0] > 0 and n_used[0] == 0)):
+        problems.append(f"{key(Keys.LLM.EXPERT_USED_COUNT)}={n_used[0]} must be between 1 and "
+                        f"{key(Keys.LLM.EXPERT_COUNT)}={n_expert[0]}")
+
+    if n_head and max(n_head) == 0:
+        problems.append(f"{key(Keys.Attention.HEAD_COUNT)}={get(Keys.Attention.HEAD_COUNT)!r}: no layer has attention heads")
+    if n_head and n_head_kv:
+        heads = n_head * len(n_head_kv) if len(n_head) == 1 else n_head
+        kvs = n_head_kv * len(heads) if len(n_head_kv) == 1 else n_head_kv
+        for i, (h, kv) in enumerate(zip(heads, kvs)):
+            if h > 0 and (kv == 0 or h % kv):
+                problems.append(f"{key(Keys.Attention.HEAD_COUNT)}={h} is not a multiple of "
+                                f"{key(Keys.Attention.HEAD_COUNT_KV)}={kv} (layer {i})")
+                break
+    if n_embd and n_head and max(n_head) > 0 and not k_len and n_embd[0] % max(n_head):
+        problems.append(f"{key(Keys.LLM.EMBEDDING_LENGTH)}={n_embd[0]} is not a multiple of "
+                        f"{key(Keys.Attention.HEAD_COUNT)}={max(n_head)} (and no key_length is given)")
+    head_dim = k_len[0] if k_len else (n_embd[0] // max(n_head) if n_embd and n_head and max(n_head) else None)
+    if rope_dims and head_dim and (rope_dims[0] > head_dim or rope_dims[0] % 2):
+        problems.append(f"{key(Keys.Rope.DIMENSION_COUNT)}={rope_dims[0]}: must be even and at most the head size {head_dim}")
+
+    if n_layer:
+        blocks = {int(m.group(1)) for name in info.tensors if (m := _BLOCK.match(name))}
+        beyond = sorted(b for b in blocks if b >= n_layer[0])
+        if beyond:
+            problems.append(f"{key(Keys.LLM.BLOCK_COUNT)}={n_layer[0]} but the file has tensors of block {beyond[0]}")
+        elif blocks and len(blocks) < n_layer[0] and arch not in ("deepseek2", "glm4moe"):
+            missing = sorted(set(range(n_layer[0])) - blocks)
+            problems.append(f"{key(Keys.LLM.BLOCK_COUNT)}={n_layer[0]} but the file has no tensors for block {missing[0]}")
+    embd = info.tensors.get(TOKEN_EMBD_TENSOR)
+    if embd is not None and len(embd.shape) == 2:
+        if n_embd and embd.shape[1] != n_embd[0]:
+            problems.append(f"{key(Keys.LLM.EMBEDDING_LENGTH)}={n_embd[0]} but {TOKEN_EMBD_TENSOR} has rows of {embd.shape[1]}")
+        tokens = info.metadata.get(Keys.Tokenizer.LIST)
+        n_vocab = tokens.length if isinstance(tokens, ArrayLength) else len(tokens) if isinstance(tokens, list) else None
+        if n_vocab is not None and n_vocab != embd.shape[0]:
+            problems.append(f"{Keys.Tokenizer.LIST} has {n_vocab} tokens but {TOKEN_EMBD_TENSOR} has {embd.shape[0]} rows")
+    return problems
