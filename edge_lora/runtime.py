@@ -21,7 +21,7 @@ import numpy as np
 
 from .base_check import base_problems
 from .chat import ChatTemplate
-from .errors import ContextOverflowError, GGUFFileError, InvalidRequestError
+from .errors import ContextOverflowError, GGUFFileError, InvalidRequestError, NonFiniteLogitsError
 from .generate import Completion, SamplingParams, generate
 from .gguf_file import read_gguf
 from .engine.check import ensure_engine_ok
@@ -181,7 +181,9 @@ class Runtime:
 
     # -- evaluation --------------------------------------------------------------------
     def logits(self, token_ids: Sequence[int], adapters: Adapters = None) -> np.ndarray:
-        """Logits ``[n_tokens, n_vocab]`` of ``token_ids`` evaluated from scratch under ``adapters``."""
+        """Logits ``[n_tokens, n_vocab]`` of ``token_ids`` evaluated from scratch under ``adapters``.
+
+        Raises :class:`NonFiniteLogitsError` rather than return NaN or infinite logits."""
         self._check_ids(token_ids)
         ids = [int(t) for t in token_ids]
         if not ids:
@@ -195,6 +197,12 @@ class Runtime:
             slot.ctx.clear()
             slot.kv_key, slot.kv_tokens = None, []
             out = slot.ctx.decode(ids, 0, all_logits=True)
+            if not np.isfinite(out).all():
+                slot.ctx.clear()
+                raise NonFiniteLogitsError(
+                    f"the logits are NaN or infinite with adapters {aset.scales or 'none'}: an adapter's scale or "
+                    "weights overflow the computation; lower the scale"
+                )
             slot.kv_key, slot.kv_tokens = aset.key, ids
             return out
 
