@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_lora.errors import CheckpointError, ConversionError
+from edge_lora.finite import F16_MAX
 
 from . import peft_config
 from .scales import mlx_scale
@@ -155,12 +156,20 @@ def _read_weights(weights: Path) -> tuple[dict[str, np.ndarray], list[str]]:
 
 
 def nonfinite_problems(tensors: dict[str, np.ndarray]) -> list[str]:
-    """One problem per tensor holding NaN or infinite values (they would be served as garbage)."""
+    """One problem per tensor holding NaN or infinite values, or values beyond the f16 range
+    (±65504: no trained LoRA factor is that large, and llama.cpp's f16 paths would overflow).
+    One pass per tensor when all is well (its largest magnitude)."""
     out = []
     for name, arr in tensors.items():
-        if not np.isfinite(arr).all():
-            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if arr.size == 0 or float(np.max(np.abs(arr))) <= F16_MAX:  # NaN fails the comparison
+            continue
+        finite = np.isfinite(arr)
+        bad = int(arr.size - np.count_nonzero(finite))
+        big = int(np.count_nonzero(np.abs(np.where(finite, arr, 0)) > F16_MAX))
+        if bad:
             out.append(f"{name}: {bad} of {arr.size} values are NaN or infinite")
+        if big:
+            out.append(f"{name}: {big} of {arr.size} values are beyond ±65504 (the f16 range)")
     return out
 
 

@@ -74,6 +74,8 @@ def config_problems(cfg: dict[str, Any]) -> list[str]:
     alpha = cfg.get("lora_alpha")
     if not _finite_number(alpha):
         problems.append(f"adapter_config.json: 'lora_alpha' must be a finite number, found {alpha!r}")
+    elif abs(alpha) > 65504:
+        problems.append(f"adapter_config.json: 'lora_alpha'={alpha:g} is beyond ±65504: llama.cpp's f16 paths would overflow")
     for key in ("rank_pattern", "alpha_pattern"):
         pattern = cfg.get(key)
         if pattern is not None and not isinstance(pattern, dict):

@@ -10,7 +10,7 @@ import math
 
 from gguf import Keys
 
-from .finite import nonfinite_tensors
+from .finite import F16_MAX, nonfinite_tensors
 from .gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo
 
 
@@ -47,6 +47,9 @@ def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bo
     alpha = adapter.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         problems.append(f"{Keys.Adapter.LORA_ALPHA} must be a finite number, found {alpha!r}")
+    elif abs(alpha) > F16_MAX:
+        problems.append(f"{Keys.Adapter.LORA_ALPHA}={alpha:g} is beyond ±65504: no trained adapter has such a scale, "
+                        "and llama.cpp's f16 paths would overflow")
     pairs, pair_problems = lora_pairs(adapter)
     problems += pair_problems
     if check_data:

@@ -1,10 +1,11 @@
-"""Find NaN and infinite values in a GGUF file's tensors, from the bits, without decoding.
+"""Find NaN, infinite and overflowing values in a GGUF adapter's tensors, from the bits.
 
 A float is non-finite when its exponent bits are all ones (IEEE 754): f32 ``0x7F800000``,
-f16 ``0x7C00``, bf16 ``0x7F80``. Block-quantized types hold f16 scales (ggml's
-``ggml-common.h`` block layouts); Q8_0 (the converter's quantized output) is read by its
-scales, other types are dequantized with gguf-py. Cost: one pass over the data, about
-1 GB/s here for f16 (README, "Nothing non-finite is served").
+f16 ``0x7C00``, bf16 ``0x7F80``. A LoRA factor beyond the f16 range (|x| > 65504) is no
+trained value either, and overflows llama.cpp's f16 paths (the KV cache, f16 matmuls):
+counted separately. Block-quantized types hold f16 scales (ggml's ``ggml-common.h`` block
+layouts); Q8_0 (the converter's quantized output) is read by its scales, other types are
+dequantized with gguf-py. Cost: one pass over the data (README gives the figures).
 """
 
 from __future__ import annotations
@@ -15,37 +16,46 @@ from gguf import quants
 
 from .gguf_file import GGUFInfo, TensorInfo
 
-_EXP = {QT.F32: (np.uint32, 0x7F800000), QT.F16: (np.uint16, 0x7C00), QT.BF16: (np.uint16, 0x7F80)}
+F16_MAX = 65504.0
+#: storage type -> (bits dtype, exponent mask, bits of |x| above which |x| > F16_MAX or None)
+_EXP = {QT.F32: (np.uint32, 0x7F800000, 0x477FE000), QT.F16: (np.uint16, 0x7C00, None),
+        QT.BF16: (np.uint16, 0x7F80, 0x477F)}
 #: bytes per Q8_0 block: an f16 scale then 32 int8 values
 _Q8_0_BLOCK = 34
 _CHUNK = 1 << 24  # elements per pass: bounded memory on large tensors
 
 
-def _count_bits(raw: np.ndarray, mask: int) -> int:
-    bad = 0
+def _count_bits(raw: np.ndarray, mask: int, large: int | None) -> tuple[int, int]:
+    """(non-finite, finite beyond F16_MAX) among IEEE values given as their bits."""
+    bad = big = 0
+    sign_off = np.array(mask | (mask >> 1) | ((1 << (raw.dtype.itemsize * 8 - 1)) - 1), dtype=raw.dtype)
     for i in range(0, raw.size, _CHUNK):
         part = raw[i : i + _CHUNK]
         bad += int(np.count_nonzero((part & mask) == mask))
-    return bad
+        if large is not None:
+            big += int(np.count_nonzero((part & sign_off) > large))
+    return bad, (big - bad) if large is not None else 0
 
 
-def nonfinite_count(data: np.ndarray, t: TensorInfo) -> int:
-    """How many values of tensor ``t`` (its raw bytes ``data``) are NaN or infinite."""
+def value_problems(data: np.ndarray, t: TensorInfo) -> tuple[int, int]:
+    """``(non-finite, beyond ±65504)`` value counts of tensor ``t`` (its raw bytes ``data``)."""
     qtype = QT[t.type_name]
     if qtype in _EXP:
-        dtype, mask = _EXP[qtype]
-        return _count_bits(data.view(dtype), mask)
+        dtype, mask, large = _EXP[qtype]
+        return _count_bits(data.view(dtype), mask, large)
     if qtype == QT.Q8_0:
-        scales = data.reshape(-1, _Q8_0_BLOCK)[:, :2].copy().view(np.uint16)
-        return _count_bits(scales, 0x7C00) * 32
+        scales = data.reshape(-1, _Q8_0_BLOCK)[:, :2].copy().view(np.float16).astype(np.float32)
+        finite = np.isfinite(scales)
+        return int((~finite).sum()) * 32, int((np.abs(scales[finite]) * 127 > F16_MAX).sum()) * 32
     if qtype in (QT.I8, QT.I16, QT.I32, QT.I64):
-        return 0
+        return 0, 0
     values = quants.dequantize(data.reshape(-1, data.size), qtype)
-    return int(values.size - np.count_nonzero(np.isfinite(values)))
+    finite = np.isfinite(values)
+    return int(values.size - np.count_nonzero(finite)), int(np.count_nonzero(np.abs(values[finite]) > F16_MAX))
 
 
 def nonfinite_tensors(info: GGUFInfo) -> list[str]:
-    """One problem per tensor of ``info`` holding NaN or infinite values (its data memory-mapped)."""
+    """One problem per tensor of ``info`` holding NaN, infinite or overflowing values (data memory-mapped)."""
     if not info.tensors:
         return []
     mm = np.memmap(info.path, dtype=np.uint8, mode="r")
@@ -54,10 +64,13 @@ def nonfinite_tensors(info: GGUFInfo) -> list[str]:
         for t in info.tensors.values():
             if t.n_bytes == 0:
                 continue
-            bad = nonfinite_count(mm[t.offset : t.offset + t.n_bytes], t)
+            bad, big = value_problems(mm[t.offset : t.offset + t.n_bytes], t)
+            n = int(np.prod(t.shape)) if t.shape else 1
             if bad:
-                n = int(np.prod(t.shape)) if t.shape else 1
                 problems.append(f"tensor {t.name}: {bad} of {n} values are NaN or infinite")
+            if big:
+                problems.append(f"tensor {t.name}: {big} of {n} values are beyond ±65504 (the f16 range): no trained "
+                                "LoRA factor is that large, and llama.cpp's f16 paths would overflow")
     finally:
         del mm
     return problems

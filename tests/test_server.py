@@ -288,3 +288,23 @@ def test_non_streaming_disconnect_frees_the_slot(server):
     if full.json()["usage"]["completion_tokens"] >= 1000:
         assert released < full_s / 2, (released, full_s)
     print(f"non-streaming disconnect: slot free after {released * 1000:.0f} ms; full generation {full_s * 1000:.0f} ms")
+
+
+def test_non_finite_adapters_and_overflowing_scales(server, tmp_path):
+    """A GGUF adapter with NaN factors is refused by the load endpoint (400, naming the tensor); a
+    scale that overflows the logits is a 422, not garbage text; the server stays usable."""
+    import gguf
+    from gguf_edit import poison_tensor
+
+    bad = server.adapter_dir / "nan.gguf"
+    bad.write_bytes(server.adapters["spare"].read_bytes())
+    name = next(t.name for t in gguf.GGUFReader(bad).tensors if t.name.endswith(".lora_b"))
+    poison_tensor(bad, name)
+    r = server.post("/v1/load_lora_adapter", {"lora_name": "nan", "lora_path": "nan.gguf"})
+    assert r.status_code == 400 and name in _err(r)["message"] and "NaN" in _err(r)["message"], r.text
+    assert "nan" not in [m.id for m in server.client().models.list().data]
+    body = {"model": server.model_id, "prompt": "once upon", "max_tokens": 4, "temperature": 0.0, "adapters": {"sql": 1e38}}
+    r = server.post("/v1/completions", body)
+    assert r.status_code == 422 and _err(r)["code"] == "non_finite_logits", r.text
+    ok = server.client().completions.create(model="sql", prompt="once upon", **GREEDY)
+    assert ok.choices[0].text
