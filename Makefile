@@ -16,7 +16,7 @@ ENGINE_BUILD  := build/engine-$(ENGINE_CONFIG)
 ENGINE_STAMP  := $(VENV)/.edge-lora-engine-$(ENGINE_CONFIG)
 ENGINE_ARGS   := -DEDGE_LORA_CPU=$(CPU) $(if $(BACKEND),-DEDGE_LORA_BACKEND=$(BACKEND)) $(CMAKE_ARGS)
 
-.PHONY: install engine engine-native-build dev test demo bench-convert bench-runtime bench-server bench-engine clean
+.PHONY: install engine engine-native-build dev test demo fuzz bench-convert bench-runtime bench-server bench-engine clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ install: | $(ENGINE_STAMP)
 test: $(STAMP) engine-native-build
 	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# a large fuzz campaign (tests/test_fuzz.py runs a bounded one); failing inputs are kept in fuzz-failures/
+FUZZ_SEED ?= 1
+fuzz: $(STAMP)
+	$(PY) tests/fuzz_gguf.py --adapters 20000 --bases 5000 --seed $(FUZZ_SEED) --keep fuzz-failures
 
 bench-convert: $(STAMP)
 	$(PY) benchmarks/bench_convert.py

@@ -131,7 +131,28 @@ def main() -> int:
     print(f"| plain copy of the safetensors file | {copy_s:.2f} | {size_mb / copy_s:.0f} | 1.0 |")
     print(f"| edge-lora convert (process start included) | {conv_s:.2f} | {size_mb / conv_s:.0f} | {conv_s / copy_s:.1f} |")
     copy_dst.unlink(missing_ok=True)
+    checks_table(src, out, args.repeats)
     return 0
+
+
+def checks_table(src: Path, out: Path, repeats: int) -> None:
+    """The cost of the finiteness checks (NaN/Inf and values beyond the f16 range): on the
+    checkpoint's tensors in convert, and on the GGUF adapter's data as the runtime loads it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from edge_lora.finite import nonfinite_tensors
+    from edge_lora.gguf_file import read_gguf
+    from edge_lora_convert.checkpoint import nonfinite_problems
+    from edge_lora_convert.tensors import read_safetensors
+
+    tensors = read_safetensors(src)
+    info = read_gguf(out)
+    conv = statistics.median(timed(lambda: nonfinite_problems(tensors)) for _ in range(repeats))
+    load = statistics.median(timed(lambda: nonfinite_tensors(info)) for _ in range(repeats))
+    mb_in, mb_out = src.stat().st_size / 1e6, out.stat().st_size / 1e6
+    print("\n| finiteness check | data | median s | MB/s |")
+    print("|---|---|---|---|")
+    print(f"| convert: checkpoint tensors (decoded f32) | {mb_in:.0f} MB bf16 | {conv:.3f} | {mb_in / conv:.0f} |")
+    print(f"| load_adapter / inspect: GGUF tensor bits | {mb_out:.0f} MB f16 | {load:.3f} | {mb_out / load:.0f} |")
 
 
 if __name__ == "__main__":

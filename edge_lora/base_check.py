@@ -12,9 +12,9 @@ import math
 import re
 from typing import Any
 
-from gguf import MODEL_ARCH_NAMES, Keys
+from gguf import MODEL_ARCH_NAMES, GGUFValueType, Keys
 
-from .gguf_file import TOKEN_EMBD_TENSOR, ArrayLength, GGUFInfo
+from .gguf_file import TOKEN_EMBD_TENSOR, ArrayLength, GGUFInfo, read_string_array
 
 #: beyond any released model, far below what would make llama.cpp allocate absurd tables
 MAX_LAYERS = 4096
@@ -133,4 +133,40 @@ def base_problems(info: GGUFInfo) -> list[str]:
         n_vocab = tokens.length if isinstance(tokens, ArrayLength) else len(tokens) if isinstance(tokens, list) else None
         if n_vocab is not None and n_vocab != embd.shape[0]:
             problems.append(f"{Keys.Tokenizer.LIST} has {n_vocab} tokens but {TOKEN_EMBD_TENSOR} has {embd.shape[0]} rows")
+    problems += vocab_problems(info)
+    return problems
+
+
+def vocab_problems(info: GGUFInfo) -> list[str]:
+    """What llama.cpp's vocabulary loader and tokenizer abort on (src/llama-vocab.cpp): every
+    token text distinct (``id_to_token.size() == token_to_id.size()``; an empty text counts as
+    ``[EMPTY_i]``), the 256 byte tokens of a SentencePiece vocabulary (``byte_to_token`` throws
+    from inside ``llama_tokenize`` without them), and a BOS/EOS token to add when
+    ``add_bos_token``/``add_eos_token`` is set."""
+    md = info.metadata
+    tokens = md.get(Keys.Tokenizer.LIST)
+    if isinstance(tokens, ArrayLength) and tokens.etype == GGUFValueType.STRING:
+        texts = read_string_array(info.path, tokens)
+    elif isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+        texts = [t.encode("utf-8", "replace") for t in tokens]
+    else:
+        return [] if tokens is None else [f"{Keys.Tokenizer.LIST} is not a list of strings"]
+    problems = []
+    seen: dict[bytes, int] = {}
+    for i, text in enumerate(texts):
+        text = text or f"[EMPTY_{i}]".encode()
+        if text in seen:
+            problems.append(f"{Keys.Tokenizer.LIST}: tokens {seen[text]} and {i} are both {text[:40]!r} "
+                            "(llama.cpp aborts on a repeated token)")
+            break
+        seen[text] = i
+    if md.get(Keys.Tokenizer.MODEL) == "llama":  # SentencePiece: unknown text is spelled in byte tokens
+        missing = [b for b in range(256) if f"<0x{b:02X}>".encode() not in seen and bytes([b]) not in seen]
+        if missing:
+            problems.append(f"{Keys.Tokenizer.LIST}: this SentencePiece vocabulary has no byte token <0x{missing[0]:02X}> "
+                            f"({len(missing)} of 256 missing): llama.cpp's tokenizer aborts on text it must spell in bytes")
+    for add_key, id_key in ((Keys.Tokenizer.ADD_BOS, Keys.Tokenizer.BOS_ID), (Keys.Tokenizer.ADD_EOS, Keys.Tokenizer.EOS_ID)):
+        tok = md.get(id_key)
+        if md.get(add_key) is True and tok is not None and (not isinstance(tok, int) or not 0 <= tok < len(texts)):
+            problems.append(f"{add_key} is set but {id_key}={tok!r} is not a token of the {len(texts)}-token vocabulary")
     return problems

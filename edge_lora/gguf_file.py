@@ -43,9 +43,12 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class ArrayLength:
-    """Stands for a long metadata array (a vocabulary) that was not decoded."""
+    """Stands for a long metadata array (a vocabulary) that was not decoded: its ``length``,
+    element type and where its items start in the file (:func:`read_string_array` reads them)."""
 
     length: int
+    etype: GGUFValueType | None = None
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,16 +118,17 @@ class _Cursor:
         if vt == GGUFValueType.ARRAY:
             etype, count = GGUFValueType(self.take("<I")), self.take("<Q")
             keep = count <= _MAX_ARRAY_KEEP
+            start = self.pos
             if etype == GGUFValueType.STRING:
                 items = [self.string(keep) for _ in range(count)]
-                return items if keep else ArrayLength(count)
+                return items if keep else ArrayLength(count, etype, start)
             if etype == GGUFValueType.ARRAY:
                 raise ValueError("nested arrays are not supported")
             size = struct.calcsize(_SCALARS[etype]) * count
             if self.pos + size > len(self.buf):
                 raise ValueError(f"array of {count} items at byte {self.pos} runs past the end of the file")
             fmt = "<" + _SCALARS[etype][1] * count if keep else None
-            items = list(struct.unpack_from(fmt, self.buf, self.pos)) if fmt else ArrayLength(count)
+            items = list(struct.unpack_from(fmt, self.buf, self.pos)) if fmt else ArrayLength(count, etype, start)
             self.pos += size
             return items
         return self.take(_SCALARS[vt])
@@ -189,6 +193,17 @@ def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...
     align = int(metadata.get(Keys.General.ALIGNMENT, 32)) or 32
     data_start = (cur.pos + align - 1) // align * align
     return metadata, raw, data_start
+
+
+def read_string_array(path: str | os.PathLike[str], arr: ArrayLength) -> list[bytes]:
+    """The items of a long string array (a vocabulary) as raw bytes, in order."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        out, pos, unpack = [], arr.offset, struct.unpack_from
+        for _ in range(arr.length):
+            (n,) = unpack("<Q", mm, pos)
+            out.append(mm[pos + 8 : pos + 8 + n])
+            pos += 8 + n
+        return out
 
 
 class EdgeLoraKeys:

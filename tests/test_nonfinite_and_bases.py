@@ -179,3 +179,18 @@ def test_real_base_scalar_sweep_never_aborts(tmp_path):
     refused = [r for r in results if r["result"] != "loaded"]
     assert any("layer_norm_rms_epsilon" in r["key"] for r in refused)
     assert any("block_count=0" in r["key"] for r in refused)
+
+
+def test_fuzz_found_vocabularies_are_typed_errors(tiny, tmp_path):
+    """Regressions from the fuzzer: a repeated token text (llama.cpp: GGML_ASSERT in the vocab
+    loader) and a SentencePiece vocabulary missing a byte token (std::out_of_range escaping
+    llama_tokenize) aborted the process."""
+    data = tiny("llama2").base_path.read_bytes()
+    dup = tmp_path / "dup.gguf"
+    dup.write_bytes(data.replace(b"tok11", b"tok12", 1))
+    nobyte = tmp_path / "nobyte.gguf"
+    nobyte.write_bytes(data.replace(b"<0x41>", b"<0xZZ>", 1))
+    results = run_bases_in_child([(str(dup), "duplicate"), (str(nobyte), "no byte token")])
+    assert [r["result"] for r in results] == ["GGUFFileError", "GGUFFileError"], results
+    assert "tokens 270 and 271 are both b'tok12'" in results[0]["message"]
+    assert "no byte token <0x41>" in results[1]["message"]

@@ -169,8 +169,10 @@ def write_base(path: str | Path, types: Mapping[MODEL_TENSOR, QT] | QT = MIXED_T
 
 
 def write_adapter(path: str | Path, model: TinyModel, *, rank: int = 8, alpha: float = 16.0, seed: int = 1,
-                  targets: Sequence[MODEL_TENSOR] = (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.FFN_UP)) -> TinyAdapter:
-    """Write an f32 GGUF LoRA adapter over ``model`` on ``targets`` of every layer."""
+                  targets: Sequence[MODEL_TENSOR] = (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.FFN_UP),
+                  storage: QT = QT.F32) -> TinyAdapter:
+    """Write a GGUF LoRA adapter (f32 or f16 ``storage``) over ``model`` on ``targets`` of every layer;
+    the returned factors are the stored values."""
     rng = np.random.default_rng(seed)
     c = model.config
     w = GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
@@ -184,7 +186,11 @@ def write_adapter(path: str | Path, model: TinyModel, *, rank: int = 8, alpha: f
             n_out, n_in = _shape(t, c)
             a = rng.normal(0.0, 1.0 / np.sqrt(n_in), size=(rank, n_in)).astype(np.float32)
             b = rng.normal(0.0, 0.5 / np.sqrt(rank), size=(n_out, rank)).astype(np.float32)
-            pairs[name] = (a, b)
+            if storage == QT.F16:
+                a, b = a.astype(np.float16), b.astype(np.float16)
+            elif storage != QT.F32:
+                raise ValueError(f"adapter storage {storage.name}: f32 or f16")
+            pairs[name] = (a.astype(np.float32), b.astype(np.float32))
             w.add_tensor(name + ".lora_a", a)
             w.add_tensor(name + ".lora_b", b)
     _finish(w)
