@@ -59,6 +59,7 @@ install: | $(ENGINE_STAMP)
 
 # engine-native-build: the portability tests show that a native build faults on older CPUs
 test: $(STAMP) engine-native-build
+	@command -v qemu-x86_64 >/dev/null 2>&1 || echo "note: qemu-x86_64 not found: the portability tests will skip (Debian: apt-get install qemu-user)"
 	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 

@@ -9,6 +9,7 @@ from typing import Any
 from gguf import Keys, LlamaFileType
 
 from .compat import adapter_problems, adapter_ranks
+from .base_check import base_problems
 from .gguf_file import ArrayLength, GGUFInfo, read_gguf
 
 
@@ -77,6 +78,7 @@ def describe_base(info: GGUFInfo) -> dict[str, Any]:
         "has_chat_template": isinstance(template, str) and bool(template),
         "has_output_tensor": "output.weight" in info.tensors,
         "n_tensors": len(info.tensors),
+        "problems": base_problems(info),
     }
 
 

@@ -194,3 +194,12 @@ def test_fuzz_found_vocabularies_are_typed_errors(tiny, tmp_path):
     assert [r["result"] for r in results] == ["GGUFFileError", "GGUFFileError"], results
     assert "tokens 270 and 271 are both b'tok12'" in results[0]["message"]
     assert "no byte token <0x41>" in results[1]["message"]
+
+
+def test_inspect_reports_base_problems(tiny, tmp_path):
+    t = tiny("llama2")
+    bad = copy_with(t.base_path, tmp_path / "bad.gguf", llama__attention__layer_norm_rms_epsilon=-1.0)
+    report = describe(bad)
+    assert any("llama.attention.layer_norm_rms_epsilon=-1.0" in p for p in report["problems"])
+    assert cli(["inspect", str(bad)]) == 1
+    assert describe(t.base_path)["problems"] == [] and cli(["inspect", str(t.base_path)]) == 0

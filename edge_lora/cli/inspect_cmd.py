@@ -13,7 +13,8 @@ EPILOG = """examples:
   edge-lora inspect sql.gguf --base gemma-3-270m-Q4_K_M.gguf
   edge-lora inspect gemma-3-270m-Q4_K_M.gguf --json
 
-exit status: 0 fine, 1 the adapter does not fit the base, 2 unreadable file"""
+exit status: 0 fine, 1 the adapter does not fit the base (or a base's hyperparameters
+would crash llama.cpp), 2 unreadable file"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,4 +32,6 @@ def run(args: argparse.Namespace) -> int:
     report = describe(args.file, base=args.base)
     print(json.dumps(report, indent=2, default=str) if args.json else format_text(report))
     compat = report.get("compatibility")
+    if report.get("kind") == "base" and report.get("problems"):
+        return 1
     return 1 if compat is not None and not compat["compatible"] else 0
