@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from .cancel import CancelToken
 from .errors import (
+    CancelledError,
     CheckpointError,
     ContextOverflowError,
     ConversionError,
@@ -20,6 +22,7 @@ from .errors import (
     UnknownAdapterError,
 )
 from .generate import Completion, SamplingParams, Timings
+from .memory import MemoryUsage
 from .registry import AdapterInfo
 from .runtime import Runtime, TextStream
 from .session import Session
@@ -31,6 +34,9 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AdapterInfo",
+    "CancelToken",
+    "CancelledError",
+    "MemoryUsage",
     "Completion",
     "ContextOverflowError",
     "InvalidRequestError",

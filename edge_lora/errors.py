@@ -90,6 +90,13 @@ class NativeError(EdgeLoraError):
     """llama.cpp reported a failure (decode, context creation)."""
 
 
+class CancelledError(EdgeLoraError):
+    """A call or a model load was cancelled (a :class:`~edge_lora.CancelToken`, or a load-progress
+    callback that returned False)."""
+
+    exit_code = 130
+
+
 class NonFiniteLogitsError(EdgeLoraError):
     """The logits turned NaN or infinite during a generation (an adapter scale or weight so large
     that the computation overflows): the generation stops instead of sampling garbage."""

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .engine.native import NativeSampler
-from .errors import ContextOverflowError, InvalidRequestError, NonFiniteLogitsError
+from .cancel import CancelToken
+from .errors import CancelledError, ContextOverflowError, InvalidRequestError, NonFiniteLogitsError
 from .pool import ContextPool, Slot
 from .registry import AdapterSet
 
@@ -69,7 +70,7 @@ class Completion:
 
     text: str
     tokens: list[int]
-    finish_reason: str  # "stop" (end of generation or a stop string) or "length"
+    finish_reason: str  # "stop" (end of generation or a stop string), "length" or "cancelled"
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int  # prompt tokens whose KV was reused (same adapter set) or restored
@@ -130,8 +131,10 @@ def generate(
     prompt: list[int],
     params: SamplingParams,
     on_token: Callable[[int], None] | None = None,
+    cancel: CancelToken | None = None,
 ) -> Iterator[str]:
-    """Yield text pieces; the generator's return value (StopIteration.value) is the Completion."""
+    """Yield text pieces; the generator's return value (StopIteration.value) is the Completion.
+    A ``cancel`` token stops it (``finish_reason == "cancelled"``), within a token or a graph node."""
     t0 = time.perf_counter()
     if not prompt:
         raise InvalidRequestError("the prompt is empty")
@@ -144,7 +147,18 @@ def generate(
             n_ctx=n_ctx,
         )
     cached = pool.prepare(slot, aset, prompt)
-    slot.ctx.decode(prompt[cached:], cached)  # leaves the last token's logits for the sampler
+    if cancel is not None:
+        slot.ctx.abort_when(lambda: cancel.cancelled)  # a long prompt stops within a graph node
+    try:
+        slot.ctx.decode(prompt[cached:], cached)  # leaves the last token's logits for the sampler
+    except CancelledError:
+        slot.kv_tokens = []  # a partial evaluation: nothing in the KV is reusable
+        slot.ctx.clear()
+        t = (time.perf_counter() - t0) * 1000
+        return Completion("", [], "cancelled", len(prompt), 0, cached, aset.scales, Timings(t, t, 0.0, t))
+    finally:
+        if cancel is not None:
+            slot.ctx.abort_when(None)
     slot.kv_tokens = list(prompt)
     t_prompt = time.perf_counter()
     seed = params.seed if params.seed is not None else random.getrandbits(32)
@@ -161,6 +175,9 @@ def generate(
         for tok in prompt[-params.repeat_last_n :] if params.repeat_penalty != 1.0 else ():
             sampler.accept(tok)
         while True:
+            if cancel is not None and cancel.cancelled:
+                finish = "cancelled"
+                break
             if not np.isfinite(slot.ctx.last_logits()).all():
                 slot.kv_tokens = []  # the KV holds the same overflow: never reuse it
                 slot.ctx.clear()

@@ -12,7 +12,7 @@ registry and the snapshot store have their own locks. See :mod:`edge_lora.pool`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,8 +21,10 @@ import numpy as np
 
 from .base_check import base_problems
 from .chat import ChatTemplate
-from .errors import ContextOverflowError, GGUFFileError, InvalidRequestError, NonFiniteLogitsError
+from .cancel import CancelToken
+from .errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError, NonFiniteLogitsError
 from .generate import Completion, SamplingParams, generate
+from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
 from .gguf_file import read_gguf
 from .engine.check import ensure_engine_ok
 from .engine.native import ContextParams, NativeModel
@@ -80,10 +82,16 @@ class Runtime:
         n_batch: int = 512,
         kv_type: str = "f16",
         snapshot_mb: float = 256,
+        on_load_progress: Callable[[float], object] | None = None,
     ) -> None:
         """Load ``model_path`` (mmap kept on). ``n_parallel`` contexts serve calls in parallel,
         each with its own ``n_ctx`` KV cache; ``snapshot_mb`` bounds the KV snapshots kept to make
-        switching back to an earlier adapter set cheap (0 disables them)."""
+        switching back to an earlier adapter set cheap (0 disables them).
+
+        ``on_load_progress(fraction)`` is called from this thread while llama.cpp loads the model
+        (0.0 to 1.0, from its own progress reports); returning False cancels the load
+        (:class:`CancelledError`). Raises :class:`GGUFFileError` for a bad file,
+        :class:`EngineBuildError` when the native build cannot run on this machine."""
         problems = []
         for name, v, lo in (("n_ctx", n_ctx, 16), ("n_parallel", n_parallel, 1), ("n_batch", n_batch, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -104,11 +112,12 @@ class Runtime:
             raise GGUFFileError(f"{self.base_info.path}: hyperparameters llama.cpp cannot run with", bad)
         self.model_path = Path(model_path)
         ensure_engine_ok()  # once per native build and CPU: a child process runs the smoke test
-        self._model = NativeModel(str(self.model_path), n_gpu_layers=n_gpu_layers)
+        self._model = NativeModel(str(self.model_path), n_gpu_layers=n_gpu_layers, on_progress=on_load_progress)
         # llama.cpp's worker threads spin while they wait: contexts running at once must not
         # oversubscribe the cores, so by default they share them
         threads = n_threads or max(1, (os.cpu_count() or 1) // n_parallel)
         params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, kv_type=kv_type)
+        self._params = params
         store = SnapshotStore(int(snapshot_mb * 1024 * 1024)) if snapshot_mb > 0 else None
         try:
             self._pool = ContextPool(self._model, params, n_parallel, store)
@@ -180,7 +189,7 @@ class Runtime:
         return b"".join(self._model.token_piece(int(t)) for t in ids).decode("utf-8", errors="replace")
 
     # -- evaluation --------------------------------------------------------------------
-    def logits(self, token_ids: Sequence[int], adapters: Adapters = None) -> np.ndarray:
+    def logits(self, token_ids: Sequence[int], adapters: Adapters = None, *, cancel: CancelToken | None = None) -> np.ndarray:
         """Logits ``[n_tokens, n_vocab]`` of ``token_ids`` evaluated from scratch under ``adapters``.
 
         Raises :class:`NonFiniteLogitsError` rather than return NaN or infinite logits."""
@@ -196,7 +205,16 @@ class Runtime:
             slot.ctx.set_adapters(aset.natives)
             slot.ctx.clear()
             slot.kv_key, slot.kv_tokens = None, []
-            out = slot.ctx.decode(ids, 0, all_logits=True)
+            if cancel is not None:
+                slot.ctx.abort_when(lambda: cancel.cancelled)
+            try:
+                out = slot.ctx.decode(ids, 0, all_logits=True)
+            except CancelledError:
+                slot.ctx.clear()
+                raise
+            finally:
+                if cancel is not None:
+                    slot.ctx.abort_when(None)
             if not np.isfinite(out).all():
                 slot.ctx.clear()
                 raise NonFiniteLogitsError(
@@ -206,29 +224,46 @@ class Runtime:
             slot.kv_key, slot.kv_tokens = aset.key, ids
             return out
 
-    def complete(self, prompt: str, adapters: Adapters = None, **options: Any) -> Completion:
+    def complete(self, prompt: str, adapters: Adapters = None, *, cancel: CancelToken | None = None,
+                 **options: Any) -> Completion:
         """Complete raw text. Options: max_tokens, temperature, top_p, top_k, min_p,
-        repeat_penalty, repeat_last_n, seed, stop."""
-        return self.stream(prompt, adapters, **options).consume()
+        repeat_penalty, repeat_last_n, seed, stop. ``cancel``: a :class:`CancelToken` another
+        thread may fire (the result then has ``finish_reason == "cancelled"``)."""
+        return self.stream(prompt, adapters, cancel=cancel, **options).consume()
 
-    def stream(self, prompt: str, adapters: Adapters = None, **options: Any) -> TextStream:
+    def stream(self, prompt: str, adapters: Adapters = None, *, cancel: CancelToken | None = None,
+               **options: Any) -> TextStream:
         """Like :meth:`complete`, as an iterator of text pieces (``.result`` at the end)."""
         params = SamplingParams.build(**options)
         self.check_adapters(adapters)
         ids = self.tokenize(prompt)
         self._check_fits(ids)
-        return TextStream(self._run(ids, adapters, params))
+        return TextStream(self._run(ids, adapters, params, cancel))
 
-    def chat(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, **options: Any) -> Completion:
+    def chat(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, *,
+             cancel: CancelToken | None = None, **options: Any) -> Completion:
         """Answer a conversation, formatted with the base's own chat template."""
-        return self.chat_stream(messages, adapters, **options).consume()
+        return self.chat_stream(messages, adapters, cancel=cancel, **options).consume()
 
-    def chat_stream(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, **options: Any) -> TextStream:
+    def chat_stream(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, *,
+                    cancel: CancelToken | None = None, **options: Any) -> TextStream:
         params = SamplingParams.build(**options)
         self.check_adapters(adapters)
         ids = self.chat_tokens(messages)
         self._check_fits(ids)
-        return TextStream(self._run(ids, adapters, params))
+        return TextStream(self._run(ids, adapters, params, cancel))
+
+    def memory(self) -> MemoryUsage:
+        """Bytes held now: the mapped model (and its resident part), KV per context, adapters,
+        snapshots (see :class:`MemoryUsage`)."""
+        return MemoryUsage(
+            model_mapped=self.base_info.tensor_bytes(),
+            model_resident=resident_bytes(self.model_path),
+            kv_per_context=kv_cache_bytes(self.base_info, self.n_ctx, self._params.kv_type),
+            contexts=self._pool.size,
+            adapters=sum(a.size_bytes for a in self.adapters.values()),
+            snapshots=self.snapshots.bytes_used if self.snapshots else 0,
+        )
 
     def chat_tokens(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         """The prompt tokens of a conversation, ready for the assistant's turn."""
@@ -291,6 +326,7 @@ class Runtime:
         finally:
             self._registry.release(aset)
 
-    def _run(self, ids: list[int], adapters: Adapters, params: SamplingParams) -> Iterator[str]:
+    def _run(self, ids: list[int], adapters: Adapters, params: SamplingParams,
+             cancel: CancelToken | None = None) -> Iterator[str]:
         with self._call(adapters) as (slot, aset):
-            return (yield from generate(self._pool, slot, aset, ids, params))
+            return (yield from generate(self._pool, slot, aset, ids, params, cancel=cancel))

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import llama_cpp as ll
 import llama_cpp.llama_cpp as _ll_lib
 import numpy as np
 
-from ..errors import ContextOverflowError, GGUFFileError, InvalidRequestError, NativeError
+from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError, NativeError
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +210,36 @@ def quantize_rows(data: np.ndarray, ggml_type: int) -> bytes:
 class NativeModel:
     """A loaded base model (weights memory-mapped) and its vocabulary."""
 
-    def __init__(self, path: str, *, n_gpu_layers: int = 0) -> None:
+    def __init__(self, path: str, *, n_gpu_layers: int = 0, on_progress: Callable[[float], object] | None = None) -> None:
+        """Load ``path``. ``on_progress(fraction)`` is called from this thread as llama.cpp loads
+        (0.0 to 1.0); returning False cancels (:class:`CancelledError`); its exceptions propagate."""
         backend_init()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.load_mode = ll.LLAMA_LOAD_MODE_MMAP  # keep mmap on: the base is shared, not copied
+        failure: list[BaseException] = []
+        cancelled = False
+        if on_progress is not None:
+            def _progress(fraction: float, _user_data: ctypes.c_void_p) -> bool:
+                nonlocal cancelled
+                try:
+                    cancelled = on_progress(float(fraction)) is False
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, outside native code
+                    failure.append(exc)
+                return not (cancelled or failure)
+
+            callback = ll.llama_progress_callback(_progress)  # referenced until the load returns
+            params.progress_callback = callback
+            params.progress_callback_user_data = None
         ptr = ll.llama_model_load_from_file(path.encode(), params)
+        if failure:
+            if ptr:
+                ll.llama_model_free(ptr)
+            raise failure[0]
+        if cancelled:
+            if ptr:
+                ll.llama_model_free(ptr)
+            raise CancelledError(f"{path}: loading was cancelled by the progress callback")
         if not ptr:
             raise GGUFFileError(f"{path}: llama.cpp could not load this model (see the log for its reason)")
         self.ptr = ptr
@@ -320,7 +344,11 @@ class NativeContext:
         self.n_ctx = int(ll.llama_n_ctx(ptr))
         self.n_batch = p.n_batch
         self.mem = ll.llama_get_memory(ptr)
+        self.n_threads = p.n_threads
+        self.kv_type = p.kv_type
         self._adapters: tuple[tuple[int, float], ...] = ()
+        self._abort_check: Callable[[], bool] | None = None
+        self._abort_cb = ll.ggml_abort_callback(lambda _data: bool(self._abort_check and self._abort_check()))
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)  # reused by every decode
 
     def close(self) -> None:
@@ -364,6 +392,13 @@ class NativeContext:
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         return ll.llama_state_seq_set_data(self.ptr, buf, len(data), 0) == len(data)
 
+    def abort_when(self, check: Callable[[], bool] | None) -> None:
+        """While set, llama.cpp polls ``check`` between graph nodes of a decode and aborts it
+        when True (:meth:`decode` then raises :class:`CancelledError`). Costs a Python call per
+        node: set it around long prompt evaluations only."""
+        self._abort_check = check
+        ll.llama_set_abort_callback(self.ptr, self._abort_cb if check else ll.ggml_abort_callback(), None)
+
     # -- evaluation --------------------------------------------------------------
     def decode(self, tokens: Sequence[int], start_pos: int, *, all_logits: bool = False) -> np.ndarray | None:
         """Evaluate ``tokens`` at positions ``start_pos...``. With ``all_logits``, return every
@@ -387,6 +422,8 @@ class NativeContext:
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = all_logits or (off + i == n_total - 1)
             rc = ll.llama_decode(self.ptr, batch)
+            if rc == 2 and self._abort_check is not None:  # llama_decode: 2 = aborted
+                raise CancelledError("the evaluation was cancelled")
             if rc != 0:
                 raise NativeError(f"llama_decode failed ({rc})")
             if out is not None:
