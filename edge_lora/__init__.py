@@ -21,6 +21,7 @@ from .errors import (
     OutputExistsError,
     UnknownAdapterError,
 )
+from .engine.summary import engine_summary
 from .generate import Completion, SamplingParams, Timings
 from .memory import MemoryUsage
 from .registry import AdapterInfo
@@ -57,4 +58,5 @@ __all__ = [
     "MissingDependencyError",
     "OutputExistsError",
     "__version__",
+    "engine_summary",
 ]

@@ -98,8 +98,14 @@ def _describe_exit(rc: int) -> str:
 def run_probe(args: list[str] = ("--smoke",), *, wrapper: list[str] = (), env: dict[str, str] | None = None,
               timeout: float = 300.0) -> ProbeResult:
     """Run ``python -m edge_lora.engine.probe ARGS`` in a child (``wrapper`` goes before the
-    interpreter, e.g. ``["qemu-x86_64", "-cpu", "Haswell"]``); never raises for the child's fate."""
-    cmd = [*wrapper, sys.executable, "-m", "edge_lora.engine.probe", *args]
+    interpreter, e.g. ``["qemu-x86_64", "-cpu", "Haswell"]``); in a frozen app, the app's own
+    executable with ``--edge-lora-probe``. Never raises for the child's fate."""
+    if getattr(sys, "frozen", False):  # a bundled app: its executable runs the probe (probe.frozen_dispatch)
+        from .probe import FROZEN_FLAG
+
+        cmd = [*wrapper, sys.executable, FROZEN_FLAG, *args]
+    else:
+        cmd = [*wrapper, sys.executable, "-m", "edge_lora.engine.probe", *args]
     child_env = {**os.environ, **(env or {})}
     # the child must import this edge_lora, even when it is not installed
     root = str(Path(__file__).resolve().parents[2])

@@ -182,6 +182,17 @@ def probe(smoke: bool, decode: Path | None = None, n_tokens: int = 8, n_threads:
     return out
 
 
+FROZEN_FLAG = "--edge-lora-probe"
+
+
+def frozen_dispatch() -> None:
+    """In a frozen app (PyInstaller...), the engine check runs the app's own executable with
+    ``--edge-lora-probe``: call this first thing in the app's main; it runs the probe and exits
+    in that case, and does nothing otherwise."""
+    if getattr(sys, "frozen", False) and len(sys.argv) > 1 and sys.argv[1] == FROZEN_FLAG:
+        sys.exit(main(sys.argv[2:]))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edge_lora.engine.probe")
     p.add_argument("--smoke", action="store_true", help="run the smoke test")
