@@ -16,7 +16,7 @@ ENGINE_BUILD  := build/engine-$(ENGINE_CONFIG)
 ENGINE_STAMP  := $(VENV)/.edge-lora-engine-$(ENGINE_CONFIG)
 ENGINE_ARGS   := -DEDGE_LORA_CPU=$(CPU) $(if $(BACKEND),-DEDGE_LORA_BACKEND=$(BACKEND)) $(CMAKE_ARGS)
 
-.PHONY: install engine engine-native-build dev test demo fuzz bench-convert bench-runtime bench-server bench-engine clean
+.PHONY: install engine engine-native-build dev test demo fuzz bundle bench-convert bench-runtime bench-server bench-engine clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,18 @@ demo: $(DEMO_STAMP)
 install: | $(ENGINE_STAMP)
 	$(PIP) install -q -e .
 
-# engine-native-build: the portability tests show that a native build faults on older CPUs
-test: $(STAMP) engine-native-build
+# the desktop app as a one-folder app (PyInstaller), the portable engine inside
+BUNDLE := build/bundle/dist/edge-lora-chat/edge-lora-chat
+$(BUNDLE): $(wildcard examples/desktop_app/*.py) examples/desktop_app/edge-lora-chat.spec $(ENGINE_STAMP) | $(STAMP)
+	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath build/bundle/dist --workpath build/bundle/work \
+	    examples/desktop_app/edge-lora-chat.spec
+	@du -sh build/bundle/dist/edge-lora-chat
+
+bundle: $(BUNDLE)
+
+# engine-native-build: the portability tests show that a native build faults on older CPUs;
+# the bundle: its test runs it in a clean environment and on an emulated Haswell
+test: $(STAMP) engine-native-build $(BUNDLE)
 	@command -v qemu-x86_64 >/dev/null 2>&1 || echo "note: qemu-x86_64 not found: the portability tests will skip (Debian: apt-get install qemu-user)"
 	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc

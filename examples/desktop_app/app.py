@@ -18,13 +18,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from edge_lora.engine.probe import frozen_dispatch  # noqa: E402
 
 
+SELFTEST_PROMPT = "Spell out the digits: 90210"
+
+
 def selftest(base: str, adapter: str, n_tokens: int) -> int:
     """Load a base and an adapter, generate greedily, print what happened (for the bundle tests)."""
     from edge_lora import Runtime, engine_summary
 
     with Runtime(base, n_ctx=512) as rt:
         rt.load_adapter("a", adapter)
-        c = rt.complete("Spell out the digits: 90210", {"a": 1.0}, max_tokens=n_tokens, temperature=0.0)
+        c = rt.chat([{"role": "user", "content": SELFTEST_PROMPT}], {"a": 1.0}, max_tokens=n_tokens, temperature=0.0)
         print(json.dumps({"tokens": c.tokens, "text": c.text, "engine": engine_summary()}))
     return 0
 
