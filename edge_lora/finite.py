@@ -68,7 +68,8 @@ def nonfinite_tensors(info: GGUFInfo) -> list[str]:
             start = min(t.offset for t in info.tensors.values())
             end = max(t.offset + t.n_bytes for t in info.tensors.values())
             first = next(iter(info.tensors.values()))
-            if value_problems(mm[start:end], first) == (0, 0):
+            itemsize = np.dtype(_EXP[QT[first.type_name]][0]).itemsize
+            if (end - start) % itemsize == 0 and value_problems(mm[start:end], first) == (0, 0):
                 return []
         for t in info.tensors.values():
             if t.n_bytes == 0:

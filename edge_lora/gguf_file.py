@@ -157,6 +157,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
                 raise GGUFFileError(f"{p}: malformed or truncated GGUF header ({exc})") from exc
     tensors: dict[str, TensorInfo] = {}
     problems: list[str] = []
+    align = int(metadata.get(Keys.General.ALIGNMENT, 32)) or 32
     for name, shape, qtype, offset in raw_tensors:
         block, type_size = GGML_QUANT_SIZES[qtype]
         n_elem = int(np.prod(shape)) if shape else 1
@@ -164,9 +165,13 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         end = data_start + offset + n_bytes
         if end > size:
             problems.append(f"tensor {name} ends at byte {end}, past the end of the file ({size} bytes)")
+        if offset % align:  # gguf.cpp refuses these too
+            problems.append(f"tensor {name}: data offset {offset} is not a multiple of the alignment {align}")
+        if shape and shape[-1] % block:
+            problems.append(f"tensor {name}: rows of {shape[-1]} values do not fill {qtype.name} blocks of {block}")
         tensors[name] = TensorInfo(name, shape, qtype.name, n_bytes, data_start + offset)
     if problems:
-        raise GGUFFileError(f"{p}: truncated GGUF file", problems[:5] + ([f"... {len(problems) - 5} more"] if len(problems) > 5 else []))
+        raise GGUFFileError(f"{p}: truncated or malformed GGUF file", problems[:5] + ([f"... {len(problems) - 5} more"] if len(problems) > 5 else []))
     return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors)
 
 

@@ -203,3 +203,22 @@ def test_inspect_reports_base_problems(tiny, tmp_path):
     assert any("llama.attention.layer_norm_rms_epsilon=-1.0" in p for p in report["problems"])
     assert cli(["inspect", str(bad)]) == 1
     assert describe(t.base_path)["problems"] == [] and cli(["inspect", str(t.base_path)]) == 0
+
+
+def test_fuzz_found_misaligned_tensor_offset_is_refused(tiny, tmp_path):
+    """Regression from the fuzzer: a tensor offset off the alignment gave an untyped ValueError."""
+    import struct
+
+    import gguf
+
+    src = tiny("llama2").base_path
+    reader = gguf.GGUFReader(src)
+    t = reader.tensors[1]
+    field = t.field  # the tensor-info record; its last part is the data offset
+    pos = field.parts[-1].__array_interface__["data"][0] - reader.data.__array_interface__["data"][0]
+    data = bytearray(src.read_bytes())
+    struct.pack_into("<Q", data, pos, t.data_offset + 1)
+    bad = tmp_path / "misaligned.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GGUFFileError, match="not a multiple of the alignment"):
+        Runtime(bad, n_ctx=64)
