@@ -24,8 +24,9 @@ import gguf
 import numpy as np
 import torch
 import transformers
-from gguf import GGUFWriter, MODEL_TENSOR, TokenType
+from gguf import GGUFWriter, MODEL_TENSOR
 
+from edge_lora.engine.tiny import write_vocab
 from edge_lora_convert.table import ArchSpec, arch_spec, gguf_tensor_for, row_transform
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
@@ -248,7 +249,7 @@ def write_gguf_base(model: transformers.PreTrainedModel, path: str | Path) -> No
     spec = _spec_for(config)
     writer = GGUFWriter(str(path), spec.name)
     _write_hparams(writer, config, spec)
-    _write_vocab(writer, config.vocab_size)
+    write_vocab(writer, config.vocab_size)  # the engine's own synthetic SPM vocabulary
     for name, data in _base_tensors(model, spec):
         writer.add_tensor(name, data)
     writer.write_header_to_file()
@@ -306,28 +307,6 @@ _ARCH_HPARAMS: dict[gguf.MODEL_ARCH, Callable[[GGUFWriter, transformers.Pretrain
     gguf.MODEL_ARCH.GEMMA3: _gemma3_hparams,
     gguf.MODEL_ARCH.PHI3: _phi3_hparams,
 }
-
-
-def _write_vocab(writer: GGUFWriter, vocab_size: int) -> None:
-    """A synthetic SentencePiece ("llama") vocab of exactly ``vocab_size`` tokens.
-
-    Tests feed token ids directly; the vocab only has to load. llama.cpp looks up the
-    byte token "<0x0A>" for SPM vocabularies, so all 256 byte tokens are included.
-    """
-    n_plain = vocab_size - N_SPECIAL - 256
-    if n_plain < 0:
-        raise ValueError(f"vocab_size {vocab_size} < {N_SPECIAL + 256}")
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"tok{i}" for i in range(n_plain)]
-    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256 + [TokenType.NORMAL] * n_plain
-    scores = [0.0] * (N_SPECIAL + 256) + [-float(i) for i in range(n_plain)]
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(UNK_ID)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(EOS_ID)
-    writer.add_add_bos_token(False)
 
 
 def _base_tensors(model: transformers.PreTrainedModel, spec: ArchSpec) -> Iterator[tuple[str, np.ndarray]]:

@@ -101,8 +101,12 @@ def _shape(t: MODEL_TENSOR, c: TinyConfig) -> tuple[int, int]:
     }[t]
 
 
-def _write_vocab(w: GGUFWriter) -> None:
-    n_plain = N_VOCAB - N_SPECIAL - 256
+def write_vocab(w: GGUFWriter, n_vocab: int = N_VOCAB) -> None:
+    """A synthetic SentencePiece ("llama") vocabulary of exactly ``n_vocab`` tokens: 3 specials,
+    the 256 byte tokens llama.cpp's SPM tokenizer spells unknown text with, then ``tokN``."""
+    n_plain = n_vocab - N_SPECIAL - 256
+    if n_plain < 0:
+        raise ValueError(f"n_vocab {n_vocab} < {N_SPECIAL + 256}")
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"tok{i}" for i in range(n_plain)]
     types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256 + [TokenType.NORMAL] * n_plain
     w.add_tokenizer_model("llama")
@@ -133,7 +137,7 @@ def write_base(path: str | Path, types: Mapping[MODEL_TENSOR, QT] | QT = MIXED_T
     w.add_rope_dimension_count(c.head_dim)
     w.add_rope_freq_base(c.rope_base)
     w.add_layer_norm_rms_eps(c.eps)
-    _write_vocab(w)
+    write_vocab(w)
 
     def add_matrix(t: MODEL_TENSOR, bid: int | None, std: float) -> None:
         name = _name(t, bid)
