@@ -13,13 +13,19 @@ import re
 from typing import Any
 
 from gguf import MODEL_ARCH_NAMES, GGUFValueType, Keys
+from gguf import GGMLQuantizationType as QT
 
+from .finite import UNUSABLE_TYPES
 from .gguf_file import TOKEN_EMBD_TENSOR, ArrayLength, GGUFInfo, read_string_array
 
 #: beyond any released model, far below what would make llama.cpp allocate absurd tables
 MAX_LAYERS = 4096
 MAX_CONTEXT = 1 << 27
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
+#: llama.cpp's rope scaling names (llama-hparams / LLAMA_ROPE_SCALING_TYPES)
+ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
+#: tokenizer models the runtime can use (src/llama-vocab.cpp): not "none" (no tokenizer) or "rwkv" (loops)
+TOKENIZER_MODELS = ("llama", "gpt2", "hybriddna", "whitespace", "bert", "t5", "plamo2", "gemma4")
 
 
 def _ints(v: Any) -> list[int] | None:
@@ -90,6 +96,9 @@ def base_problems(info: GGUFInfo) -> list[str]:
     positive_floats(Keys.Rope.FREQ_BASE_SWA)
     positive_floats(Keys.Rope.SCALING_FACTOR)
     positive_ints(Keys.Rope.SCALING_ORIG_CTX_LEN, required=False, upper=MAX_CONTEXT)
+    scaling = get(Keys.Rope.SCALING_TYPE)
+    if scaling is not None and scaling not in ROPE_SCALING_TYPES:  # llama.cpp asserts on others
+        problems.append(f"{key(Keys.Rope.SCALING_TYPE)}={scaling!r}: llama.cpp knows {', '.join(ROPE_SCALING_TYPES)}")
     rope_dims = positive_ints(Keys.Rope.DIMENSION_COUNT, required=False, zero_ok=True)
     positive_ints(Keys.Attention.SLIDING_WINDOW, required=False, zero_ok=True)
     for cap in (Keys.LLM.ATTN_LOGIT_SOFTCAPPING, Keys.LLM.FINAL_LOGIT_SOFTCAPPING):
@@ -102,13 +111,32 @@ def base_problems(info: GGUFInfo) -> list[str]:
 
     if n_head and max(n_head) == 0:
         problems.append(f"{key(Keys.Attention.HEAD_COUNT)}={get(Keys.Attention.HEAD_COUNT)!r}: no layer has attention heads")
-    if n_head and n_head_kv:
-        heads = n_head * len(n_head_kv) if len(n_head) == 1 else n_head
-        kvs = n_head_kv * len(heads) if len(n_head_kv) == 1 else n_head_kv
+    head_k_len = k_len[0] if k_len else None
+    if n_head and n_layer:
+        heads = n_head * n_layer[0] if len(n_head) == 1 else n_head
+        kvs = (n_head_kv or n_head) * n_layer[0] if len(n_head_kv or n_head) == 1 else (n_head_kv or n_head)
+        if len(heads) != n_layer[0] or len(kvs) != n_layer[0]:
+            problems.append(f"{key(Keys.Attention.HEAD_COUNT)}/{key(Keys.Attention.HEAD_COUNT_KV)}: per-layer arrays "
+                            f"of {len(heads)}/{len(kvs)} values for {n_layer[0]} layers")
         for i, (h, kv) in enumerate(zip(heads, kvs)):
-            if h > 0 and (kv == 0 or h % kv):
+            # llama.cpp: a layer with 0 KV heads is recurrent (hybrid models) and has no attention tensors
+            k_t = info.tensors.get(f"blk.{i}.attn_k.weight")
+            q_t = info.tensors.get(f"blk.{i}.attn_q.weight")
+            if h > 0 and kv > 0 and h % kv:
                 problems.append(f"{key(Keys.Attention.HEAD_COUNT)}={h} is not a multiple of "
                                 f"{key(Keys.Attention.HEAD_COUNT_KV)}={kv} (layer {i})")
+                break
+            if k_t is not None and kv == 0:
+                problems.append(f"{key(Keys.Attention.HEAD_COUNT_KV)}=0 for layer {i}, which has attention tensors")
+                break
+            hd = head_k_len or (n_embd[0] // h if n_embd and h else None)
+            if hd and k_t is not None and len(k_t.shape) == 2 and k_t.shape[0] != kv * hd:
+                problems.append(f"{key(Keys.Attention.HEAD_COUNT_KV)}={kv} for layer {i}: blk.{i}.attn_k.weight has "
+                                f"{k_t.shape[0]} rows, not {kv} heads of {hd}")
+                break
+            if hd and q_t is not None and len(q_t.shape) == 2 and q_t.shape[0] not in (h * hd, 2 * h * hd):
+                problems.append(f"{key(Keys.Attention.HEAD_COUNT)}={h} for layer {i}: blk.{i}.attn_q.weight has "
+                                f"{q_t.shape[0]} rows, not {h} heads of {hd}")
                 break
     if n_embd and n_head and max(n_head) > 0 and not k_len and n_embd[0] % max(n_head):
         problems.append(f"{key(Keys.LLM.EMBEDDING_LENGTH)}={n_embd[0]} is not a multiple of "
@@ -133,6 +161,9 @@ def base_problems(info: GGUFInfo) -> list[str]:
         n_vocab = tokens.length if isinstance(tokens, ArrayLength) else len(tokens) if isinstance(tokens, list) else None
         if n_vocab is not None and n_vocab != embd.shape[0]:
             problems.append(f"{Keys.Tokenizer.LIST} has {n_vocab} tokens but {TOKEN_EMBD_TENSOR} has {embd.shape[0]} rows")
+    bad_types = sorted({t.type_name for t in info.tensors.values() if len(t.shape) >= 2 and QT[t.type_name] in UNUSABLE_TYPES})
+    if bad_types:
+        problems.append(f"weights stored as {', '.join(bad_types)}, which llama.cpp cannot multiply with")
     problems += vocab_problems(info)
     return problems
 
@@ -152,8 +183,15 @@ def vocab_problems(info: GGUFInfo) -> list[str]:
     else:
         return [] if tokens is None else [f"{Keys.Tokenizer.LIST} is not a list of strings"]
     problems = []
+    model = md.get(Keys.Tokenizer.MODEL)
+    if model not in TOKENIZER_MODELS:
+        problems.append(f"{Keys.Tokenizer.MODEL}={model!r}: the runtime needs one of {', '.join(TOKENIZER_MODELS)} "
+                        "(llama.cpp aborts or loops tokenizing with others)")
+    if model == "bert" and any(t.startswith(b"<0x") and t.endswith(b">") and len(t) == 6 for t in texts):
+        problems.append(f"{Keys.Tokenizer.MODEL}='bert' with byte tokens: llama.cpp aborts detokenizing them")
     seen: dict[bytes, int] = {}
     for i, text in enumerate(texts):
+        text = text.split(b"\0", 1)[0]  # llama.cpp reads token texts as C strings
         text = text or f"[EMPTY_{i}]".encode()
         if text in seen:
             problems.append(f"{Keys.Tokenizer.LIST}: tokens {seen[text]} and {i} are both {text[:40]!r} "

@@ -23,6 +23,8 @@ _EXP = {QT.F32: (np.uint32, 0x7F800000, 0x477FE000), QT.F16: (np.uint16, 0x7C00,
 #: bytes per Q8_0 block: an f16 scale then 32 int8 values
 _Q8_0_BLOCK = 34
 _CHUNK = 1 << 24  # elements per pass: bounded memory on large tensors
+#: storage types llama.cpp cannot multiply with (integers, f64) or that exist only as activations
+UNUSABLE_TYPES = frozenset({QT.I8, QT.I16, QT.I32, QT.I64, QT.F64, QT.Q8_1, QT.Q8_K})
 
 
 def _count_bits(raw: np.ndarray, mask: int, large: int | None) -> tuple[int, int]:
@@ -47,8 +49,8 @@ def value_problems(data: np.ndarray, t: TensorInfo) -> tuple[int, int]:
         scales = data.reshape(-1, _Q8_0_BLOCK)[:, :2].copy().view(np.float16).astype(np.float32)
         finite = np.isfinite(scales)
         return int((~finite).sum()) * 32, int((np.abs(scales[finite]) * 127 > F16_MAX).sum()) * 32
-    if qtype in (QT.I8, QT.I16, QT.I32, QT.I64):
-        return 0, 0
+    if qtype in UNUSABLE_TYPES:
+        raise ValueError(f"type {qtype.name}")
     values = quants.dequantize(data.reshape(-1, data.size), qtype)
     finite = np.isfinite(values)
     return int(values.size - np.count_nonzero(finite)), int(np.count_nonzero(np.abs(values[finite]) > F16_MAX))
@@ -74,7 +76,12 @@ def nonfinite_tensors(info: GGUFInfo) -> list[str]:
         for t in info.tensors.values():
             if t.n_bytes == 0:
                 continue
-            bad, big = value_problems(mm[t.offset : t.offset + t.n_bytes], t)
+            try:
+                bad, big = value_problems(mm[t.offset : t.offset + t.n_bytes], t)
+            except (NotImplementedError, ValueError):
+                problems.append(f"tensor {t.name}: stored as {t.type_name}, which llama.cpp cannot use for a LoRA "
+                                "factor (use f32, f16, bf16 or a block quantization)")
+                continue
             n = int(np.prod(t.shape)) if t.shape else 1
             if bad:
                 problems.append(f"tensor {t.name}: {bad} of {n} values are NaN or infinite")

@@ -342,7 +342,7 @@ class NativeContext:
         self.ptr = ptr
         self.model = model
         self.n_ctx = int(ll.llama_n_ctx(ptr))
-        self.n_batch = p.n_batch
+        self.n_batch = int(ll.llama_n_batch(ptr))  # llama.cpp caps it at the requested n_ctx
         self.mem = ll.llama_get_memory(ptr)
         self.n_threads = p.n_threads
         self.kv_type = p.kv_type
