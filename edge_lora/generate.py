@@ -175,7 +175,7 @@ def generate(
         for tok in prompt[-params.repeat_last_n :] if params.repeat_penalty != 1.0 else ():
             sampler.accept(tok)
         while True:
-            if cancel is not None and cancel.cancelled:
+            if (cancel is not None and cancel.cancelled) or pool.closing.is_set():
                 finish = "cancelled"
                 break
             if not np.isfinite(slot.ctx.last_logits()).all():

@@ -12,12 +12,14 @@ a set used earlier restores the history instead of recomputing it.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .engine.native import ContextParams, NativeAdapter, NativeContext, NativeModel
+from .errors import InvalidRequestError
 from .registry import AdapterSet, SetKey
 
 
@@ -96,6 +98,8 @@ class ContextPool:
         self._slots = [Slot(NativeContext(model, params)) for _ in range(n)]
         self._free = list(self._slots)
         self._cond = threading.Condition()
+        #: set by close(): generations stop at their next token, new leases are refused
+        self.closing = threading.Event()
 
     @property
     def n_ctx(self) -> int:
@@ -114,7 +118,11 @@ class ContextPool:
     def lease(self) -> Iterator[Slot]:
         with self._cond:
             while not self._free:
-                self._cond.wait()
+                if self.closing.is_set():
+                    raise InvalidRequestError("this Runtime is closing")
+                self._cond.wait(0.1)
+            if self.closing.is_set():
+                raise InvalidRequestError("this Runtime is closing")
             slot = self._free.pop()
         try:
             yield slot
@@ -143,9 +151,19 @@ class ContextPool:
                 self._free.extend(holders)
                 self._cond.notify_all()
 
-    def close(self) -> None:
-        for s in self._slots:
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop generations at their next token, wait up to ``timeout`` s for every context to be
+        returned, and free them. A context still leased then (a stream left unconsumed in another
+        thread) is never freed under its call: returns False, and the caller keeps the model."""
+        self.closing.set()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._free) < len(self._slots) and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+            idle = list(self._free)
+        for s in idle:
             s.ctx.close()
+        return len(idle) == len(self._slots)
 
     # -- KV reuse ------------------------------------------------------------------
     def prepare(self, slot: Slot, aset: AdapterSet, tokens: Sequence[int]) -> int:

@@ -11,6 +11,7 @@ registry and the snapshot store have their own locks. See :mod:`edge_lora.pool`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .session import Session
 
 Adapters = Mapping[str, float] | None
+log = logging.getLogger(__name__)
 
 
 class TextStream:
@@ -139,6 +141,7 @@ class Runtime:
 
         Loading a name again replaces that adapter; calls in flight finish with the old one.
         """
+        self._check_open()
         return self._registry.load(name, path, scale)
 
     def unload_adapter(self, name: str) -> None:
@@ -180,11 +183,13 @@ class Runtime:
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
         """Token ids of ``text`` (BOS added when the model wants one; special tokens parsed)."""
+        self._check_open()
         if not isinstance(text, str):
             raise InvalidRequestError(f"text must be a string, got {type(text).__name__}")
         return self._model.tokenize(text, add_special=add_bos, parse_special=special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
+        self._check_open()
         self._check_ids(ids)
         return b"".join(self._model.token_piece(int(t)) for t in ids).decode("utf-8", errors="replace")
 
@@ -256,6 +261,7 @@ class Runtime:
     def memory(self) -> MemoryUsage:
         """Bytes held now: the mapped model (and its resident part), KV per context, adapters,
         snapshots (see :class:`MemoryUsage`)."""
+        self._check_open()
         return MemoryUsage(
             model_mapped=self.base_info.tensor_bytes(),
             model_resident=resident_bytes(self.model_path),
@@ -267,6 +273,7 @@ class Runtime:
 
     def chat_tokens(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         """The prompt tokens of a conversation, ready for the assistant's turn."""
+        self._check_open()
         text = self._template.render(messages, add_generation_prompt=True)
         ids = self._model.tokenize(text, add_special=False, parse_special=True)
         if self._model.add_bos and self._model.bos >= 0 and (not ids or ids[0] != self._model.bos):
@@ -280,13 +287,19 @@ class Runtime:
         return Session(self, adapters, messages, options)
 
     # -- lifecycle ---------------------------------------------------------------------
-    def close(self) -> None:
-        """Free every native resource (adapters, contexts, then the model)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Free every native resource (contexts, adapters, then the model). Safe while other
+        threads generate: their calls stop at the next token (``finish_reason == "cancelled"``)
+        and close waits up to ``timeout`` s for them. A context still held after that (a stream
+        left unconsumed) is never freed under it: the model and adapters are then kept
+        (logged), not freed, so nothing can crash."""
         if self._closed:
             return
         self._closed = True
+        if not self._pool.close(timeout):
+            log.warning("Runtime.close: a call still holds a context after %.0f s; keeping the model loaded", timeout)
+            return
         self._registry.close()
-        self._pool.close()
         self._model.close()
 
     def __enter__(self) -> Runtime:
@@ -299,6 +312,10 @@ class Runtime:
     @property
     def snapshots(self) -> SnapshotStore | None:
         return self._pool.snapshots
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidRequestError("this Runtime is closed")
 
     def _check_fits(self, ids: Sequence[int]) -> None:
         """Refuse at the call (not at the first piece) a prompt that leaves no room to generate."""

@@ -14,7 +14,7 @@ import threading
 import tkinter as tk
 from collections.abc import Mapping
 
-from edge_lora import CancelToken, Completion, Runtime
+from edge_lora import CancelToken, Completion, EdgeLoraError, Runtime
 
 
 class TkChat:
@@ -56,9 +56,13 @@ class TkChat:
 
     def _generate(self, messages: list[dict[str, str]], token: CancelToken, max_tokens: int) -> None:
         # the worker thread: no widget calls here, only the queue
-        stream = self.rt.chat_stream(messages, self.adapters, temperature=0.0, max_tokens=max_tokens, cancel=token)
-        for piece in stream:
-            self.events.put(("piece", piece))
+        try:
+            stream = self.rt.chat_stream(messages, self.adapters, temperature=0.0, max_tokens=max_tokens, cancel=token)
+            for piece in stream:
+                self.events.put(("piece", piece))
+        except EdgeLoraError as exc:  # shown in the window; the UI stays usable
+            self.events.put(("error", str(exc)))
+            return
         self.events.put(("done", stream.result))
 
     def _pump(self) -> None:
@@ -70,6 +74,13 @@ class TkChat:
                 break
             if kind == "piece":
                 self.text.insert(tk.END, value)
+            elif kind == "error":
+                self.messages.pop()
+                self.text.insert(tk.END, f"[error: {value}]\n")
+                self.token = None
+                self.send_btn.config(state=tk.NORMAL)
+                self.stop_btn.config(state=tk.DISABLED)
+                return
             else:
                 self._finish(value)
                 return
@@ -91,9 +102,10 @@ def main() -> None:
     if len(sys.argv) > 2:
         rt.load_adapter("a", sys.argv[2])
         adapters = {"a": 1.0}
-    TkChat(root, rt, adapters)
+    chat = TkChat(root, rt, adapters)
     root.mainloop()
-    rt.close()
+    chat.stop()
+    rt.close()  # safe while the worker still generates: it stops at its next token
 
 
 if __name__ == "__main__":

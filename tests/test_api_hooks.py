@@ -107,3 +107,30 @@ def test_cancel_during_the_prompt_and_logits(rt):
     ref = rt.logits(TOKENS, {"a": 1.0})
     assert np.array_equal(rt.logits(TOKENS, {"a": 1.0}, cancel=CancelToken()), ref)
     assert rt.complete(long_prompt, {"a": 1.0}, max_tokens=5, temperature=0.0).finish_reason in ("stop", "length")
+
+
+def test_close_while_other_threads_generate(tiny):
+    """close() from the UI thread while calls run: they stop at their next token (cancelled), a
+    waiting call is refused, nothing crashes."""
+    rt = Runtime(tiny("llama2").base_path, n_ctx=256, n_parallel=2)
+    results: dict[int, str] = {}
+    started = threading.Barrier(4)
+
+    def call(i: int) -> None:
+        started.wait()
+        try:
+            results[i] = rt.complete("tok1 tok2", max_tokens=200, temperature=0.0, repeat_penalty=1.0).finish_reason
+        except Exception as exc:  # noqa: BLE001 - the type is what is checked
+            results[i] = type(exc).__name__
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.02)
+    rt.close()
+    for t in threads:
+        t.join()
+    assert set(results.values()) <= {"cancelled", "length", "stop", "InvalidRequestError"}, results
+    with pytest.raises(Exception, match="closed"):
+        rt.complete("tok1", max_tokens=2)

@@ -156,8 +156,28 @@ def _read_cache() -> dict[str, Any]:
         return {}
 
 
+#: child deaths that say the build cannot run here; others (SIGKILL, SIGTERM: someone killed it)
+#: and probes that could not start or finish are not kept, so the next Runtime tries again
+_BUILD_SIGNALS = {"SIGILL", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE"}
+
+
+def definitive(result: ProbeResult) -> bool:
+    """Whether ``result`` says something lasting about the build on this CPU."""
+    if result.ok or "computed wrong numbers" in result.reason:
+        return True
+    if result.returncode < 0:
+        try:
+            return signal.Signals(-result.returncode).name in _BUILD_SIGNALS
+        except ValueError:
+            return False
+    return result.returncode > 0 and bool(result.stderr)
+
+
 def record(key: str, result: ProbeResult) -> None:
-    """Store ``result`` as the verdict for ``key`` (atomically; a cache that cannot be written is skipped)."""
+    """Store ``result`` as the verdict for ``key`` (atomically; a cache that cannot be written is
+    skipped; a transient failure is not stored)."""
+    if not definitive(result):
+        return
     verdicts = _read_cache()
     verdicts[key] = {
         "ok": result.ok,
@@ -183,6 +203,8 @@ def ensure_engine_ok() -> None:
         if key in _passed:
             return
         verdict = _read_cache().get(key)
+        if not isinstance(verdict, dict):  # none yet, or a damaged entry
+            verdict = None
         if verdict is None:
             result = run_probe()
             record(key, result)

@@ -165,6 +165,7 @@ class ChatWindow(QMainWindow):
     def _set_busy(self, busy: bool) -> None:
         self.send_btn.setEnabled(not busy and self.rt is not None)
         self.stop_btn.setEnabled(busy and self.job is not None)
+        self.open_btn.setEnabled(self.job is None)  # never swap the base under a running answer
 
     def _update_status(self, result: Completion | None = None) -> None:
         m = self.rt.memory()
