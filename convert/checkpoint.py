@@ -142,7 +142,7 @@ def _load_config(p: Path) -> dict[str, Any]:
         raise CheckpointError(f"{cfg_path}: missing adapter config", [f"searched {cfg_path}"])
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{cfg_path}: malformed JSON ({exc})") from exc
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path}: malformed config (expected a JSON object)")
@@ -267,7 +267,12 @@ def unwrap_text_model(module: str) -> tuple[str, str | None]:
         if seg in parts:
             return module, ".".join(parts[: parts.index(seg) + 1])
     m = _TEXT_WRAPPERS.match(module)
-    return ("model." + module[m.end():], None) if m else (module, None)
+    rest = module[m.end():] if m else module
+    if rest.startswith(("model.", "lm_head")):
+        return rest, None
+    if rest.split(".", 1)[0] in ("layers", "embed_tokens", "norm"):  # a bare decoder (AutoModel) or a wrapper's
+        return "model." + rest, None
+    return (("model." + rest) if m else module), None
 
 
 def _classify_non_lora(name: str, arr: np.ndarray, base_vocab: int | None) -> str:
@@ -364,7 +369,8 @@ def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path) -> Checkpoint:
                 f"{name}: not a LoRA factor (MLX-LM DoRA magnitudes and full weights are not supported)"
             )
             continue
-        pairs.setdefault(m["module"], {})[m["part"][-1].upper()] = (name, arr)
+        module, _tower = unwrap_text_model(m["module"])
+        pairs.setdefault(module, {})[m["part"][-1].upper()] = (name, arr)
     modules: list[LoraModule] = []
     for module, sides in sorted(pairs.items()):
         if set(sides) != {"A", "B"}:

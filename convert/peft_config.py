@@ -59,7 +59,42 @@ def init_problem(value: Any) -> str | None:
 
 
 def _finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an int beyond a float's range
+        return False
+
+
+def _regex_ok(pattern: Any) -> bool:
+    try:
+        re.compile(pattern)
+        return True
+    except (re.error, TypeError):
+        return False
+
+
+def type_problems(cfg: dict[str, Any]) -> list[str]:
+    """Fields whose type or syntax PEFT itself would refuse (checked before they are used)."""
+    out = []
+    strs = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    ints = lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)  # noqa: E731
+    for key in ("target_modules", "exclude_modules"):
+        v = cfg.get(key)
+        if v is not None and not (isinstance(v, str) and _regex_ok(v)) and not strs(v):
+            out.append(f"adapter_config.json: '{key}' must be a list of names or a valid regular expression, found {v!r}")
+    v = cfg.get("layers_to_transform")
+    if v is not None and not (isinstance(v, int) and not isinstance(v, bool)) and not ints(v):
+        out.append(f"adapter_config.json: 'layers_to_transform' must be an integer or a list of them, found {v!r}")
+    v = cfg.get("layers_pattern")
+    if v is not None and not (isinstance(v, str) and _regex_ok(v)) and not (strs(v) and all(_regex_ok(x) for x in v)):
+        out.append(f"adapter_config.json: 'layers_pattern' must be a name or a list of names, found {v!r}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        for pat in (cfg.get(key) or {}) if isinstance(cfg.get(key), dict) else {}:
+            if not _regex_ok(pat):
+                out.append(f"adapter_config.json: {key} key {pat!r} is not a valid regular expression")
+    return out
 
 
 def config_problems(cfg: dict[str, Any]) -> list[str]:
@@ -86,6 +121,7 @@ def config_problems(cfg: dict[str, Any]) -> list[str]:
                 problems.append(f"adapter_config.json: rank_pattern[{pat!r}] must be a positive integer, found {v!r}")
             elif key == "alpha_pattern" and not _finite_number(v):
                 problems.append(f"adapter_config.json: alpha_pattern[{pat!r}] must be a finite number, found {v!r}")
+    problems += type_problems(cfg)
     init = init_problem(cfg.get("init_lora_weights", True))
     if init:
         problems.append(init)
@@ -108,7 +144,7 @@ def has_valid_rank_alpha(cfg: dict[str, Any]) -> bool:
         return False
     ranks_ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patterns[0].values())
     alphas_ok = all(_finite_number(v) for v in patterns[1].values())
-    return valid_r and _finite_number(cfg.get("lora_alpha")) and ranks_ok and alphas_ok
+    return valid_r and _finite_number(cfg.get("lora_alpha")) and ranks_ok and alphas_ok and not type_problems(cfg)
 
 
 def fan_in_fan_out_note(cfg: dict[str, Any]) -> str | None:

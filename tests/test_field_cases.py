@@ -334,3 +334,33 @@ def test_stray_rope_buffer_is_named(plain, tmp_path):
     shutil.copytree(src, tmp_path / "a")
     edit_adapter(tmp_path / "a", lambda d: {**d, "base_model.model.model.rotary_emb.inv_freq": torch.ones(8)})
     refused(lambda: convert(tmp_path / "a", base=t.base_path, out=tmp_path / "o.gguf"), "a generated buffer (rotary embedding")
+
+
+@pytest.mark.parametrize("rename", [
+    lambda k: k.replace("base_model.model.model.", "base_model.model."),  # a bare decoder (AutoModel / LlamaModel)
+    lambda k: k.replace("base_model.model.model.", "base_model.model.language_model.").replace(
+        "base_model.model.lm_head", "base_model.model.language_model.lm_head"),  # older multimodal layout
+], ids=["bare-decoder", "language_model-lm_head"])
+def test_more_layouts_convert_like_plain(tiny, rename, tmp_path):
+    t = tiny("llama2")
+    make_peft_adapter(t.model, tmp_path / "ref", dict(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"]))
+    convert(tmp_path / "ref", base=t.base_path, out=tmp_path / "ref.gguf")
+    a = _rekey(tmp_path / "ref", tmp_path / "a", rename)
+    convert(a, base=t.base_path, out=tmp_path / "o.gguf")
+    assert same_tensors(tmp_path / "ref.gguf", tmp_path / "o.gguf")
+
+
+@pytest.mark.parametrize("changes, needle", [
+    (dict(target_modules=5), "'target_modules' must be a list of names or a valid regular expression"),
+    (dict(target_modules="(q_proj"), "'target_modules' must be a list of names or a valid regular expression"),
+    (dict(exclude_modules=5), "'exclude_modules' must be"),
+    (dict(layers_to_transform="abc"), "'layers_to_transform' must be an integer"),
+    (dict(layers_pattern=5), "'layers_pattern' must be"),
+    (dict(rank_pattern={"(q": 8}), "rank_pattern key '(q' is not a valid regular expression"),
+    (dict(lora_alpha=10**400), "'lora_alpha' must be a finite number"),
+])
+def test_odd_config_types_are_refused_not_crashes(plain, changes, needle, tmp_path):
+    t, src, _ = plain
+    shutil.copytree(src, tmp_path / "a")
+    edit_config(tmp_path / "a", **changes)
+    refused(lambda: convert(tmp_path / "a", base=t.base_path, out=tmp_path / "o.gguf"), needle)
