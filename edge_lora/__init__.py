@@ -21,14 +21,28 @@ from .errors import (
     OutputExistsError,
     UnknownAdapterError,
 )
-from .engine.summary import engine_summary
-from .generate import Completion, SamplingParams, Timings
 from .memory import MemoryUsage
-from .registry import AdapterInfo
-from .runtime import Runtime, TextStream
-from .session import Session
 
 __version__ = "0.1.0"
+
+#: names that load the native engine (llama-cpp-python and its libraries), imported on first
+#: use: `import edge_lora` and `edge-lora doctor` work even where the libraries cannot load
+_NATIVE = {
+    "engine_summary": ".engine.summary", "Completion": ".generate", "SamplingParams": ".generate",
+    "Timings": ".generate", "AdapterInfo": ".registry", "Runtime": ".runtime", "TextStream": ".runtime",
+    "Session": ".session",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _NATIVE:
+        import importlib
+
+        value = getattr(importlib.import_module(_NATIVE[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # llama.cpp's log is routed into logging.getLogger("edge_lora.engine.native"); quiet unless configured
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -146,3 +146,13 @@ def test_plain_llama_cpp_python_finds_the_backends(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "4"
+
+
+def test_doctor_reports_libraries_that_cannot_load(tmp_path):
+    """`import edge_lora` and the doctor work where llama.cpp's libraries cannot load at all."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _run("-m", "edge_lora.cli", "doctor", env={"LLAMA_CPP_LIB_PATH": str(empty), "EDGE_LORA_CACHE_DIR": str(tmp_path)})
+    assert r.returncode == 1, r.stderr
+    assert "Shared library with base name 'llama' not found" in r.stdout and "fix: rebuild the engine" in r.stdout
+    assert "Traceback" not in r.stderr

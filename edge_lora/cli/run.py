@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError
-from ..runtime import Runtime
+
+if TYPE_CHECKING:  # the runtime loads the native engine: imported when a command runs
+    from ..runtime import Runtime
 
 RUN_HELP = "generate once from a prompt, with any mix of adapters"
 RUN_EPILOG = """examples:
@@ -88,6 +90,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[Runtime, dict[str, float]]:
     specs = [parse_adapter_spec(s) for s in args.adapter]
+    from ..runtime import Runtime
+
     rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers)
     try:
         for name, path, scale in specs:
