@@ -10,6 +10,7 @@ import numpy as np
 from gguf import MODEL_TENSOR, Keys
 
 from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
+from edge_lora.finite import F16_MAX
 from edge_lora.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, EdgeLoraKeys, GGUFInfo, read_gguf
 
 from . import __version__
@@ -84,6 +85,13 @@ def convert(
     problems: list[str] = []
     notes: list[str] = list(ckpt.notes)
     out_tensors = _plan(ckpt, shape, problems, notes)
+    if abs(ckpt.alpha) > F16_MAX:
+        problems.append(f"the file's alpha would be {ckpt.alpha:g}, beyond ±65504: the runtime refuses such adapters")
+    for t in out_tensors:  # per-module scales folded into B can push it out of range
+        big = int(np.count_nonzero(np.abs(t.data) > F16_MAX))
+        if big:
+            problems.append(f"{t.name}: {big} values beyond ±65504 after folding the per-module scale into B: "
+                            "the f16 paths of llama.cpp would overflow (the adapter's scales are not plausible)")
     if problems:
         raise ConversionError(f"{ckpt.path}: cannot convert to a {shape.spec.name} GGUF adapter", problems)
     if shape.tensors is None:

@@ -30,7 +30,9 @@ class MemoryUsage:
 
     @property
     def total(self) -> int:
-        """Everything edge-lora holds, counting the whole mapped model."""
+        """The sum of the figures above, counting the whole mapped model. Not counted: llama.cpp's
+        compute buffers (allocated per context for the largest batch, hundreds of MiB on a large
+        vocabulary) and the Python process itself; compare with the process RSS for those."""
         return self.model_mapped + self.kv_per_context * self.contexts + self.adapters + self.snapshots
 
 
