@@ -59,7 +59,8 @@ install: | $(ENGINE_STAMP)
 
 # the desktop app as a one-folder app (PyInstaller), the portable engine inside
 BUNDLE := build/bundle/dist/edge-lora-chat/edge-lora-chat
-$(BUNDLE): $(wildcard examples/desktop_app/*.py) examples/desktop_app/edge-lora-chat.spec $(ENGINE_STAMP) | $(STAMP)
+$(BUNDLE): $(wildcard examples/desktop_app/*.py) examples/desktop_app/edge-lora-chat.spec \
+           $(shell find edge_lora -name '*.py') $(ENGINE_STAMP) | $(STAMP)
 	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath build/bundle/dist --workpath build/bundle/work \
 	    examples/desktop_app/edge-lora-chat.spec
 	@du -sh build/bundle/dist/edge-lora-chat
