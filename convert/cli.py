@@ -18,6 +18,11 @@ EPILOG = """examples:
 exit status: 0 converted, 2 refused (every problem listed, nothing written)"""
 
 
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the workstation-side commands (edge_lora.cli.WORKSTATION_COMMANDS) on ``edge-lora``."""
+    add_parser(sub)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "convert", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -12,6 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from edge_lora.merge.source import llama_cpp_scale  # llama.cpp's rule: one definition, shared with merge
+
+__all__ = ["b_fold_factor", "llama_cpp_scale", "mlx_scale", "peft_scale"]
+
 
 def peft_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     """PEFT's effective multiplier of ``B @ A`` for one module."""
@@ -21,11 +25,6 @@ def peft_scale(alpha: float, rank: int, use_rslora: bool) -> float:
 def mlx_scale(lora_parameters: dict[str, Any]) -> float:
     """MLX-LM's effective multiplier: ``scale`` as written (no division by rank)."""
     return float(lora_parameters["scale"])
-
-
-def llama_cpp_scale(file_alpha: float, rank: int, user_scale: float = 1.0) -> float:
-    """llama.cpp's multiplier for a tensor of this rank (llama_adapter_lora_weight::get_scale)."""
-    return user_scale * file_alpha / rank if file_alpha else user_scale
 
 
 def b_fold_factor(effective_scale: float, file_alpha: float, rank: int) -> float:

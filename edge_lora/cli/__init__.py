@@ -11,18 +11,27 @@ from .. import __version__
 from ..errors import EdgeLoraError
 
 
-def _add_convert(sub: argparse._SubParsersAction) -> None:
+#: the workstation-side commands, defined by the converter package (edge_lora_convert.cli)
+WORKSTATION_COMMANDS = {
+    "convert": "convert a PEFT/MLX LoRA checkpoint",
+    "combine": "combine GGUF adapters into one",
+    "export": "export a GGUF adapter as a PEFT directory",
+}
+
+
+def _add_workstation(sub: argparse._SubParsersAction) -> None:
     # The converter is a separate package (edge_lora_convert); the runtime never imports it
     # at module level, so `edge-lora` keeps working where only the runtime is installed.
     try:
         mod = importlib.import_module("edge_lora_convert.cli")
     except ImportError as exc:
         missing = exc  # `exc` itself is unbound when the except block ends
-        p = sub.add_parser("convert", help="convert a PEFT/MLX LoRA checkpoint (converter not installed)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda _args: _missing_converter(missing))
+        for name, text in WORKSTATION_COMMANDS.items():
+            p = sub.add_parser(name, help=f"{text} (converter not installed)")
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=lambda _args: _missing_converter(missing))
         return
-    mod.add_parser(sub)
+    mod.add_parsers(sub)
 
 
 def _missing_converter(exc: ImportError) -> int:
@@ -39,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edge-lora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_convert(sub)
+    _add_workstation(sub)
     inspect_cmd.add_parser(sub)
     run.add_parsers(sub)
     serve.add_parser(sub)

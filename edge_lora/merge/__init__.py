@@ -1,0 +1,8 @@
+"""Merging LoRA adapters into a GGUF base (``edge-lora merge``), and the in-memory LoRA form
+that merge, combine and export share (:mod:`.source`)."""
+
+from __future__ import annotations
+
+from .source import LoraSource, LoraWeight, lora_delta, read_gguf_lora
+
+__all__ = ["LoraSource", "LoraWeight", "lora_delta", "read_gguf_lora"]

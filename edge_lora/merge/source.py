@@ -1,0 +1,143 @@
+"""LoRA weights to merge or combine, read into one in-memory form.
+
+A :class:`LoraSource` maps base tensor names (``blk.0.attn_q.weight``) to
+:class:`LoraWeight` factors in GGUF adapter layout, with the effective scale of each
+tensor already worked out. GGUF adapters are read here (:func:`read_gguf_lora`);
+PEFT/MLX checkpoints, DoRA included, are read by the converter
+(``edge_lora_convert.merge_source.lora_source``), which returns the same type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, Keys
+from gguf.quants import dequantize
+
+from ..compat import adapter_problems, lora_pairs
+from ..errors import IncompatibleAdapterError, InvalidRequestError
+from ..gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, TOKEN_EMBD_TENSOR, GGUFInfo, read_gguf
+
+
+@dataclass(frozen=True)
+class LoraWeight:
+    """One base tensor's LoRA, in GGUF adapter layout (numpy order, float32).
+
+    - linear weight ``W`` (out, in): ``a`` (r, in), ``b`` (out, r); ``delta = scale * b @ a``
+    - ``token_embd`` (vocab, hidden): ``a`` (vocab, r), ``b`` (hidden, r); ``delta = scale * a @ b.T``
+      (llama.cpp gathers A's rows by token: ``llm_graph_context::build_inp_embd``)
+
+    ``scale`` is the effective multiplier, the user's scale included. ``magnitude`` is DoRA's
+    ``m`` (out,), in the GGUF row order, or None for plain LoRA.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    scale: float
+    magnitude: np.ndarray | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.b.shape[1])
+
+
+def lora_delta(name: str, w: LoraWeight) -> np.ndarray:
+    """The weight change ``w`` makes to base tensor ``name``, float32 in numpy order
+    (the magnitude of DoRA is not part of it: see :func:`edge_lora.merge.dora.apply_dora`)."""
+    if name == TOKEN_EMBD_TENSOR:
+        d = w.a @ w.b.T
+    else:
+        d = w.b @ w.a
+    return (d * np.float32(w.scale)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class LoraSource:
+    """An adapter ready to merge: ``weights`` by base tensor name.
+
+    ``label`` names it in messages and provenance (``json.gguf:0.5``); ``sha256`` is of the
+    adapter's weights file; ``user_scale`` is what the user asked for (already inside each
+    weight's ``scale``)."""
+
+    label: str
+    path: Path
+    arch: str
+    sha256: str
+    user_scale: float
+    weights: dict[str, LoraWeight] = field(repr=False)
+    source_format: str = "gguf"
+
+    @property
+    def is_dora(self) -> bool:
+        return any(w.magnitude is not None for w in self.weights.values())
+
+    def scaled(self, user_scale: float) -> LoraSource:
+        """The same adapter at another user scale (a multiple of the one it was read at)."""
+        if not math.isfinite(user_scale):
+            raise InvalidRequestError(f"{self.label}: scale {user_scale!r} is not a finite number")
+        if self.user_scale == 0:
+            raise InvalidRequestError(f"{self.label}: read at scale 0, it cannot be rescaled")
+        k = user_scale / self.user_scale
+        return replace(self, user_scale=user_scale,
+                       weights={n: replace(w, scale=w.scale * k) for n, w in self.weights.items()})
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def llama_cpp_scale(file_alpha: float, rank: int, user_scale: float = 1.0) -> float:
+    """llama.cpp's multiplier of ``B @ A`` (``llama_adapter_lora_weight::get_scale``):
+    ``user_scale * alpha / rank``, or ``user_scale`` alone when the file's alpha is 0."""
+    return user_scale * file_alpha / rank if file_alpha else user_scale
+
+
+def read_tensor_f32(reader: GGUFReader, name: str) -> np.ndarray:
+    """One tensor of an open GGUF file, dequantized to float32 in numpy order (gguf-py's
+    dequantizers, checked bit-exact against libggml by gguf-py's own tests)."""
+    for t in reader.tensors:
+        if t.name == name:
+            return dequantize_tensor(t.data, GGMLQuantizationType(t.tensor_type))
+    raise KeyError(name)
+
+
+def dequantize_tensor(data: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarray:
+    if ggml_type == GGMLQuantizationType.F32:
+        return np.array(data, dtype=np.float32)
+    return np.asarray(dequantize(data, ggml_type), dtype=np.float32)
+
+
+def read_gguf_lora(path: str | os.PathLike[str], *, scale: float = 1.0, base: GGUFInfo | None = None,
+                   label: str | None = None) -> LoraSource:
+    """Read a GGUF LoRA adapter into a :class:`LoraSource` at user scale ``scale``.
+
+    Every problem llama.cpp would refuse the adapter for (on ``base`` when given), and any
+    NaN or infinite value, is raised at once as :class:`IncompatibleAdapterError`."""
+    if not math.isfinite(scale):
+        raise InvalidRequestError(f"{path}: scale {scale!r} is not a finite number")
+    info = read_gguf(path)
+    problems = adapter_problems(info, base)
+    if problems:
+        where = f" with the base {base.path.name}" if base is not None else ""
+        raise IncompatibleAdapterError(f"{info.path}: cannot be used{where}", problems)
+    alpha = float(info.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0))
+    pairs, _ = lora_pairs(info)
+    reader = GGUFReader(info.path)
+    by_name = {t.name: t for t in reader.tensors}
+    weights: dict[str, LoraWeight] = {}
+    for name in sorted(pairs):
+        ta, tb = by_name[name + LORA_A_SUFFIX], by_name[name + LORA_B_SUFFIX]
+        a = dequantize_tensor(ta.data, GGMLQuantizationType(ta.tensor_type)).reshape(info.tensors[ta.name].shape)
+        b = dequantize_tensor(tb.data, GGMLQuantizationType(tb.tensor_type)).reshape(info.tensors[tb.name].shape)
+        weights[name] = LoraWeight(a=a, b=b, scale=llama_cpp_scale(alpha, int(b.shape[1]), scale))
+    return LoraSource(label=label or f"{info.path.name}:{scale:g}", path=info.path, arch=info.architecture,
+                      sha256=file_sha256(info.path), user_scale=scale, weights=weights)
