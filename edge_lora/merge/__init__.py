@@ -4,5 +4,6 @@ that merge, combine and export share (:mod:`.source`)."""
 from __future__ import annotations
 
 from .source import LoraSource, LoraWeight, lora_delta, read_gguf_lora
+from .spec import parse_adapter_arg
 
-__all__ = ["LoraSource", "LoraWeight", "lora_delta", "read_gguf_lora"]
+__all__ = ["LoraSource", "LoraWeight", "lora_delta", "parse_adapter_arg", "read_gguf_lora"]
