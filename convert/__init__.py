@@ -9,5 +9,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .converter import ConvertResult, convert  # noqa: E402
+from .combine import CombineResult, combine  # noqa: E402
 
-__all__ = ["ConvertResult", "convert", "__version__"]
+__all__ = ["CombineResult", "ConvertResult", "combine", "convert", "__version__"]

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from . import combine_cli
 from .converter import convert
 from .gguf_out import OUTTYPES
 
@@ -21,6 +22,7 @@ exit status: 0 converted, 2 refused (every problem listed, nothing written)"""
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the workstation-side commands (edge_lora.cli.WORKSTATION_COMMANDS) on ``edge-lora``."""
     add_parser(sub)
+    combine_cli.add_parser(sub)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
