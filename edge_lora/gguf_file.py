@@ -59,6 +59,8 @@ class GGUFInfo:
     file_size: int
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo] = field(repr=False)
+    #: byte range ``(start, end)`` of each metadata entry (key and value), to copy one verbatim
+    kv_spans: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def architecture(self) -> str:
@@ -81,7 +83,7 @@ class GGUFInfo:
         return sum(t.n_bytes for t in self.tensors.values())
 
 
-_SCALARS: dict[GGUFValueType, str] = {
+SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
     GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
     GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
@@ -124,14 +126,14 @@ class _Cursor:
                 return items if keep else ArrayLength(count, etype, start)
             if etype == GGUFValueType.ARRAY:
                 raise ValueError("nested arrays are not supported")
-            size = struct.calcsize(_SCALARS[etype]) * count
+            size = struct.calcsize(SCALAR_FORMATS[etype]) * count
             if self.pos + size > len(self.buf):
                 raise ValueError(f"array of {count} items at byte {self.pos} runs past the end of the file")
-            fmt = "<" + _SCALARS[etype][1] * count if keep else None
+            fmt = "<" + SCALAR_FORMATS[etype][1] * count if keep else None
             items = list(struct.unpack_from(fmt, self.buf, self.pos)) if fmt else ArrayLength(count, etype, start)
             self.pos += size
             return items
-        return self.take(_SCALARS[vt])
+        return self.take(SCALAR_FORMATS[vt])
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
@@ -152,7 +154,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
             raise GGUFFileError(f"{p}: not a GGUF file (bad magic {magic!r})")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             try:
-                metadata, raw_tensors, data_start = _parse(_Cursor(mm))
+                metadata, raw_tensors, data_start, spans = _parse(_Cursor(mm))
             except (ValueError, struct.error, UnicodeDecodeError) as exc:
                 raise GGUFFileError(f"{p}: malformed or truncated GGUF header ({exc})") from exc
     tensors: dict[str, TensorInfo] = {}
@@ -172,19 +174,23 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         tensors[name] = TensorInfo(name, shape, qtype.name, n_bytes, data_start + offset)
     if problems:
         raise GGUFFileError(f"{p}: truncated or malformed GGUF file", problems[:5] + ([f"... {len(problems) - 5} more"] if len(problems) > 5 else []))
-    return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors)
+    return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors, kv_spans=spans)
 
 
-def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]], int]:
+def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]], int,
+                                  dict[str, tuple[int, int]]]:
     cur.take("<I")
     version = cur.take("<I")
     if version not in (2, 3):
         raise ValueError(f"GGUF version {version} is not supported")
     n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
     metadata: dict[str, Any] = {}
+    spans: dict[str, tuple[int, int]] = {}
     for _ in range(n_kv):
+        start = cur.pos
         key = cur.string()
         metadata[key] = cur.value(cur.take("<I"))
+        spans[key] = (start, cur.pos)
     raw = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -197,7 +203,21 @@ def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...
         raw.append((name, tuple(reversed(dims)), qtype, offset))
     align = int(metadata.get(Keys.General.ALIGNMENT, 32)) or 32
     data_start = (cur.pos + align - 1) // align * align
-    return metadata, raw, data_start
+    return metadata, raw, data_start, spans
+
+
+def tensor_data(data: np.ndarray, t: TensorInfo) -> np.ndarray:
+    """Tensor ``t``'s data out of ``data`` (the whole file as uint8, e.g. a read-only
+    ``np.memmap``), shaped as gguf-py's ``GGUFReader`` gives it: F32/F16 as their dtype in
+    numpy order, every other type as uint8 rows of bytes (what ``gguf.quants.dequantize`` takes)."""
+    raw = data[t.offset : t.offset + t.n_bytes]
+    qtype = GGMLQuantizationType[t.type_name]
+    if qtype == GGMLQuantizationType.F32:
+        return raw.view(np.float32).reshape(t.shape)
+    if qtype == GGMLQuantizationType.F16:
+        return raw.view(np.float16).reshape(t.shape)
+    rows = int(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 1
+    return raw.reshape(*t.shape[:-1], t.n_bytes // rows) if len(t.shape) > 1 else raw
 
 
 def read_string_array(path: str | os.PathLike[str], arr: ArrayLength) -> list[bytes]:
@@ -225,3 +245,7 @@ class EdgeLoraKeys:
     SCALES_FOLDED = "edge_lora.scales_folded"
     CHECKED_AGAINST_BASE = "edge_lora.checked_against_base"
     TEXT_ONLY = "edge_lora.text_only"  # the vision/audio towers of a multimodal checkpoint were dropped
+    # models made by `edge-lora merge`: one JSON object per adapter (name, scale, sha256, format, dora)
+    MERGED_ADAPTERS = "edge_lora.merged_adapters"
+    MERGE_OUTTYPE = "edge_lora.merge_outtype"
+    MERGED_BY = "edge_lora.merged_by"

@@ -4,6 +4,10 @@ that merge, combine and export share (:mod:`.source`)."""
 from __future__ import annotations
 
 from .source import LoraSource, LoraWeight, lora_delta, read_gguf_lora
+from .merge import MergedTensor, MergeResult, merge
 from .spec import parse_adapter_arg
+from .tensor_types import OUTTYPES
 
-__all__ = ["LoraSource", "LoraWeight", "lora_delta", "parse_adapter_arg", "read_gguf_lora"]
+__all__ = [
+    "OUTTYPES", "MergeResult", "MergedTensor", "merge",
+    "LoraSource", "LoraWeight", "lora_delta", "parse_adapter_arg", "read_gguf_lora"]

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, Keys
+from gguf import GGMLQuantizationType, Keys
 from gguf.quants import dequantize
 
 from ..compat import adapter_problems, lora_pairs
 from ..errors import IncompatibleAdapterError, InvalidRequestError
-from ..gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, TOKEN_EMBD_TENSOR, GGUFInfo, read_gguf
+from ..gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, TOKEN_EMBD_TENSOR, GGUFInfo, TensorInfo, read_gguf, tensor_data
 
 
 @dataclass(frozen=True)
@@ -101,13 +101,11 @@ def llama_cpp_scale(file_alpha: float, rank: int, user_scale: float = 1.0) -> fl
     return user_scale * file_alpha / rank if file_alpha else user_scale
 
 
-def read_tensor_f32(reader: GGUFReader, name: str) -> np.ndarray:
-    """One tensor of an open GGUF file, dequantized to float32 in numpy order (gguf-py's
-    dequantizers, checked bit-exact against libggml by gguf-py's own tests)."""
-    for t in reader.tensors:
-        if t.name == name:
-            return dequantize_tensor(t.data, GGMLQuantizationType(t.tensor_type))
-    raise KeyError(name)
+def read_tensor_f32(data: np.ndarray, t: TensorInfo) -> np.ndarray:
+    """Tensor ``t`` of a GGUF file (``data``: the file as uint8, e.g. ``np.memmap``), dequantized
+    to float32 in numpy order by gguf-py's dequantizers (checked bit-exact against libggml by
+    gguf-py's own tests)."""
+    return dequantize_tensor(tensor_data(data, t), GGMLQuantizationType[t.type_name]).reshape(t.shape)
 
 
 def dequantize_tensor(data: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarray:
@@ -131,13 +129,11 @@ def read_gguf_lora(path: str | os.PathLike[str], *, scale: float = 1.0, base: GG
         raise IncompatibleAdapterError(f"{info.path}: cannot be used{where}", problems)
     alpha = float(info.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0))
     pairs, _ = lora_pairs(info)
-    reader = GGUFReader(info.path)
-    by_name = {t.name: t for t in reader.tensors}
+    data = np.memmap(info.path, dtype=np.uint8, mode="r")
     weights: dict[str, LoraWeight] = {}
     for name in sorted(pairs):
-        ta, tb = by_name[name + LORA_A_SUFFIX], by_name[name + LORA_B_SUFFIX]
-        a = dequantize_tensor(ta.data, GGMLQuantizationType(ta.tensor_type)).reshape(info.tensors[ta.name].shape)
-        b = dequantize_tensor(tb.data, GGMLQuantizationType(tb.tensor_type)).reshape(info.tensors[tb.name].shape)
+        a = read_tensor_f32(data, info.tensors[name + LORA_A_SUFFIX])
+        b = read_tensor_f32(data, info.tensors[name + LORA_B_SUFFIX])
         weights[name] = LoraWeight(a=a, b=b, scale=llama_cpp_scale(alpha, int(b.shape[1]), scale))
     return LoraSource(label=label or f"{info.path.name}:{scale:g}", path=info.path, arch=info.architecture,
                       sha256=file_sha256(info.path), user_scale=scale, weights=weights)

@@ -1,0 +1,258 @@
+"""``edge_lora.merge``: bake LoRA (and DoRA) adapters into a GGUF base.
+
+Only the tensors an adapter touches are dequantized, merged in float32 and
+re-encoded (by default in their own type, through ggml's quantizer); every other
+tensor and all metadata are copied byte for byte, so a merged Q4_K_M file is the
+base's size and runs at the base's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+
+from .. import __version__
+from ..atomic import atomic_path
+from ..base_check import base_problems
+from ..errors import (
+    GGUFFileError,
+    IncompatibleAdapterError,
+    InvalidRequestError,
+    NonFiniteLogitsError,
+    OutputExistsError,
+)
+from ..finite import F16_MAX
+from ..gguf_file import TOKEN_EMBD_TENSOR, EdgeLoraKeys, GGUFInfo, read_gguf
+from .dora import apply_dora
+from .gguf_copy import Replacement, write_model_copy
+from .source import LoraSource, lora_delta, read_gguf_lora, read_tensor_f32
+from .tensor_types import check_outtype, row_bytes, target_type, unmergeable_reason
+
+#: an adapter to merge: a GGUF adapter path (scale 1), (path, scale), or a LoraSource
+#: (``edge_lora_convert.lora_source`` reads PEFT/MLX checkpoints, DoRA included, into one)
+AdapterArg = Union[str, os.PathLike, tuple, LoraSource]
+
+
+@dataclass(frozen=True)
+class MergedTensor:
+    """One touched tensor: the adapters that touch it, its type before and after."""
+
+    name: str
+    base_type: str
+    out_type: str
+    adapters: tuple[str, ...]
+    dora: bool
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What :func:`merge` did (or, with ``dry_run``, would do). Sizes in bytes."""
+
+    out_path: Path | None
+    base_path: Path
+    adapters: tuple[str, ...]
+    outtype: str
+    tensors: tuple[MergedTensor, ...]
+    copied: int  # tensors copied byte for byte
+    base_size: int
+    out_size: int  # planned tensor bytes + the base's metadata size
+    seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+
+def merge(
+    base: str | os.PathLike[str],
+    adapters: Sequence[AdapterArg],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    outtype: str = "same",
+    dry_run: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    threads: int | None = None,
+) -> MergeResult:
+    """Merge ``adapters`` into the GGUF model ``base`` and write ``out`` atomically.
+
+    Per touched weight ``W`` (dequantized, float32), in the order given:
+    LoRA ``W += s * B @ A`` (``s``: llama.cpp's ``user_scale * alpha / rank``, so the merged
+    model equals the hot adapters at those scales); DoRA ``W = m / ||W + s B A||_row * (W + s B A)``
+    (:mod:`.dora`). ``outtype``: ``same`` (each tensor keeps its type) or a ggml type name
+    (:data:`.tensor_types.OUTTYPES`); blocks that do not fit fall back as llama.cpp's quantizer does.
+
+    Raises, listing every problem at once: :class:`GGUFFileError` (unreadable base),
+    :class:`IncompatibleAdapterError` (adapters that do not fit the base),
+    :class:`InvalidRequestError` (bad options, a directory without the converter),
+    :class:`OutputExistsError`; :class:`NonFiniteLogitsError` when a merged weight
+    overflows its type (nothing is written)."""
+    t0 = time.perf_counter()
+    want = check_outtype(outtype)
+    info = read_gguf(base)
+    if info.is_adapter:
+        raise GGUFFileError(f"{info.path}: is a LoRA adapter, not a base model")
+    bad = base_problems(info)
+    if bad:
+        raise GGUFFileError(f"{info.path}: a base llama.cpp cannot run; merging into it would not help", bad)
+    sources = _read_sources(adapters, info)
+    plan, notes = _plan(sources, info, want)
+    out_path = _check_out(out, info, sources, overwrite, dry_run)
+    replacements = {
+        name: Replacement(t, _n_bytes(info, name, t), _maker(info, name, t, sources, threads))
+        for name, (t, _) in plan.items()
+    }
+    tensors = tuple(
+        MergedTensor(name, info.tensors[name].type_name, t.name,
+                     tuple(s.label for s in sources if name in s.weights),
+                     any(s.weights[name].magnitude is not None for s in sources if name in s.weights), note)
+        for name, (t, note) in plan.items()
+    )
+    out_size = info.file_size + sum(r.n_bytes - info.tensors[n].n_bytes for n, r in replacements.items())
+    if out_path is not None and not dry_run:
+        fields = _provenance(info, sources, outtype)
+        with atomic_path(out_path) as tmp:
+            write_model_copy(info, tmp, replacements, fields, progress=progress)
+        out_size = out_path.stat().st_size
+    return MergeResult(
+        out_path=None if dry_run else out_path, base_path=info.path, adapters=tuple(s.label for s in sources),
+        outtype=outtype, tensors=tensors, copied=len(info.tensors) - len(plan), base_size=info.file_size,
+        out_size=out_size, seconds=time.perf_counter() - t0, notes=tuple(notes),
+    )
+
+
+def _read_sources(adapters: Sequence[AdapterArg], info: GGUFInfo) -> list[LoraSource]:
+    if not adapters:
+        raise InvalidRequestError("no adapters to merge")
+    sources: list[LoraSource] = []
+    problems: list[str] = []
+    for item in adapters:
+        try:
+            if isinstance(item, LoraSource):
+                problems += [f"{item.label}: {p}" for p in source_problems(item, info)]
+                sources.append(item)
+                continue
+            path, scale = (item if isinstance(item, tuple) else (item, 1.0))
+            if Path(path).is_dir() or Path(path).suffix.lower() != ".gguf":
+                raise InvalidRequestError(
+                    f"{path}: not a GGUF adapter; read a PEFT/MLX checkpoint with "
+                    "edge_lora_convert.lora_source(path, base=...) (the `edge-lora merge` command does this)")
+            if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+                raise InvalidRequestError(f"{path}: scale {scale!r} is not a finite number")
+            sources.append(read_gguf_lora(path, scale=float(scale), base=info, label=f"{Path(path).name}:{scale:g}"))
+        except (IncompatibleAdapterError, GGUFFileError) as exc:
+            problems += [str(exc).splitlines()[0]] + [f"  {p}" for p in exc.problems]
+    if problems:
+        raise IncompatibleAdapterError(f"cannot merge into {info.path.name}", problems)
+    return sources
+
+
+def source_problems(src: LoraSource, info: GGUFInfo) -> list[str]:
+    """Why a LoraSource does not fit the base ``info`` (shapes in numpy order)."""
+    if src.arch != info.architecture:
+        return [f"architecture {src.arch!r} does not match the base's {info.architecture!r}"]
+    problems: list[str] = []
+    for name, w in sorted(src.weights.items()):
+        t = info.tensors.get(name)
+        if t is None:
+            problems.append(f"{name}: the base has no such tensor")
+            continue
+        rows, cols = t.shape if len(t.shape) == 2 else (None, None)
+        if name == TOKEN_EMBD_TENSOR:
+            ok = w.a.shape == (rows, w.rank) and w.b.shape == (cols, w.rank)
+        else:
+            ok = w.a.shape == (w.rank, cols) and w.b.shape == (rows, w.rank)
+        if not ok:
+            problems.append(f"{name}: lora_a {w.a.shape} and lora_b {w.b.shape} do not fit the base weight {t.shape}")
+        elif w.magnitude is not None and (name == TOKEN_EMBD_TENSOR or w.magnitude.shape != (rows,)):
+            problems.append(f"{name}: DoRA magnitude {w.magnitude.shape} does not fit the base weight {t.shape}")
+    return problems
+
+
+def _plan(sources: list[LoraSource], info: GGUFInfo, want: GGMLQuantizationType | None
+          ) -> tuple[dict[str, tuple[GGMLQuantizationType, str | None]], list[str]]:
+    touched = sorted({n for s in sources for n in s.weights}, key=list(info.tensors).index)
+    plan: dict[str, tuple[GGMLQuantizationType, str | None]] = {}
+    problems: list[str] = []
+    notes: list[str] = []
+    for name in touched:
+        base_type = GGMLQuantizationType[info.tensors[name].type_name]
+        reason = unmergeable_reason(base_type, want)
+        if reason:
+            problems.append(f"{name} ({base_type.name}): {reason}")
+            continue
+        t, note = target_type(base_type, want, info.tensors[name].shape[-1])
+        plan[name] = (t, note)
+        if note:
+            notes.append(f"{name}: {note}")
+    if problems:
+        raise InvalidRequestError(f"cannot merge into {info.path.name}", problems)
+    return plan, notes
+
+
+def _check_out(out: str | os.PathLike[str] | None, info: GGUFInfo, sources: list[LoraSource],
+               overwrite: bool, dry_run: bool) -> Path | None:
+    if out is None:
+        if dry_run:
+            return None
+        raise InvalidRequestError("no output path: pass out= (-o OUT.gguf)")
+    path = Path(out)
+    inputs = [info.path] + [s.path for s in sources]
+    if any(path.resolve() == p.resolve() for p in inputs):
+        raise InvalidRequestError(f"{path}: is one of the inputs; write the merged model to a new file")
+    if path.is_dir():
+        raise InvalidRequestError(f"{path}: is a directory; name the output file")
+    if path.exists() and not overwrite and not dry_run:
+        raise OutputExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")
+    return path
+
+
+def _n_bytes(info: GGUFInfo, name: str, t: GGMLQuantizationType) -> int:
+    shape = info.tensors[name].shape
+    return int(np.prod(shape[:-1])) * row_bytes(t, shape[-1])
+
+
+def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[LoraSource], threads: int | None):
+    def make() -> np.ndarray:
+        from .tensor_types import encode
+
+        shape = info.tensors[name].shape
+        w = read_tensor_f32(np.memmap(info.path, dtype=np.uint8, mode="r"), info.tensors[name])
+        for s in sources:
+            lw = s.weights.get(name)
+            if lw is None:
+                continue
+            w = w + lora_delta(name, lw)
+            if lw.magnitude is not None:
+                w = apply_dora(w, lw.magnitude)
+        # f16 and every quantized type (f16 block scales) hold at most ±65504; f32 and bf16 any finite value
+        limit = None if t in (GGMLQuantizationType.F32, GGMLQuantizationType.BF16) else F16_MAX
+        bad = ~np.isfinite(w) if limit is None else ~(np.abs(w) <= limit)
+        if bad.any():
+            held = "" if limit is None else f" or beyond ±{limit:g}, all {t.name} holds"
+            raise NonFiniteLogitsError(
+                f"{name}: {int(bad.sum())} merged values are NaN, infinite{held}: the adapters' scales "
+                "overflow the weight; lower them (nothing was written)")
+        return encode(w.reshape(-1, shape[-1]), t, threads=threads)
+
+    return make
+
+
+def _provenance(info: GGUFInfo, sources: list[LoraSource], outtype: str
+                ) -> dict[str, tuple[object, GGUFValueType, GGUFValueType | None]]:
+    prior = info.metadata.get(EdgeLoraKeys.MERGED_ADAPTERS)
+    entries = [str(e) for e in prior] if isinstance(prior, list) else []  # a merge of a merged model
+    entries += [json.dumps({"name": s.path.name, "label": s.label, "scale": s.user_scale, "sha256": s.sha256,
+                            "format": s.source_format, "dora": s.is_dora}, sort_keys=True) for s in sources]
+    return {
+        EdgeLoraKeys.MERGED_ADAPTERS: (entries, GGUFValueType.ARRAY, GGUFValueType.STRING),
+        EdgeLoraKeys.MERGE_OUTTYPE: (outtype, GGUFValueType.STRING, None),
+        EdgeLoraKeys.MERGED_BY: (f"edge-lora {__version__}", GGUFValueType.STRING, None),
+    }
