@@ -9,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .converter import ConvertResult, convert  # noqa: E402
+from .export_peft import ExportResult, export_peft  # noqa: E402
 from .combine import CombineResult, combine  # noqa: E402
 
 __all__ = ["CombineResult", "ConvertResult", "combine", "convert", "__version__"]

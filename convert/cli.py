@@ -7,6 +7,7 @@ import json
 import sys
 
 from . import combine_cli
+from . import export_cli
 from .converter import convert
 from .gguf_out import OUTTYPES
 
@@ -23,6 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register the workstation-side commands (edge_lora.cli.WORKSTATION_COMMANDS) on ``edge-lora``."""
     add_parser(sub)
     combine_cli.add_parser(sub)
+    export_cli.add_parser(sub)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

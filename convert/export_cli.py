@@ -1,0 +1,60 @@
+"""``edge-lora export``: argument definitions and the command (registered by convert.cli.add_parsers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .export_peft import export_peft
+
+HELP = "export a GGUF LoRA adapter as a PEFT directory (for PEFT, transformers and vLLM)"
+EPILOG = """examples:
+  edge-lora export sql.gguf --peft ./sql-peft --base llama-3.2-1b-Q4_K_M.gguf
+  edge-lora export tone.gguf --peft ./tone-peft                  # qwen, gemma, phi3: no --base needed
+  vllm serve meta-llama/Llama-3.2-1B-Instruct --enable-lora --lora-modules sql=./sql-peft
+
+--base is required for llama/mistral adapters that touch Q or K (llama.cpp permuted their
+rows; the head counts undo it) and checks any adapter against the base.
+
+exit status: 0 exported, 2 refused (every problem listed, nothing written)"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "export", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("adapter", metavar="ADAPTER.gguf", help="the GGUF LoRA adapter to export")
+    p.add_argument("--peft", metavar="OUT_DIR", required=True,
+                   help="write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--base", metavar="BASE.gguf",
+                   help="GGUF base model: checks the adapter and gives the head counts llama/mistral Q/K need")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists (atomically)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    result = export_peft(args.adapter, args.peft, base=args.base, overwrite=args.force)
+    if args.json:
+        print(json.dumps({
+            "output": str(result.out_dir),
+            "arch": result.arch,
+            "alpha": result.alpha,
+            "r": result.r,
+            "lora_alpha": result.lora_alpha,
+            "modules": result.modules,
+            "max_rank": max(result.ranks.values()),
+            "tensors": len(result.tensors),
+            "base_model": result.base_model,
+            "notes": list(result.notes),
+        }, indent=2))
+        return 0
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {result.out_dir}: {result.arch}, {result.modules} modules, {len(result.tensors)} tensors, "
+              f"r {result.r}, lora_alpha {result.lora_alpha:g}")
+    return 0

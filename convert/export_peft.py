@@ -1,0 +1,414 @@
+"""A GGUF LoRA adapter back to a PEFT directory (``edge-lora export --peft``).
+
+The inverse of :mod:`.converter`: GGUF tensor names become Hugging Face module paths
+through the same name table, llama.cpp's Q/K row permutation is undone, and
+llama.cpp's per-tensor scale ``alpha / rank`` becomes PEFT's ``lora_alpha / r`` with a
+``rank_pattern`` for the modules of another rank. The factors keep their storage
+type, so ``convert`` of the export gives the original file's tensor bytes again.
+The directory (``adapter_config.json`` + ``adapter_model.safetensors``) is written
+beside ``out_dir`` and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+from gguf import MODEL_TENSOR, MODEL_TENSORS, GGMLQuantizationType, Keys, TensorNameMap
+from gguf.quants import quantize
+
+from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
+from edge_lora.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, EdgeLoraKeys, GGUFInfo, read_gguf
+from edge_lora.merge import LoraWeight, read_gguf_lora
+
+from .table import ArchSpec, arch_spec, gguf_tensor_for, needs_head_counts, row_transform, supported_arch_names
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+#: PEFT's state-dict prefix: a PeftModel wraps the LoraModel wrapping the transformers model
+PEFT_PREFIX = "base_model.model."
+
+#: vLLM's accepted ``--max-lora-rank`` values and its default (vllm/config/lora.py, MaxLoRARanks)
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+VLLM_DEFAULT_MAX_LORA_RANK = 16
+
+#: the modules LoRA targets in the Hugging Face decoder families of table.ARCHS (transformers'
+#: LlamaForCausalLM and descendants). gguf's TensorNameMap is the union of every family's names
+#: (``self_attn.out_proj`` and ``mlp.c_proj`` map to attn_output and ffn_down as well), so the
+#: reverse direction keeps the names these families use.
+HF_LORA_MODULES = re.compile(
+    r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o|qkv)_proj|mlp\.(?:gate|up|down|gate_up)_proj)"
+    r"|model\.embed_tokens|lm_head)$"
+)
+
+#: safetensors dtype of each GGUF storage type kept as it is; others (Q8_0) are written as F32
+_KEPT_TYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
+
+
+@dataclass(frozen=True)
+class ExportTensor:
+    """One safetensors entry: ``key`` (PEFT state-dict name), float32 ``data`` in numpy order,
+    and the safetensors ``dtype`` it is stored as (F32, F16 or BF16)."""
+
+    key: str
+    data: np.ndarray
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``export_peft`` wrote: the PEFT directory and how llama.cpp's scales were expressed."""
+
+    out_dir: Path
+    arch: str
+    #: the GGUF file's ``adapter.lora.alpha`` (0: llama.cpp scales by 1)
+    alpha: float
+    #: adapter_config.json's ``r`` (the most common rank) and ``lora_alpha``
+    r: int
+    lora_alpha: float
+    #: module path -> rank, for every adapted module
+    ranks: dict[str, int]
+    #: (safetensors key, shape, dtype) of every tensor written
+    tensors: tuple[tuple[str, tuple[int, ...], str], ...]
+    base_model: str | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def modules(self) -> int:
+        return len(self.ranks)
+
+
+def export_peft(
+    adapter: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Write the GGUF LoRA ``adapter`` as a PEFT directory ``out_dir``.
+
+    ``base`` (the GGUF base) is checked against and, for architectures whose Q/K rows
+    llama.cpp permuted (llama, mistral), gives the head counts needed to undo it.
+    Every problem is raised at once (:class:`ConversionError`); a file that is not a
+    GGUF adapter, or one that does not fit ``base``, is :class:`IncompatibleAdapterError`;
+    an existing ``out_dir`` is replaced only with ``overwrite`` (atomically), else
+    :class:`OutputExistsError`.
+    """
+    out = Path(out_dir)
+    base_info = read_gguf(base) if base is not None else None
+    if base_info is not None and base_info.is_adapter:
+        raise IncompatibleAdapterError(f"{base_info.path}: --base is a LoRA adapter, not a base model")
+    source = read_gguf_lora(adapter, base=base_info)  # refuses a base model given as the adapter
+    info = read_gguf(source.path)
+    spec = arch_spec(info.architecture)
+    if spec is None:
+        raise ConversionError(f"{info.path}: architecture {info.architecture!r} cannot be exported; "
+                              f"supported: {', '.join(supported_arch_names())}")
+    alpha = float(info.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0))
+    problems: list[str] = []
+    notes: list[str] = []
+    plan = _plan(info, spec, source.weights, base_info, problems, notes)
+    if problems:
+        raise ConversionError(f"{info.path}: cannot export to PEFT", problems)
+    _check_output(out, [source.path] + ([base_info.path] if base_info else []), overwrite)
+    base_model = str(info.metadata.get(EdgeLoraKeys.BASE_MODEL) or "") or None
+    config, r, lora_alpha = peft_config(plan.ranks, alpha, base_model)
+    notes += _scale_notes(plan.ranks, alpha, r) + vllm_notes(plan.ranks, r, plan.vocab_modules)
+    _write_dir(out, config, plan.tensors, overwrite)
+    return ExportResult(
+        out_dir=out, arch=spec.name, alpha=alpha, r=r, lora_alpha=lora_alpha, ranks=plan.ranks,
+        tensors=tuple((t.key, tuple(t.data.shape), t.dtype) for t in plan.tensors),
+        base_model=base_model, notes=tuple(notes),
+    )
+
+
+# --- names ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def hf_module_names(spec: ArchSpec, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
+    """GGUF tensor name (``blk.3.attn_q.weight``) -> its type and Hugging Face module path
+    (``ATTN_Q``, ``model.layers.3.self_attn.q_proj``): the forward table read backwards.
+
+    Every Hugging Face name gguf's table knows for this architecture is mapped forward with
+    :func:`gguf_tensor_for`; of several names for one tensor, the family's (HF_LORA_MODULES)
+    is kept. ``gate_up_proj`` and ``up_proj`` both map to ffn_up: the fused one is the
+    family's name exactly when the architecture has no separate ffn_gate (Phi-3).
+    """
+    fused_up = MODEL_TENSOR.FFN_GATE not in MODEL_TENSORS[spec.arch]
+    found: dict[str, list[tuple[MODEL_TENSOR, str]]] = {}
+    for hf_name in TensorNameMap(spec.arch, n_layers).mapping:
+        if not HF_LORA_MODULES.match(hf_name):
+            continue
+        forward = gguf_tensor_for(spec, hf_name, n_layers)
+        if forward is None:
+            continue
+        ttype, gguf_name = forward
+        if ttype == MODEL_TENSOR.FFN_UP and hf_name.endswith(".gate_up_proj") != fused_up:
+            continue
+        found.setdefault(gguf_name, []).append((ttype, hf_name))
+    ambiguous = {g: c for g, c in found.items() if len(c) > 1}
+    if ambiguous:  # a table change would otherwise pick one silently
+        raise ConversionError(f"{spec.name}: the name table gives several Hugging Face modules for a tensor",
+                              [f"{g}: {', '.join(n for _, n in c)}" for g, c in sorted(ambiguous.items())])
+    return MappingProxyType({g: c[0] for g, c in found.items()})  # cached: read-only
+
+
+def _n_layers(info: GGUFInfo, base: GGUFInfo | None) -> int:
+    if base is not None:
+        return int(base.arch_value(Keys.LLM.BLOCK_COUNT, 0))
+    layers = [int(m.group(1)) for n in info.tensors if (m := re.match(r"blk\.(\d+)\.", n))]
+    return max(layers, default=-1) + 1
+
+
+def _layer_value(value: object, layer: int) -> int | None:
+    """A per-layer hyperparameter: one number, or an array with one per layer."""
+    if isinstance(value, list):
+        value = value[layer] if layer < len(value) else None
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+# --- the plan ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    tensors: list[ExportTensor]
+    ranks: dict[str, int]  # module path -> rank
+    vocab_modules: list[str]  # the token embedding's and the output's modules, when adapted
+
+
+def _plan(
+    info: GGUFInfo, spec: ArchSpec, weights: dict[str, LoraWeight], base: GGUFInfo | None,
+    problems: list[str], notes: list[str],
+) -> _Plan:
+    n_layers = _n_layers(info, base)
+    names = hf_module_names(spec, n_layers)
+    tensors: list[ExportTensor] = []
+    ranks: dict[str, int] = {}
+    vocab: list[str] = []
+    unmapped: list[str] = []
+    no_heads: list[str] = []
+    quantized: Counter[str] = Counter()
+    for gname, w in sorted(weights.items()):
+        if gname not in names:
+            unmapped.append(gname)
+            continue
+        ttype, module = names[gname]
+        b = w.b
+        if needs_head_counts(spec, ttype):
+            rows = _unpermuted_rows(spec, ttype, gname, base, b.shape[0])
+            if rows is None:
+                no_heads.append(gname)
+                continue
+            b = np.ascontiguousarray(b[rows])
+        dtypes = [_storage(info, gname + suffix, quantized) for suffix in (LORA_A_SUFFIX, LORA_B_SUFFIX)]
+        ranks[module] = w.rank
+        if ttype in (MODEL_TENSOR.TOKEN_EMBD, MODEL_TENSOR.OUTPUT):
+            vocab.append(module)
+        if ttype == MODEL_TENSOR.TOKEN_EMBD:
+            # PEFT's Embedding: lora_embedding_A (r, vocab), lora_embedding_B (hidden, r)
+            tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.lora_embedding_A", w.a.T, dtypes[0]))
+            tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.lora_embedding_B", b, dtypes[1]))
+        else:
+            tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.lora_A.weight", w.a, dtypes[0]))
+            tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.lora_B.weight", b, dtypes[1]))
+    if unmapped:
+        problems.append(f"{len(unmapped)} tensors have no Hugging Face {spec.name} module: {', '.join(unmapped[:12])}"
+                        + (f", ... ({len(unmapped) - 12} more)" if len(unmapped) > 12 else ""))
+    if no_heads:
+        problems.append(f"{', '.join(no_heads)}: llama.cpp permuted the {spec.name} Q/K rows; undoing it needs the "
+                        "head counts: pass --base BASE.gguf")
+    if quantized:
+        notes.append(f"{sum(quantized.values())} factors stored as {', '.join(sorted(quantized))} were written as "
+                     "F32 (safetensors has no such type)")
+    return _Plan(tensors, ranks, vocab)
+
+
+def _unpermuted_rows(
+    spec: ArchSpec, ttype: MODEL_TENSOR, gname: str, base: GGUFInfo | None, n_rows: int
+) -> np.ndarray | None:
+    """Row indices that undo the converter's row transform of this tensor, or None without head
+    counts: the table's own permutation of ``arange(n_rows)``, inverted (one copy of the math)."""
+    if base is None:
+        return None
+    m = re.match(r"blk\.(\d+)\.", gname)
+    layer = int(m.group(1)) if m else 0
+    n_head = _layer_value(base.arch_value(Keys.Attention.HEAD_COUNT), layer)
+    n_head_kv = _layer_value(base.arch_value(Keys.Attention.HEAD_COUNT_KV), layer)
+    forward = row_transform(spec, ttype, n_head, n_head_kv)
+    return None if forward is None else np.argsort(forward(np.arange(n_rows)))
+
+
+def _storage(info: GGUFInfo, name: str, quantized: Counter[str]) -> str:
+    type_name = info.tensors[name].type_name
+    if type_name not in _KEPT_TYPES:
+        quantized[type_name] += 1
+    return _KEPT_TYPES.get(type_name, "F32")
+
+
+# --- scales and the config -----------------------------------------------------------
+
+
+def peft_config(ranks: Mapping[str, int], alpha: float, base_model: str | None) -> tuple[dict[str, object], int, float]:
+    """adapter_config.json for these module ranks and the GGUF file's alpha; returns (config, r, lora_alpha).
+
+    llama.cpp scales a tensor of rank ``r_t`` by ``alpha / r_t`` (1 when alpha is 0); PEFT a
+    module by ``alpha_m / r_m``. ``r`` is the most common rank, the others go to ``rank_pattern``;
+    ``lora_alpha`` is the file's alpha. Alpha 0 becomes ``lora_alpha = r`` with ``alpha_m = r_m``
+    in ``alpha_pattern`` for the other ranks: scale 1 everywhere, and vLLM (which reads
+    ``lora_alpha / r`` alone) gets it right whenever the ranks agree.
+    """
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    others = {m: k for m, k in sorted(ranks.items()) if k != r}
+    lora_alpha = alpha if alpha else float(r)
+    config: dict[str, object] = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": r,
+        "lora_alpha": _plain_number(lora_alpha),
+        "rank_pattern": others,
+        "alpha_pattern": {} if alpha else dict(others),
+        # full module paths: PEFT matches list entries by equality or a ".name" suffix
+        "target_modules": sorted(ranks),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "inference_mode": True,
+    }
+    return config, r, lora_alpha
+
+
+def _plain_number(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
+def _scale_notes(ranks: Mapping[str, int], alpha: float, r: int) -> list[str]:
+    if alpha:
+        return []
+    return [f"the file's alpha is 0 (llama.cpp scales by 1): written as lora_alpha = r = {r}"
+            + (" with alpha_pattern = rank_pattern for the other ranks" if len(set(ranks.values())) > 1 else "")
+            + f"; converting the export back gives alpha {r} with the same scales"]
+
+
+def vllm_notes(ranks: Mapping[str, int], r: int, vocab_modules: Sequence[str] = ()) -> list[str]:
+    """What vLLM needs told, or cannot do, for this adapter (rules of vllm/lora/peft_helper.py,
+    lora_model.py and config/lora.py)."""
+    notes: list[str] = []
+    top = max(ranks.values())
+    if top > VLLM_DEFAULT_MAX_LORA_RANK:
+        fit = [k for k in VLLM_MAX_LORA_RANKS if k >= top]
+        notes.append(f"vLLM: the largest rank is {top}, above vLLM's default --max-lora-rank "
+                     f"{VLLM_DEFAULT_MAX_LORA_RANK}: " + (f"pass --max-lora-rank {fit[0]}" if fit else
+                                                          f"vLLM accepts at most {VLLM_MAX_LORA_RANKS[-1]}"))
+    other = sorted(m for m, k in ranks.items() if k != r)
+    if other:
+        notes.append(f"vLLM: {len(other)} modules have another rank than r={r} (rank_pattern); vLLM scales every "
+                     f"module by lora_alpha / r and ignores rank_pattern and alpha_pattern, so those would be scaled "
+                     f"wrongly there (PEFT reads them right): {', '.join(other[:4])}" + (", ..." if len(other) > 4 else ""))
+    if vocab_modules:
+        notes.append(f"vLLM: LoRA on {' and '.join(vocab_modules)} loads only for model classes that list the module in "
+                     "their embedding_modules (LlamaForCausalLM does, Qwen2ForCausalLM does not); others refuse it")
+    return notes
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+def safetensors_bytes(tensors: list[ExportTensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file: u64 little-endian header length, the JSON header (padded with spaces
+    to 8 bytes), then each tensor's little-endian C-order bytes, back to back in header order.
+    Written here rather than with safetensors.numpy, which has no bfloat16."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    blobs: list[bytes] = []
+    offset = 0
+    for t in sorted(tensors, key=lambda t: t.key):
+        blob = _encode(t.data, t.dtype)
+        header[t.key] = {"dtype": t.dtype, "shape": list(t.data.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + b"".join(blobs)
+
+
+def _encode(data: np.ndarray, dtype: str) -> bytes:
+    f32 = np.ascontiguousarray(data, dtype=np.float32)
+    if dtype == "F32":
+        return f32.astype("<f4").tobytes()
+    if dtype == "F16":
+        return f32.astype("<f2").tobytes()  # exact: the values were decoded from f16
+    return quantize(f32, GGMLQuantizationType.BF16).tobytes()  # gguf's bf16 encoder; exact for bf16 values
+
+
+def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    for p in inputs:
+        if p.resolve().is_relative_to(out.resolve()):
+            raise OutputExistsError(f"{out}: holds {p.name}, an input of this export; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: is a file; give a folder for the PEFT adapter")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: already exists (pass --force to replace it)")
+
+
+def _write_dir(out: Path, config: dict[str, object], tensors: list[ExportTensor], overwrite: bool) -> None:
+    """Write the directory beside ``out``, then rename it in; an old ``out`` is renamed away first
+    (``overwrite``) and removed only once the new one is in place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old: Path | None = None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a plain mkdir's mode
+        _write_file(tmp / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+        _write_file(tmp / WEIGHTS_FILE, safetensors_bytes(tensors, {"format": "pt"}))
+        if out.exists():
+            if not overwrite:  # it appeared while we wrote
+                raise OutputExistsError(f"{out}: already exists (pass --force to replace it)")
+            old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old")  # unique as tmp is
+            os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if old is not None:
+                os.replace(old, out)  # put the old one back
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
