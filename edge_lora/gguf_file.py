@@ -248,4 +248,5 @@ class EdgeLoraKeys:
     # models made by `edge-lora merge`: one JSON object per adapter (name, scale, sha256, format, dora)
     MERGED_ADAPTERS = "edge_lora.merged_adapters"
     MERGE_OUTTYPE = "edge_lora.merge_outtype"
+    MERGE_REQUANT = "edge_lora.merge_requant"  # gptq or nearest
     MERGED_BY = "edge_lora.merged_by"

@@ -84,6 +84,11 @@ class _Ggml:
             "ggml_commit": ([], cp),
             "ggml_row_size": ([ctypes.c_int, ctypes.c_int64], sz),
             "ggml_quantize_requires_imatrix": ([ctypes.c_int], ctypes.c_bool),
+            "ggml_op_name": ([ctypes.c_int], cp),
+            "ggml_nelements": ([vp], ctypes.c_int64),
+            "ggml_is_contiguous": ([vp], ctypes.c_bool),
+            "ggml_tensor_overhead": ([], sz),
+            "ggml_backend_tensor_get": ([vp, vp, sz, sz], None),
             "ggml_quantize_chunk": (
                 [ctypes.c_int, ctypes.POINTER(ctypes.c_float), vp, ctypes.c_int64, ctypes.c_int64,
                  ctypes.c_int64, ctypes.POINTER(ctypes.c_float)],
@@ -318,6 +323,84 @@ class ContextParams:
     n_batch: int
     n_threads: int
     kv_type: str = "f16"
+    #: gathers input statistics while the graph is evaluated (slower: llama.cpp syncs at each product)
+    input_stats: InputStats | None = None
+
+
+class _GgmlTensor(ctypes.Structure):
+    """``struct ggml_tensor`` (ggml/include/ggml.h of the pinned llama.cpp); its size is checked
+    against ``ggml_tensor_overhead()`` before use."""
+
+    _fields_ = [
+        ("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8),
+    ]
+
+
+#: sizeof(struct ggml_object) in the same header: ggml_tensor_overhead() = object + tensor
+_GGML_OBJECT_SIZE = 32
+
+
+class InputStats:
+    """Second moments ``H = sum_t x_t x_t^T`` (in, in) of the inputs ``x`` that reach each chosen
+    weight's matrix product, gathered through llama.cpp's graph callback (``cb_eval``), as
+    llama.cpp's ``imatrix`` tool gathers their diagonal.
+
+    The callback only copies the inputs (llama.cpp's worker threads spin meanwhile); call
+    :meth:`flush` after each decode to fold them into ``h``. Weights fed the same input one
+    after another (Q, K, V) share one ``h`` array. ``h[name]`` is float64."""
+
+    def __init__(self, weights: Sequence[str]) -> None:
+        g = _ggml()
+        if g.ggml_tensor_overhead() != _GGML_OBJECT_SIZE + ctypes.sizeof(_GgmlTensor):
+            raise NativeError("this ggml's struct ggml_tensor differs from edge-lora's declaration; "
+                              "input statistics need the pinned llama-cpp-python")
+        self._g = g
+        self._wanted = {w.encode(): w for w in weights}
+        self.h: dict[str, np.ndarray] = {}
+        self.skipped: set[str] = set()
+        self._pending: list[tuple[list[str], np.ndarray]] = []
+        self.callback = ll.ggml_backend_sched_eval_callback(self._on_tensor)
+
+    def _on_tensor(self, t_ptr: int, ask: bool, _user_data: ctypes.c_void_p) -> bool:
+        t = _GgmlTensor.from_address(t_ptr)
+        if self._g.ggml_op_name(t.op) != b"MUL_MAT" or not t.src[0] or not t.src[1]:
+            return not ask
+        name = self._wanted.get(_GgmlTensor.from_address(t.src[0]).name)
+        if name is None:
+            return not ask
+        if ask:
+            return True
+        x_ptr = t.src[1]
+        x_t = _GgmlTensor.from_address(x_ptr)
+        if x_t.type != ll.GGML_TYPE_F32 or not self._g.ggml_is_contiguous(x_ptr):
+            self.skipped.add(name)
+            return True
+        n = int(self._g.ggml_nelements(x_ptr))
+        x = np.empty(n, dtype=np.float32)
+        self._g.ggml_backend_tensor_get(x_ptr, x.ctypes.data, 0, n * 4)
+        x = x.reshape(-1, int(x_t.ne[0]))
+        last = self._pending[-1] if self._pending else None
+        if last is not None and last[1].shape == x.shape and np.array_equal(last[1], x):
+            last[0].append(name)
+        else:
+            self._pending.append(([name], x))
+        return True
+
+    def flush(self) -> None:
+        """Fold the inputs copied since the last flush into ``h``."""
+        for names, x in self._pending:
+            inc = (x.T @ x).astype(np.float64)
+            shared = self.h.get(names[0])
+            if shared is not None and all(self.h.get(n) is shared for n in names):
+                shared += inc
+                continue
+            for n in names:  # first sighting: one shared array (or, if the grouping changed, one per name)
+                self.h[n] = self.h[n] + inc if n in self.h else inc
+        self._pending.clear()
 
 
 class NativeContext:
@@ -336,6 +419,9 @@ class NativeContext:
         if p.kv_type == "f32":  # exact evaluation: the flash-attention CPU path accumulates in f16
             params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
+        if p.input_stats is not None:
+            params.cb_eval = p.input_stats.callback
+            params.cb_eval_user_data = None
         ptr = ll.llama_init_from_model(model.ptr, params)
         if not ptr:
             raise NativeError("llama.cpp could not create a context (out of memory for this n_ctx?)")

@@ -4,7 +4,7 @@ that merge, combine and export share (:mod:`.source`)."""
 from __future__ import annotations
 
 from .source import LoraSource, LoraWeight, lora_delta, read_gguf_lora
-from .merge import MergedTensor, MergeResult, merge
+from .model_merge import MergedTensor, MergeResult, merge
 from .spec import parse_adapter_arg
 from .tensor_types import OUTTYPES
 

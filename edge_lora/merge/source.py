@@ -137,3 +137,22 @@ def read_gguf_lora(path: str | os.PathLike[str], *, scale: float = 1.0, base: GG
         weights[name] = LoraWeight(a=a, b=b, scale=llama_cpp_scale(alpha, int(b.shape[1]), scale))
     return LoraSource(label=label or f"{info.path.name}:{scale:g}", path=info.path, arch=info.architecture,
                       sha256=file_sha256(info.path), user_scale=scale, weights=weights)
+
+
+def write_gguf_lora(src: LoraSource, path: str | os.PathLike[str]) -> None:
+    """Write ``src``'s LoRA part (not DoRA's magnitudes) as an f32 GGUF adapter llama.cpp can
+    load hot at scale 1.0: alpha 0 (llama.cpp's scale is then the user's scale alone), each
+    tensor's effective scale folded into its B. Used to run an adapter as it will be merged."""
+    from gguf import GGUFType, GGUFWriter
+
+    w = GGUFWriter(str(path), src.arch)
+    w.add_type(GGUFType.ADAPTER)
+    w.add_string(Keys.Adapter.TYPE, "lora")
+    w.add_float32(Keys.Adapter.LORA_ALPHA, 0.0)
+    for name, lw in src.weights.items():
+        w.add_tensor(name + LORA_A_SUFFIX, np.ascontiguousarray(lw.a, dtype=np.float32))
+        w.add_tensor(name + LORA_B_SUFFIX, np.ascontiguousarray(lw.b * np.float32(lw.scale), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

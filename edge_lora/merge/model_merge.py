@@ -19,6 +19,7 @@ from typing import Union
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
+from gguf.quants import dequantize
 
 from .. import __version__
 from ..atomic import atomic_path
@@ -35,7 +36,13 @@ from ..gguf_file import TOKEN_EMBD_TENSOR, EdgeLoraKeys, GGUFInfo, read_gguf
 from .dora import apply_dora
 from .gguf_copy import Replacement, write_model_copy
 from .source import LoraSource, lora_delta, read_gguf_lora, read_tensor_f32
-from .tensor_types import check_outtype, row_bytes, target_type, unmergeable_reason
+from .calibrate import Calibrator, layer_groups
+from .gptq import gptq_encode
+from .tensor_types import check_outtype, encode, row_bytes, target_type, unmergeable_reason
+
+#: how merged weights of quantized types are re-encoded (see merge())
+REQUANT = ("gptq", "nearest")
+FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
 #: an adapter to merge: a GGUF adapter path (scale 1), (path, scale), or a LoraSource
 #: (``edge_lora_convert.lora_source`` reads PEFT/MLX checkpoints, DoRA included, into one)
@@ -52,6 +59,10 @@ class MergedTensor:
     adapters: tuple[str, ...]
     dora: bool
     note: str | None = None
+    #: quantized types: ||(Q - T) X|| / ||(T - W) X|| on the calibration inputs X, how much of the
+    #: adapters' change to this layer's output the requantized weight Q misses (T: the exact
+    #: merged weight, W: the base's); None when not measured (float types, nearest without calibration)
+    change_lost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,8 @@ class MergeResult:
     out_size: int  # planned tensor bytes + the base's metadata size
     seconds: float
     notes: tuple[str, ...] = field(default=())
+    requant: str = "gptq"
+    calibration: str | None = None  # what the calibration tokens were, and how many
 
 
 def merge(
@@ -80,6 +93,8 @@ def merge(
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    requant: str = "gptq",
+    calibration: str | None = None,
 ) -> MergeResult:
     """Merge ``adapters`` into the GGUF model ``base`` and write ``out`` atomically.
 
@@ -89,6 +104,12 @@ def merge(
     (:mod:`.dora`). ``outtype``: ``same`` (each tensor keeps its type) or a ggml type name
     (:data:`.tensor_types.OUTTYPES`); blocks that do not fit fall back as llama.cpp's quantizer does.
 
+    ``requant``: how merged weights of quantized types are re-encoded. ``gptq`` (default): the
+    base runs with the adapters hot over calibration tokens (``calibration`` text, else the hot
+    model's own answers to varied requests, :mod:`.calibrate`) and each weight is quantized to
+    keep its output on those inputs (:mod:`.gptq`); ``nearest``: ggml's quantizer alone, which
+    loses most of a change smaller than half a quantization step. Float types are exact either way.
+
     Raises, listing every problem at once: :class:`GGUFFileError` (unreadable base),
     :class:`IncompatibleAdapterError` (adapters that do not fit the base),
     :class:`InvalidRequestError` (bad options, a directory without the converter),
@@ -96,6 +117,10 @@ def merge(
     overflows its type (nothing is written)."""
     t0 = time.perf_counter()
     want = check_outtype(outtype)
+    if requant not in REQUANT:
+        raise InvalidRequestError(f"requant {requant!r}: one of {', '.join(REQUANT)}")
+    if calibration is not None and requant != "gptq":
+        raise InvalidRequestError("calibration text is only used by requant='gptq'")
     info = read_gguf(base)
     if info.is_adapter:
         raise GGUFFileError(f"{info.path}: is a LoRA adapter, not a base model")
@@ -105,23 +130,36 @@ def merge(
     sources = _read_sources(adapters, info)
     plan, notes = _plan(sources, info, want)
     out_path = _check_out(out, info, sources, overwrite, dry_run)
+    quantized = [n for n, (t, _) in plan.items() if t not in FLOAT_TYPES]
+    gptq = bool(quantized) and requant == "gptq" and not dry_run
+    calib = Calibrator(info, sources, text=calibration, n_threads=threads) if gptq else None
+    groups = layer_groups(quantized, {n: info.tensors[n].shape[-1] for n in quantized})
+    lost: dict[str, float] = {}
     replacements = {
-        name: Replacement(t, _n_bytes(info, name, t), _maker(info, name, t, sources, threads))
+        name: Replacement(t, _n_bytes(info, name, t),
+                          _maker(info, name, t, sources, threads, (calib, groups) if name in quantized else None, lost))
         for name, (t, _) in plan.items()
     }
+    out_size = info.file_size + sum(r.n_bytes - info.tensors[n].n_bytes for n, r in replacements.items())
+    try:
+        if out_path is not None and not dry_run:
+            fields = _provenance(info, sources, outtype, requant)
+            with atomic_path(out_path) as tmp:
+                write_model_copy(info, tmp, replacements, fields, progress=progress)
+            out_size = out_path.stat().st_size
+    finally:
+        if calib is not None:
+            calib.close()
     tensors = tuple(
         MergedTensor(name, info.tensors[name].type_name, t.name,
                      tuple(s.label for s in sources if name in s.weights),
-                     any(s.weights[name].magnitude is not None for s in sources if name in s.weights), note)
+                     any(s.weights[name].magnitude is not None for s in sources if name in s.weights), note,
+                     lost.get(name))
         for name, (t, note) in plan.items()
     )
-    out_size = info.file_size + sum(r.n_bytes - info.tensors[n].n_bytes for n, r in replacements.items())
-    if out_path is not None and not dry_run:
-        fields = _provenance(info, sources, outtype)
-        with atomic_path(out_path) as tmp:
-            write_model_copy(info, tmp, replacements, fields, progress=progress)
-        out_size = out_path.stat().st_size
+    notes += _loss_notes(tensors)
     return MergeResult(
+        requant=requant, calibration=f"{len(calib.tokens)} tokens of {calib.source}" if calib else None,
         out_path=None if dry_run else out_path, base_path=info.path, adapters=tuple(s.label for s in sources),
         outtype=outtype, tensors=tensors, copied=len(info.tensors) - len(plan), base_size=info.file_size,
         out_size=out_size, seconds=time.perf_counter() - t0, notes=tuple(notes),
@@ -219,12 +257,11 @@ def _n_bytes(info: GGUFInfo, name: str, t: GGMLQuantizationType) -> int:
     return int(np.prod(shape[:-1])) * row_bytes(t, shape[-1])
 
 
-def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[LoraSource], threads: int | None):
+def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[LoraSource], threads: int | None,
+           gptq: tuple[Calibrator | None, list[list[str]]] | None, lost: dict[str, float]):
     def make() -> np.ndarray:
-        from .tensor_types import encode
-
         shape = info.tensors[name].shape
-        w = read_tensor_f32(np.memmap(info.path, dtype=np.uint8, mode="r"), info.tensors[name])
+        w0 = w = read_tensor_f32(np.memmap(info.path, dtype=np.uint8, mode="r"), info.tensors[name])
         for s in sources:
             lw = s.weights.get(name)
             if lw is None:
@@ -240,12 +277,40 @@ def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[Lor
             raise NonFiniteLogitsError(
                 f"{name}: {int(bad.sum())} merged values are NaN, infinite{held}: the adapters' scales "
                 "overflow the weight; lower them (nothing was written)")
-        return encode(w.reshape(-1, shape[-1]), t, threads=threads)
+        target = w.reshape(-1, shape[-1])
+        calib, groups = gptq if gptq is not None else (None, [])
+        h = calib.h_for(name, groups) if calib is not None else None
+        if h is None:
+            return encode(target, t, threads=threads)
+        data = gptq_encode(target, calib.factor(h), t, threads=threads)
+        q = np.asarray(dequantize(data, t), dtype=np.float32).reshape(target.shape)
+        lost[name] = output_error(q - target, target - w0.reshape(target.shape), h)
+        return data
 
     return make
 
 
-def _provenance(info: GGUFInfo, sources: list[LoraSource], outtype: str
+def output_error(err: np.ndarray, change: np.ndarray, h: np.ndarray) -> float:
+    """``||err X|| / ||change X||`` for inputs of second moment ``h = X^T X`` (``tr(E H E^T)``)."""
+    den = float(np.einsum("ij,ij->", change @ h, change))
+    return math.sqrt(max(float(np.einsum("ij,ij->", err @ h, err)), 0.0) / den) if den > 0 else 0.0
+
+
+def _loss_notes(tensors: tuple[MergedTensor, ...]) -> list[str]:
+    measured = [t for t in tensors if t.change_lost is not None]
+    if not measured:
+        return []
+    mean = sum(t.change_lost for t in measured) / len(measured)
+    worst = max(measured, key=lambda t: t.change_lost)
+    note = (f"requantized {len(measured)} tensors: on the calibration inputs they miss {mean:.0%} of the adapters' "
+            f"change to their outputs on average (worst {worst.name} {worst.out_type}: {worst.change_lost:.0%})")
+    if mean > 0.6:
+        note += ("; the change is small against these types' quantization steps: --outtype q8_0 keeps it "
+                 "(larger file), or pass text like your training data as --calibration")
+    return [note]
+
+
+def _provenance(info: GGUFInfo, sources: list[LoraSource], outtype: str, requant: str
                 ) -> dict[str, tuple[object, GGUFValueType, GGUFValueType | None]]:
     prior = info.metadata.get(EdgeLoraKeys.MERGED_ADAPTERS)
     entries = [str(e) for e in prior] if isinstance(prior, list) else []  # a merge of a merged model
@@ -254,5 +319,6 @@ def _provenance(info: GGUFInfo, sources: list[LoraSource], outtype: str
     return {
         EdgeLoraKeys.MERGED_ADAPTERS: (entries, GGUFValueType.ARRAY, GGUFValueType.STRING),
         EdgeLoraKeys.MERGE_OUTTYPE: (outtype, GGUFValueType.STRING, None),
+        EdgeLoraKeys.MERGE_REQUANT: (requant, GGUFValueType.STRING, None),
         EdgeLoraKeys.MERGED_BY: (f"edge-lora {__version__}", GGUFValueType.STRING, None),
     }
