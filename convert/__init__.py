@@ -11,5 +11,7 @@ __version__ = "0.1.0"
 from .converter import ConvertResult, convert  # noqa: E402
 from .export_peft import ExportResult, export_peft  # noqa: E402
 from .combine import CombineResult, combine  # noqa: E402
+from .merge_source import lora_source  # noqa: E402
 
-__all__ = ["CombineResult", "ConvertResult", "combine", "convert", "__version__"]
+__all__ = ["CombineResult", "ConvertResult", "ExportResult", "combine", "convert", "export_peft", "lora_source",
+           "__version__"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +37,8 @@ class LoraModule:
     scale: float  # effective multiplier of B @ A
     alpha: float  # the module's alpha as configured (PEFT) or scale * rank (MLX)
     sources: tuple[str, str]
+    #: DoRA's magnitude m (out,), read only for merging (read_checkpoint(allow_dora=True))
+    magnitude: np.ndarray | None = None
 
     @property
     def rank(self) -> int:
@@ -65,14 +67,16 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def read_checkpoint(path: str | Path, *, adapter_name: str | None = None, text_only: bool = False,
-                    base_vocab: int | None = None) -> Checkpoint:
+                    base_vocab: int | None = None, allow_dora: bool = False) -> Checkpoint:
     """Read a PEFT or MLX-LM adapter: its folder, its ``adapter_config.json`` or its weights file.
 
     The format is decided by the config (PEFT's ``peft_type``/``r`` or MLX-LM's
     ``lora_parameters``), never by a file name. ``adapter_name`` picks one of several PEFT
     adapter names in one file; ``text_only`` drops vision/audio tower pairs of a multimodal
     checkpoint; ``base_vocab`` (the base's token count) lets a resized vocabulary be named as
-    such. Raises :class:`CheckpointError` / :class:`ConversionError` listing every problem.
+    such. ``allow_dora`` reads DoRA magnitudes (PEFT ``use_dora``, MLX ``fine_tune_type: dora``)
+    into :attr:`LoraModule.magnitude`: a DoRA adapter can be merged, never converted.
+    Raises :class:`CheckpointError` / :class:`ConversionError` listing every problem.
     """
     p = Path(path)
     if not p.exists():
@@ -93,9 +97,9 @@ def read_checkpoint(path: str | Path, *, adapter_name: str | None = None, text_o
     if weights is None:
         weights = _pick_weights(folder, PEFT_WEIGHTS if fmt == "peft" else MLX_WEIGHTS, notes)
     if fmt == "mlx":
-        ckpt = _read_mlx(folder, cfg, weights)
+        ckpt = _read_mlx(folder, cfg, weights, allow_dora)
     else:
-        ckpt = _read_peft(folder, cfg, weights, adapter_name, text_only, base_vocab)
+        ckpt = _read_peft(folder, cfg, weights, adapter_name, text_only, base_vocab, allow_dora)
     ckpt.notes[:0] = notes
     return ckpt
 
@@ -182,15 +186,26 @@ _PEFT_KEY = re.compile(
 )
 
 
+_PEFT_MAGNITUDE = re.compile(
+    r"^(?:base_model\.model\.)*(?P<module>.+?)\.lora_magnitude_vector(?:\.(?!weight$)(?P<adapter>[A-Za-z_][\w-]*))?"
+    r"(?:\.weight)?$"
+)
+
+
 def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: str | None,
-               text_only: bool, base_vocab: int | None) -> Checkpoint:
-    problems = peft_config.config_problems(cfg)
+               text_only: bool, base_vocab: int | None, allow_dora: bool = False) -> Checkpoint:
+    problems = peft_config.config_problems(cfg, allow_dora=allow_dora)
     notes = [n for n in (peft_config.fan_in_fan_out_note(cfg),) if n]
     tensors, dtypes = _read_weights(weights_file)
     problems += nonfinite_problems(tensors)
     parsed = []
+    magnitudes: dict[str, np.ndarray] = {}
     for name, arr in tensors.items():
         m = _PEFT_KEY.match(name)
+        dm = _PEFT_MAGNITUDE.match(name) if allow_dora and m is None else None
+        if dm is not None and (adapter_name is None or (dm["adapter"] or "") in ("", adapter_name)):
+            magnitudes[unwrap_text_model(dm["module"])[0]] = arr.reshape(-1)
+            continue
         if m is None:
             problems.append(_classify_non_lora(name, arr, base_vocab))
             continue
@@ -229,8 +244,10 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
             problems.append(f"LoRA on the multimodal towers {what}: a text GGUF base has no such layers; "
                             "pass --text-only to convert the text model's part alone")
     modules = _pair_up(pairs, cfg, problems)
+    if allow_dora:
+        modules = attach_magnitudes(modules, magnitudes, bool(cfg.get("use_dora")), problems)
     if problems:
-        raise ConversionError(f"{p}: cannot convert this PEFT adapter", problems)
+        raise ConversionError(f"{p}: cannot {'read' if allow_dora else 'convert'} this PEFT adapter", problems)
     return Checkpoint(
         path=p,
         format="peft",
@@ -284,7 +301,8 @@ def _classify_non_lora(name: str, arr: np.ndarray, base_vocab: int | None) -> st
                 f"{shape[0]} tokens: merge the adapter into the resized model (PEFT merge_and_unload), convert that "
                 "model with llama.cpp's convert_hf_to_gguf.py, and use it as the base")
     if "lora_magnitude_vector" in name:
-        return f"{name}: DoRA (use_dora=True) is not supported: llama.cpp has no magnitude vector"
+        return (f"{name}: DoRA (use_dora=True) cannot be a GGUF adapter (llama.cpp has no magnitude vector): "
+                "merge it into the base with edge-lora merge")
     if "rotary_emb" in name or "inv_freq" in name or "rope_freqs" in name:
         return (f"{name}: a generated buffer (rotary embedding frequencies), not a trained weight; the file holds "
                 "more than a LoRA adapter: save the PeftModel itself (save_pretrained) and convert that")
@@ -345,11 +363,35 @@ def _pair_up(
     return modules
 
 
-def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path) -> Checkpoint:
+def attach_magnitudes(modules: list[LoraModule], magnitudes: dict[str, np.ndarray], dora: bool,
+                      problems: list[str]) -> list[LoraModule]:
+    """DoRA: each module's magnitude ``m`` (out,) set on it; every mismatch reported."""
+    by_module = {m.module: m for m in modules}
+    for module in sorted(set(magnitudes) - set(by_module)):
+        problems.append(f"{module}: a DoRA magnitude without LoRA factors")
+    out = []
+    for mod in modules:
+        mag = magnitudes.get(mod.module)
+        if mag is None:
+            if dora:
+                problems.append(f"{mod.module}: DoRA adapter without a magnitude for this module")
+            out.append(mod)
+        elif mod.kind == "embedding":
+            problems.append(f"{mod.module}: DoRA on an embedding is not supported (only linear layers)")
+        elif mag.shape != (mod.b.shape[0],):
+            problems.append(f"{mod.module}: DoRA magnitude {mag.shape} does not match lora_B's {mod.b.shape[0]} outputs")
+        else:
+            out.append(replace(mod, magnitude=np.asarray(mag, dtype=np.float32)))
+    return out
+
+
+def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path, allow_dora: bool = False) -> Checkpoint:
     problems: list[str] = []
     ftype = cfg.get("fine_tune_type", "lora")
-    if ftype != "lora":
-        problems.append(f"fine_tune_type={ftype!r}: only 'lora' adapters can be converted (DoRA and full are not)")
+    if ftype not in (("lora", "dora") if allow_dora else ("lora",)):
+        problems.append(f"fine_tune_type={ftype!r}: only 'lora' adapters can be converted "
+                        + ("('full' is not an adapter)" if allow_dora else
+                           "(DoRA cannot be a GGUF adapter: merge it into the base with edge-lora merge)"))
     params = cfg.get("lora_parameters")
     if not isinstance(params, dict) or "rank" not in params or "scale" not in params:
         problems.append("adapter_config.json: lora_parameters with 'rank' and 'scale' is required")
@@ -362,8 +404,12 @@ def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path) -> Checkpoint:
     tensors, _ = _read_weights(weights_file)
     problems += nonfinite_problems(tensors)
     pairs: dict[str, dict[str, tuple[str, np.ndarray]]] = {}
+    magnitudes: dict[str, np.ndarray] = {}
     for name, arr in tensors.items():
         m = re.match(r"^(?P<module>.+)\.(?P<part>lora_a|lora_b)$", name)
+        if m is None and allow_dora and name.endswith(".m"):  # mlx_lm.tuner.dora.DoRALinear.m
+            magnitudes[unwrap_text_model(name[:-2])[0]] = arr.reshape(-1)
+            continue
         if m is None:
             problems.append(
                 f"{name}: not a LoRA factor (MLX-LM DoRA magnitudes and full weights are not supported)"
@@ -386,6 +432,8 @@ def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path) -> Checkpoint:
         kind: Kind = "embedding" if module.rsplit(".", 1)[-1] in ("embed_tokens", "wte", "tok_embeddings") else "linear"
         rank = la.shape[1]
         modules.append(LoraModule(module, kind, la.T.copy(), lb.T.copy(), scale, scale * rank, (a_name, b_name)))
+    if allow_dora:
+        modules = attach_magnitudes(modules, magnitudes, ftype == "dora", problems)
     ranks = {m.rank for m in modules}
     if len(ranks) > 1:
         problems.append(f"MLX-LM adapters have one rank, this file has several: {sorted(ranks)}")

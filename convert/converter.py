@@ -174,7 +174,11 @@ def _layer_of(module: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[str]) -> list[OutTensor]:
+def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[str],
+          magnitudes: dict[str, np.ndarray] | None = None) -> list[OutTensor]:
+    """The adapter's GGUF tensors (B folded for llama.cpp's scale rule, rows transformed like the
+    base's); ``magnitudes``, when given, receives each DoRA module's m by GGUF tensor name, its
+    rows transformed the same way."""
     out: list[OutTensor] = []
     seen: dict[str, str] = {}
     unmapped: list[str] = []
@@ -192,6 +196,9 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
             continue
         out.append(OutTensor(gname + LORA_A_SUFFIX, a))
         out.append(OutTensor(gname + LORA_B_SUFFIX, b))
+        if magnitudes is not None and mod.magnitude is not None:
+            transform = row_transform(shape.spec, ttype, shape.n_head, shape.n_head_kv)
+            magnitudes[gname] = transform(mod.magnitude) if transform is not None else mod.magnitude
         if shape.tensors is not None and mod.rank > min(shape.tensors[gname]):
             notes.append(f"{mod.module}: rank {mod.rank} exceeds min(in, out) = {min(shape.tensors[gname])} of {gname}; "
                          "the extra rank adds nothing")

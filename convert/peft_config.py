@@ -14,7 +14,7 @@ from .scales import peft_scale
 
 # Config fields whose non-default value changes the math in a way llama.cpp cannot carry.
 _UNSUPPORTED: dict[str, str] = {
-    "use_dora": "DoRA (use_dora=True): llama.cpp has no magnitude vector",
+    "use_dora": "DoRA (use_dora=True): llama.cpp has no magnitude vector; merge it into the base with edge-lora merge",
     "lora_bias": "LoRA bias (lora_bias=True) is not supported by llama.cpp",
     "fan_in_fan_out": "fan_in_fan_out=True (Conv1D layers) is not supported",  # see fan_in_fan_out_note
     "layer_replication": "layer_replication changes the base's layer layout",
@@ -97,8 +97,9 @@ def type_problems(cfg: dict[str, Any]) -> list[str]:
     return out
 
 
-def config_problems(cfg: dict[str, Any]) -> list[str]:
-    """Every reason this config cannot be converted (empty when it can)."""
+def config_problems(cfg: dict[str, Any], *, allow_dora: bool = False) -> list[str]:
+    """Every reason this config cannot be converted (empty when it can); ``allow_dora``: for a
+    merge, where DoRA is exact."""
     problems: list[str] = []
     peft_type = cfg.get("peft_type", "LORA")
     if str(peft_type).upper() != "LORA":
@@ -126,8 +127,8 @@ def config_problems(cfg: dict[str, Any]) -> list[str]:
     if init:
         problems.append(init)
     for key, why in _UNSUPPORTED.items():
-        if key == "fan_in_fan_out":
-            continue  # decided with the base's layer type (see fan_in_fan_out_note)
+        if key == "fan_in_fan_out" or (key == "use_dora" and allow_dora):
+            continue  # decided with the base's layer type (see fan_in_fan_out_note); DoRA merges exactly
         if cfg.get(key):
             problems.append(f"adapter_config.json: {why}")
     bias = cfg.get("bias", "none")

@@ -40,7 +40,7 @@ def _missing_converter(exc: ImportError) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import doctor, inspect_cmd, run, serve
+    from . import doctor, inspect_cmd, merge_cmd, run, serve
 
     parser = argparse.ArgumentParser(
         prog="edge-lora",
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_workstation(sub)
     inspect_cmd.add_parser(sub)
+    merge_cmd.add_parser(sub)
     run.add_parsers(sub)
     serve.add_parser(sub)
     doctor.add_parser(sub)
