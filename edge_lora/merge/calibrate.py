@@ -101,7 +101,7 @@ class Calibrator:
         from ..engine.native import ContextParams, InputStats, NativeContext
 
         stats = InputStats(list(names))
-        window = min(len(self.tokens), 2048) or 1
+        window = max(1, min(len(self.tokens), 2048, self._model.n_ctx_train or 2048))
         ctx = NativeContext(self._model, ContextParams(n_ctx=window, n_batch=CHUNK, n_threads=self.n_threads,
                                                        input_stats=stats))
         try:
