@@ -16,7 +16,7 @@ ENGINE_BUILD  := build/engine-$(ENGINE_CONFIG)
 ENGINE_STAMP  := $(VENV)/.edge-lora-engine-$(ENGINE_CONFIG)
 ENGINE_ARGS   := -DEDGE_LORA_CPU=$(CPU) $(if $(BACKEND),-DEDGE_LORA_BACKEND=$(BACKEND)) $(CMAKE_ARGS)
 
-.PHONY: install engine engine-native-build dev test demo fuzz bundle bench-convert bench-runtime bench-server bench-engine clean
+.PHONY: install engine engine-native-build dev test demo fuzz bundle bench-convert bench-runtime bench-server bench-engine bench-merge export-lora-tool clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,17 @@ fuzz: $(STAMP)
 
 bench-convert: $(STAMP)
 	$(PY) benchmarks/bench_convert.py
+
+# llama.cpp's own llama-export-lora, from the same pinned sources, as bench-merge's reference
+EXPORT_LORA_SRC = $(ENGINE_BUILD)/_src/llama_cpp_python-0.3.36/vendor/llama.cpp
+export-lora-tool: $(ENGINE_STAMP)
+	cmake -S $(EXPORT_LORA_SRC) -B build/export-lora -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TOOLS=ON \
+	    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF \
+	    -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=OFF
+	cmake --build build/export-lora --target llama-export-lora -j $(JOBS)
+
+bench-merge: $(STAMP) export-lora-tool
+	$(PY) benchmarks/bench_merge.py --export-lora build/export-lora/bin/llama-export-lora
 
 bench-runtime: $(STAMP)
 	$(PY) benchmarks/bench_runtime.py --base all

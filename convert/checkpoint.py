@@ -203,9 +203,10 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
     for name, arr in tensors.items():
         m = _PEFT_KEY.match(name)
         dm = _PEFT_MAGNITUDE.match(name) if allow_dora and m is None else None
-        if dm is not None and (adapter_name is None or (dm["adapter"] or "") in ("", adapter_name)):
-            magnitudes[unwrap_text_model(dm["module"])[0]] = arr.reshape(-1)
-            continue
+        if dm is not None:
+            if adapter_name is None or (dm["adapter"] or "") in ("", adapter_name):
+                magnitudes[unwrap_text_model(dm["module"])[0]] = arr
+            continue  # another adapter's magnitude: skipped as its factors are
         if m is None:
             problems.append(_classify_non_lora(name, arr, base_vocab))
             continue
@@ -245,7 +246,11 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
                             "pass --text-only to convert the text model's part alone")
     modules = _pair_up(pairs, cfg, problems)
     if allow_dora:
-        modules = attach_magnitudes(modules, magnitudes, bool(cfg.get("use_dora")), problems)
+        if magnitudes and not cfg.get("use_dora"):
+            problems.append(f"{len(magnitudes)} DoRA magnitudes (lora_magnitude_vector) but use_dora is not true in "
+                            "adapter_config.json: PEFT would ignore them; fix the config or the file")
+        else:
+            modules = attach_magnitudes(modules, magnitudes, bool(cfg.get("use_dora")), problems)
     if problems:
         raise ConversionError(f"{p}: cannot {'read' if allow_dora else 'convert'} this PEFT adapter", problems)
     return Checkpoint(
@@ -378,7 +383,7 @@ def attach_magnitudes(modules: list[LoraModule], magnitudes: dict[str, np.ndarra
             out.append(mod)
         elif mod.kind == "embedding":
             problems.append(f"{mod.module}: DoRA on an embedding is not supported (only linear layers)")
-        elif mag.shape != (mod.b.shape[0],):
+        elif mag.ndim != 1 or mag.shape != (mod.b.shape[0],):
             problems.append(f"{mod.module}: DoRA magnitude {mag.shape} does not match lora_B's {mod.b.shape[0]} outputs")
         else:
             out.append(replace(mod, magnitude=np.asarray(mag, dtype=np.float32)))
@@ -407,8 +412,8 @@ def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path, allow_dora: bool
     magnitudes: dict[str, np.ndarray] = {}
     for name, arr in tensors.items():
         m = re.match(r"^(?P<module>.+)\.(?P<part>lora_a|lora_b)$", name)
-        if m is None and allow_dora and name.endswith(".m"):  # mlx_lm.tuner.dora.DoRALinear.m
-            magnitudes[unwrap_text_model(name[:-2])[0]] = arr.reshape(-1)
+        if m is None and allow_dora and ftype == "dora" and name.endswith(".m"):  # mlx_lm.tuner.dora.DoRALinear.m
+            magnitudes[unwrap_text_model(name[:-2])[0]] = arr
             continue
         if m is None:
             problems.append(

@@ -368,6 +368,16 @@ def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
         raise OutputExistsError(f"{out}: is a file; give a folder for the PEFT adapter")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: already exists (pass --force to replace it)")
+    if out.exists():
+        others = sorted(p.name for p in out.iterdir() if p.name not in _PEFT_FILES)
+        if others:  # --force replaces a PEFT adapter folder, never a folder of other things
+            shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+            raise OutputExistsError(f"{out}: holds files that are not a PEFT adapter's ({shown}); --force replaces "
+                                    "only an adapter folder: choose a new folder")
+
+
+#: what an adapter folder --force may replace holds nothing but these
+_PEFT_FILES = {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md"}
 
 
 def _write_dir(out: Path, config: dict[str, object], tensors: list[ExportTensor], overwrite: bool) -> None:

@@ -241,7 +241,14 @@ def test_existing_output_needs_force_and_force_replaces_atomically(tiny, convert
         export_peft(gguf_path, out)
     assert export(gguf_path, out, None) == 2
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # --force replaces an adapter folder, never a folder holding other files
+    assert export(gguf_path, out, None, "--force") == 2
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    assert export(gguf_path, out, None) == 2
     assert export(gguf_path, out, None, "--force") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert export(gguf_path, out, None, "--force") == 0  # an adapter folder is replaced
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["peft"], "temporary folders left beside the output"
 

@@ -29,7 +29,6 @@ from edge_lora.cli import main as cli
 from edge_lora.errors import (
     IncompatibleAdapterError,
     InvalidRequestError,
-    NonFiniteLogitsError,
     OutputExistsError,
 )
 from edge_lora.gguf_file import EdgeLoraKeys, read_gguf
@@ -291,10 +290,66 @@ def test_refusals(q8, tiny, tmp_path, capsys):
         merge(base, [lora, other, tmp_path / "missing.gguf"], tmp_path / "x.gguf")
     text = str(exc.value)
     assert "architecture" in text and "missing.gguf" in text  # every problem at once
-    with pytest.raises(NonFiniteLogitsError):
-        merge(base, [(lora, 1e30)], tmp_path / "x.gguf", requant="nearest")
+    with pytest.raises(InvalidRequestError, match="lower the scale"):
+        merge(base, [(lora, 1e30)], tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
     assert cli(["merge", str(base), str(lora), "-o", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert cli(["merge", str(base), str(lora), "-o", str(out), "--outtype", "q4_k_m", "--force"]) == 2
     assert "same" in capsys.readouterr().err
+    with pytest.raises(InvalidRequestError, match="threads"):
+        merge(base, [lora], tmp_path / "x.gguf", threads=100000)
+    with pytest.raises(InvalidRequestError, match="list"):
+        merge(base, str(lora), tmp_path / "x.gguf")
+    (tmp_path / "calib.txt").write_text("too short")
+    with pytest.raises(InvalidRequestError, match="at least"):
+        merge(base, [lora], tmp_path / "x.gguf", calibration="too short")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_base_aligned_below_32_gives_a_file_llama_cpp_loads(tiny, tmp_path):
+    """llama.cpp maps tensor data in place (32-byte aligned): the merged file says 32."""
+    from gguf import GGUFWriter
+    from tiny_models import _base_tensors, _spec_for, _write_hparams
+
+    from edge_lora.engine.tiny import write_vocab
+
+    t = tiny("llama2")
+    base = tmp_path / "align8.gguf"
+    spec = _spec_for(t.model.config)
+    w = GGUFWriter(str(base), spec.name)
+    w.add_custom_alignment(8)
+    _write_hparams(w, t.model.config, spec)
+    write_vocab(w, t.model.config.vocab_size)
+    for name, data in _base_tensors(t.model, spec):
+        w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    lora = _peft_gguf(t, tmp_path, dict(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    out = tmp_path / "m.gguf"
+    merge(base, [lora], out)
+    assert read_gguf(out).metadata["general.alignment"] == 32
+    assert rel_err(llama_logits(out, TOKENS), llama_logits(t.base_path, TOKENS, lora_path=lora)) <= HOT_RTOL
+
+
+def test_ctrl_c_during_calibration_is_not_swallowed(q8, tmp_path, monkeypatch):
+    """An exception inside llama.cpp's graph callback stops the decode and is raised after it."""
+    from edge_lora.engine.native import InputStats
+
+    t, base, lora = q8
+    calls = {"n": 0}
+    original = InputStats._on_tensor
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 40:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(InputStats, "_on_tensor", interrupted)
+    out = tmp_path / "m.gguf"
+    with pytest.raises(KeyboardInterrupt):
+        merge(base, [lora], out)
+    assert not out.exists()

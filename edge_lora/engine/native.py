@@ -363,7 +363,19 @@ class InputStats:
         self.h: dict[str, np.ndarray] = {}
         self.skipped: set[str] = set()
         self._pending: list[tuple[list[str], np.ndarray]] = []
-        self.callback = ll.ggml_backend_sched_eval_callback(self._on_tensor)
+        self._failure: BaseException | None = None
+        self.callback = ll.ggml_backend_sched_eval_callback(self._guarded)
+
+    def _guarded(self, t_ptr: int, ask: bool, user_data: ctypes.c_void_p) -> bool:
+        # an exception cannot cross the native frames: keep it, stop the graph (False), and
+        # raise it from flush(), after llama_decode has returned
+        if self._failure is not None:
+            return False
+        try:
+            return self._on_tensor(t_ptr, ask, user_data)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by flush()
+            self._failure = exc
+            return False
 
     def _on_tensor(self, t_ptr: int, ask: bool, _user_data: ctypes.c_void_p) -> bool:
         t = _GgmlTensor.from_address(t_ptr)
@@ -391,7 +403,12 @@ class InputStats:
         return True
 
     def flush(self) -> None:
-        """Fold the inputs copied since the last flush into ``h``."""
+        """Fold the inputs copied since the last flush into ``h``; re-raise an exception
+        (KeyboardInterrupt, MemoryError...) the callback caught during the decode."""
+        if self._failure is not None:
+            exc, self._failure = self._failure, None
+            self._pending.clear()
+            raise exc
         for names, x in self._pending:
             inc = (x.T @ x).astype(np.float64)
             shared = self.h.get(names[0])
@@ -486,10 +503,13 @@ class NativeContext:
         ll.llama_set_abort_callback(self.ptr, self._abort_cb if check else ll.ggml_abort_callback(), None)
 
     # -- evaluation --------------------------------------------------------------
-    def decode(self, tokens: Sequence[int], start_pos: int, *, all_logits: bool = False) -> np.ndarray | None:
+    def decode(self, tokens: Sequence[int], start_pos: int, *, all_logits: bool = False,
+               all_rows: bool = False) -> np.ndarray | None:
         """Evaluate ``tokens`` at positions ``start_pos...``. With ``all_logits``, return every
         token's logits ``[len(tokens), n_vocab]``; else only the last token's are computed, left
-        in the context for the sampler."""
+        in the context for the sampler. ``all_rows`` computes every token through the last
+        layer without returning the logits (llama.cpp otherwise drops the rows whose output is
+        not wanted before the last layer: input statistics need them all)."""
         n_total = len(tokens)
         if start_pos + n_total > self.n_ctx:
             raise ContextOverflowError(
@@ -506,7 +526,7 @@ class NativeContext:
                 batch.pos[i] = start_pos + off + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = all_logits or (off + i == n_total - 1)
+                batch.logits[i] = all_logits or all_rows or (off + i == n_total - 1)
             rc = ll.llama_decode(self.ptr, batch)
             if rc == 2 and self._abort_check is not None:  # llama_decode: 2 = aborted
                 raise CancelledError("the evaluation was cancelled")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidRequestError
 from ..gguf_file import GGUFInfo
 from .gptq import upper_cholesky_of_inverse
 from .source import LoraSource, write_gguf_lora
@@ -42,9 +43,15 @@ DEFAULT_REQUESTS = (
     "Compare trains and planes for a 500 km trip.",
 )
 
+#: beginnings the hot model continues as plain text (no chat template), for inputs beyond chat turns
+DEFAULT_STARTS = ("The", "In 1887, the", "def main():", "Dear Sir or Madam,", "Il était une fois",
+                  "The results show that", "import numpy as np", "Once upon a time")
+EXTRA = "continuations"
+
 #: tokens generated per default request; the cap on calibration tokens taken from a text
 GEN_TOKENS = 96
 MAX_TEXT_TOKENS = 4096
+MIN_TOKENS = 64
 #: tokens per llama.cpp decode while gathering (the inputs of one decode are held until flushed)
 CHUNK = 256
 #: second moments gathered at once: at most this many bytes of (in, in) float64 arrays
@@ -85,7 +92,14 @@ class Calibrator:
             for i, p in enumerate(paths):
                 rt.load_adapter(f"a{i}", p)
             if text is not None:
-                self.tokens, self.source = rt.tokenize(text)[:MAX_TEXT_TOKENS], "the given text"
+                # tokenizing is superlinear in the text's length: cut it first (a token is rarely
+                # more than 16 bytes), then keep MAX_TEXT_TOKENS
+                self.tokens = rt.tokenize(text[:MAX_TEXT_TOKENS * 16])[:MAX_TEXT_TOKENS]
+                self.source = "the given text"
+                if len(self.tokens) < MIN_TOKENS:
+                    raise InvalidRequestError(
+                        f"the calibration text has {len(self.tokens)} tokens; GPTQ needs at least {MIN_TOKENS} "
+                        "(pass more text, or leave --calibration out to use the hot model's own answers)")
             else:
                 hot = {f"a{i}": 1.0 for i in range(len(paths))}
                 self.tokens = [t for s in _self_generated(rt, hot, seed) for t in s]
@@ -98,7 +112,7 @@ class Calibrator:
     def stats(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """``{name: H}`` for ``names``: ``H`` (in, in) float64, the sum of ``x x^T`` over the
         calibration tokens' inputs to that weight; weights reading the same input share one array."""
-        from ..engine.native import ContextParams, InputStats, NativeContext
+        from ..engine.native import ContextParams, InputStats, NativeContext, NativeError
 
         stats = InputStats(list(names))
         window = max(1, min(len(self.tokens), 2048, self._model.n_ctx_train or 2048))
@@ -110,7 +124,11 @@ class Calibrator:
                 ctx.clear()
                 part = self.tokens[w0:w0 + window]
                 for i in range(0, len(part), CHUNK):
-                    ctx.decode(part[i:i + CHUNK], i)
+                    try:
+                        ctx.decode(part[i:i + CHUNK], i, all_rows=True)
+                    except NativeError:
+                        stats.flush()  # an exception the callback caught is the real cause
+                        raise
                     stats.flush()
         finally:
             ctx.close()
@@ -159,4 +177,8 @@ def _self_generated(rt, hot: dict[str, float], seed: int) -> list[list[int]]:
         messages = [{"role": "user", "content": request}]
         answer = rt.chat(messages, hot, temperature=0.8, seed=seed + i, max_tokens=GEN_TOKENS)
         seqs.append(rt.chat_tokens(messages) + rt.tokenize(answer.text, add_bos=False, special=False))
+    if EXTRA == "continuations":
+        for i, start in enumerate(DEFAULT_STARTS):
+            text = rt.complete(start, hot, temperature=1.0, seed=seed + 100 + i, max_tokens=GEN_TOKENS).text
+            seqs.append(rt.tokenize(start + text))
     return seqs

@@ -46,7 +46,14 @@ def write_model_copy(
 ) -> None:
     """Write ``out``: the model ``info`` with ``replacements`` (by tensor name) and
     ``new_fields`` (key -> (value, type, array item type)) set or added."""
-    align = int(info.metadata.get(Keys.General.ALIGNMENT, GGUF_DEFAULT_ALIGNMENT)) or GGUF_DEFAULT_ALIGNMENT
+    align = int(info.metadata.get(Keys.General.ALIGNMENT, GGUF_DEFAULT_ALIGNMENT))
+    if align <= 0 or align & (align - 1):
+        raise ValueError(f"general.alignment {align} is not a power of two")
+    if align < GGUF_DEFAULT_ALIGNMENT:
+        # llama.cpp maps tensor data in place and needs 32-byte alignment; the base met it by the
+        # chance of its header's length, which the added keys change: say 32 and keep to it
+        new_fields = {**new_fields, Keys.General.ALIGNMENT: (GGUF_DEFAULT_ALIGNMENT, GGUFValueType.UINT32, None)}
+        align = GGUF_DEFAULT_ALIGNMENT
     kept = [k for k in info.kv_spans if k not in new_fields]
     sizes = {n: (replacements[n].n_bytes if n in replacements else t.n_bytes) for n, t in info.tensors.items()}
     types = {n: (replacements[n].ggml_type if n in replacements else GGMLQuantizationType[t.type_name])

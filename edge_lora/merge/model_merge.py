@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFValueType, Keys
 from gguf.quants import dequantize
 
 from .. import __version__
@@ -32,7 +32,7 @@ from ..errors import (
     OutputExistsError,
 )
 from ..finite import F16_MAX
-from ..gguf_file import TOKEN_EMBD_TENSOR, EdgeLoraKeys, GGUFInfo, read_gguf
+from ..gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, EdgeLoraKeys, GGUFInfo, read_gguf
 from .dora import apply_dora
 from .gguf_copy import Replacement, write_model_copy
 from .source import LoraSource, lora_delta, read_gguf_lora, read_tensor_f32
@@ -121,10 +121,17 @@ def merge(
         raise InvalidRequestError(f"requant {requant!r}: one of {', '.join(REQUANT)}")
     if calibration is not None and requant != "gptq":
         raise InvalidRequestError("calibration text is only used by requant='gptq'")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 512):
+        raise InvalidRequestError(f"threads must be an integer from 1 to 512, got {threads!r}")
+    if isinstance(adapters, (str, os.PathLike, LoraSource)):
+        raise InvalidRequestError("adapters must be a list, e.g. [\"sql.gguf\", (\"tone.gguf\", 0.5)]")
     info = read_gguf(base)
     if info.is_adapter:
         raise GGUFFileError(f"{info.path}: is a LoRA adapter, not a base model")
     bad = base_problems(info)
+    align = info.metadata.get(Keys.General.ALIGNMENT, 32)
+    if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
+        bad.append(f"general.alignment {align!r} is not a power of two (llama.cpp refuses the file)")
     if bad:
         raise GGUFFileError(f"{info.path}: a base llama.cpp cannot run; merging into it would not help", bad)
     sources = _read_sources(adapters, info)
@@ -132,20 +139,27 @@ def merge(
     out_path = _check_out(out, info, sources, overwrite, dry_run)
     quantized = [n for n, (t, _) in plan.items() if t not in FLOAT_TYPES]
     gptq = bool(quantized) and requant == "gptq" and not dry_run
+    if calibration is not None and not quantized:
+        notes.append("--calibration was not used: every touched tensor is written in a float type, exactly")
     calib = Calibrator(info, sources, text=calibration, n_threads=threads) if gptq else None
     groups = layer_groups(quantized, {n: info.tensors[n].shape[-1] for n in quantized})
     lost: dict[str, float] = {}
+    unseen: list[str] = []
     replacements = {
         name: Replacement(t, _n_bytes(info, name, t),
-                          _maker(info, name, t, sources, threads, (calib, groups) if name in quantized else None, lost))
+                          _maker(info, name, t, sources, threads, (calib, groups) if name in quantized else None,
+                                 lost, unseen))
         for name, (t, _) in plan.items()
     }
     out_size = info.file_size + sum(r.n_bytes - info.tensors[n].n_bytes for n, r in replacements.items())
     try:
         if out_path is not None and not dry_run:
             fields = _provenance(info, sources, outtype, requant)
-            with atomic_path(out_path) as tmp:
-                write_model_copy(info, tmp, replacements, fields, progress=progress)
+            try:
+                with atomic_path(out_path) as tmp:
+                    write_model_copy(info, tmp, replacements, fields, progress=progress)
+            except OSError as exc:
+                raise InvalidRequestError(f"{out_path}: could not be written ({exc}); nothing was written") from exc
             out_size = out_path.stat().st_size
     finally:
         if calib is not None:
@@ -158,6 +172,9 @@ def merge(
         for name, (t, note) in plan.items()
     )
     notes += _loss_notes(tensors)
+    if unseen:
+        notes.append(f"{len(unseen)} quantized tensors never saw a calibration input (llama.cpp does not multiply "
+                     f"them as matrices: {', '.join(unseen[:4])}{'...' if len(unseen) > 4 else ''}): rounded to nearest")
     return MergeResult(
         requant=requant, calibration=f"{len(calib.tokens)} tokens of {calib.source}" if calib else None,
         out_path=None if dry_run else out_path, base_path=info.path, adapters=tuple(s.label for s in sources),
@@ -185,10 +202,17 @@ def _read_sources(adapters: Sequence[AdapterArg], info: GGUFInfo) -> list[LoraSo
             if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
                 raise InvalidRequestError(f"{path}: scale {scale!r} is not a finite number")
             sources.append(read_gguf_lora(path, scale=float(scale), base=info, label=f"{Path(path).name}:{scale:g}"))
-        except (IncompatibleAdapterError, GGUFFileError) as exc:
+        except (IncompatibleAdapterError, GGUFFileError, InvalidRequestError) as exc:
             problems += [str(exc).splitlines()[0]] + [f"  {p}" for p in exc.problems]
     if problems:
         raise IncompatibleAdapterError(f"cannot merge into {info.path.name}", problems)
+    for s in sources:  # a weight change beyond what f16 holds is no trained adapter's (and overflows)
+        for name, w in s.weights.items():
+            big = float(np.abs(w.b).max(initial=0.0)) * abs(w.scale) * float(np.abs(w.a).max(initial=0.0)) * w.rank
+            if not math.isfinite(big) or big > F16_MAX:
+                problems.append(f"{s.label}: {name}: scale × factors reach {big:.3g}, beyond ±65504: lower the scale")
+    if problems:
+        raise InvalidRequestError(f"cannot merge into {info.path.name}", problems)
     return sources
 
 
@@ -211,6 +235,9 @@ def source_problems(src: LoraSource, info: GGUFInfo) -> list[str]:
             problems.append(f"{name}: lora_a {w.a.shape} and lora_b {w.b.shape} do not fit the base weight {t.shape}")
         elif w.magnitude is not None and (name == TOKEN_EMBD_TENSOR or w.magnitude.shape != (rows,)):
             problems.append(f"{name}: DoRA magnitude {w.magnitude.shape} does not fit the base weight {t.shape}")
+    if TOKEN_EMBD_TENSOR in src.weights and OUTPUT_TENSOR not in info.tensors:
+        problems.append(f"{TOKEN_EMBD_TENSOR}: embedding LoRA on a base whose output shares the token embedding: "
+                        "merging it would change the output layer too")
     return problems
 
 
@@ -247,6 +274,10 @@ def _check_out(out: str | os.PathLike[str] | None, info: GGUFInfo, sources: list
         raise InvalidRequestError(f"{path}: is one of the inputs; write the merged model to a new file")
     if path.is_dir():
         raise InvalidRequestError(f"{path}: is a directory; name the output file")
+    parent = path.parent if path.parent != Path("") else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidRequestError(f"{path}: cannot write there ({existing} is not a writable folder)")
     if path.exists() and not overwrite and not dry_run:
         raise OutputExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")
     return path
@@ -258,10 +289,12 @@ def _n_bytes(info: GGUFInfo, name: str, t: GGMLQuantizationType) -> int:
 
 
 def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[LoraSource], threads: int | None,
-           gptq: tuple[Calibrator | None, list[list[str]]] | None, lost: dict[str, float]):
+           gptq: tuple[Calibrator | None, list[list[str]]] | None, lost: dict[str, float], unseen: list[str]):
     def make() -> np.ndarray:
         shape = info.tensors[name].shape
         w0 = w = read_tensor_f32(np.memmap(info.path, dtype=np.uint8, mode="r"), info.tensors[name])
+        if not np.isfinite(w0).all():
+            raise GGUFFileError(f"{info.path}: the base's {name} holds NaN or infinite values: no merge can be right")
         for s in sources:
             lw = s.weights.get(name)
             if lw is None:
@@ -269,20 +302,29 @@ def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[Lor
             w = w + lora_delta(name, lw)
             if lw.magnitude is not None:
                 w = apply_dora(w, lw.magnitude)
-        # f16 and every quantized type (f16 block scales) hold at most ±65504; f32 and bf16 any finite value
-        limit = None if t in (GGMLQuantizationType.F32, GGMLQuantizationType.BF16) else F16_MAX
-        bad = ~np.isfinite(w) if limit is None else ~(np.abs(w) <= limit)
+        # f16 and the quantized types (f16 block scales) hold at most ±65504, and llama.cpp's f16
+        # paths overflow beyond it whatever the storage: no trained model has such weights
+        bad = ~(np.abs(w) <= F16_MAX)
         if bad.any():
-            held = "" if limit is None else f" or beyond ±{limit:g}, all {t.name} holds"
             raise NonFiniteLogitsError(
-                f"{name}: {int(bad.sum())} merged values are NaN, infinite{held}: the adapters' scales "
-                "overflow the weight; lower them (nothing was written)")
+                f"{name}: {int(bad.sum())} merged values are NaN, infinite or beyond ±65504: the adapters' "
+                "scales overflow the weight; lower them (nothing was written)")
         target = w.reshape(-1, shape[-1])
         calib, groups = gptq if gptq is not None else (None, [])
         h = calib.h_for(name, groups) if calib is not None else None
         if h is None:
+            if calib is not None:
+                unseen.append(name)
             return encode(target, t, threads=threads)
-        data = gptq_encode(target, calib.factor(h), t, threads=threads)
+        if not np.isfinite(h).all():
+            raise InvalidRequestError(f"{name}: the calibration inputs hold NaN or infinite values (a broken base?); "
+                                      "merge with --requant nearest")
+        try:
+            u = calib.factor(h)
+        except np.linalg.LinAlgError as exc:
+            raise InvalidRequestError(f"{name}: GPTQ could not factor the calibration inputs ({exc}); "
+                                      "pass more --calibration text, or --requant nearest") from exc
+        data = gptq_encode(target, u, t, threads=threads)
         q = np.asarray(dequantize(data, t), dtype=np.float32).reshape(target.shape)
         lost[name] = output_error(q - target, target - w0.reshape(target.shape), h)
         return data
