@@ -22,7 +22,7 @@ from gguf.quants import dequantize
 from .tensor_types import block_size, encode, row_bytes
 
 #: dampening: this fraction of the mean diagonal of H is added to it
-DAMP = 0.1
+DAMP = 0.01
 
 
 def upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
