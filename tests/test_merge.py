@@ -64,6 +64,7 @@ def test_merged_f32_equals_the_hot_adapter(tiny, case, tmp_path):
     hot = llama_logits(t.base_path, TOKENS, lora_path=lora)
     assert rel_err(hot, llama_logits(t.base_path, TOKENS)) > MIN_EFFECT
     err = rel_err(llama_logits(out, TOKENS), hot)
+    print(f"parity merge-vs-hot {case}: {err:.1e}")
     assert err <= HOT_RTOL, f"{case}: merged vs hot relative error {err:.2e} > {HOT_RTOL:g}"
     assert {tt.out_type for tt in result.tensors} == {"F32"} and result.calibration is None
 
@@ -158,6 +159,7 @@ def test_peft_dora_merged_equals_peft(tiny, case, config, tmp_path):
     result = merge(t.base_path, [src], out)
     assert all(tt.dora for tt in result.tensors)
     err = rel_err(llama_logits(out, TOKENS), want)
+    print(f"parity dora-vs-peft {case}/{config}: {err:.1e}")
     assert err <= DORA_RTOL, f"{case}/{config}: merged DoRA vs PEFT relative error {err:.2e} > {DORA_RTOL:g}"
 
 
@@ -193,7 +195,9 @@ def test_mlx_dora_merged_equals_mlx_fuse(tiny, case, tmp_path):
     assert rel_err(want, hf_logits(t.model, TOKENS)) > MIN_EFFECT
     out = tmp_path / "merged.gguf"
     assert cli(["merge", str(t.base_path), str(folder), "-o", str(out), "-q"]) == 0
-    assert rel_err(llama_logits(out, TOKENS), want) <= DORA_RTOL
+    err = rel_err(llama_logits(out, TOKENS), want)
+    print(f"parity dora-vs-mlx {case}: {err:.1e}")
+    assert err <= DORA_RTOL
 
 
 def test_dora_cannot_be_converted_but_says_merge(tiny, tmp_path, capsys):
@@ -234,8 +238,8 @@ def test_quantized_merge_keeps_types_and_sizes_and_loads_in_stock_llama_cpp(q8, 
 def test_gptq_keeps_more_of_the_change_than_nearest_rounding(tiny, tmp_path):
     """On a Q4_0 base, per touched weight: ||(Q - T) X|| / ||(T - W) X|| (how much of the adapter's
     change to the output is lost), GPTQ against ggml's plain rounding of the same target: better on
-    every weight on the inputs it was fitted to, and on average on other inputs (the hot model's own
-    answers). With hidden 64 there are only two blocks per row to trade error between, so the
+    every weight on the inputs it was fitted to, and on average on held-out inputs of the same kind
+    (the hot model's answers with another sampling seed). With hidden 64 there are only two blocks per row to trade error between, so the
     margin is small here; on gemma-3-270m it is what takes the french task from 50% to 100%
     (benchmarks/bench_merge.py)."""
     from gguf.quants import dequantize
@@ -246,9 +250,8 @@ def test_gptq_keeps_more_of_the_change_than_nearest_rounding(tiny, tmp_path):
     info = read_gguf(base)
     src = read_gguf_lora(lora, base=info)
     data = np.memmap(base, dtype=np.uint8, mode="r")
-    text = " ".join(f"word{i} and thing{i % 7}, then" for i in range(80))
     fitted, held_out = [], []
-    with Calibrator(info, [src], text=text, n_threads=2) as fit, Calibrator(info, [src], n_threads=2) as other:
+    with Calibrator(info, [src], n_threads=2) as fit, Calibrator(info, [src], n_threads=2, seed=1000) as other:
         h_fit, h_other = fit.stats(list(src.weights)), other.stats(list(src.weights))
         for name, lw in src.weights.items():
             t_info = info.tensors[name]

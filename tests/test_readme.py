@@ -13,7 +13,7 @@ from edge_lora.cli import main
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-@pytest.mark.parametrize("command", ["convert", "inspect", "run", "chat", "serve", "doctor"])
+@pytest.mark.parametrize("command", ["convert", "merge", "combine", "export", "inspect", "run", "chat", "serve", "doctor"])
 def test_usage_block_matches_help(command, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")  # argparse wraps usage to the terminal width
     out = io.StringIO()
