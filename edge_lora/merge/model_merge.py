@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,9 @@ def merge(
     gptq = bool(quantized) and requant == "gptq" and not dry_run
     if calibration is not None and not quantized:
         notes.append("--calibration was not used: every touched tensor is written in a float type, exactly")
+    if gptq and progress and sys.stderr.isatty():
+        print(f"calibrating GPTQ for {len(quantized)} quantized tensors: the base runs with the adapters hot...",
+              file=sys.stderr, flush=True)
     calib = Calibrator(info, sources, text=calibration, n_threads=threads) if gptq else None
     groups = layer_groups(quantized, {n: info.tensors[n].shape[-1] for n in quantized})
     lost: dict[str, float] = {}
