@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parent / "examples"))
 sys.path.insert(0, str(HERE))
 
 from edge_lora import Runtime  # noqa: E402
+from edge_lora.gguf_file import read_gguf  # noqa: E402
 from edge_lora.merge import merge  # noqa: E402
 
 TASKS = ("json", "french", "spell")
@@ -149,10 +150,9 @@ def big(tmp: Path, rank: int, layers: int) -> None:
     from bench_convert import write_adapter, write_sparse_base
     from edge_lora_convert import convert
 
-    cache = HERE.parent / ".cache" / "bench"
-    cache.mkdir(parents=True, exist_ok=True)
-    adapter_dir, base = cache / f"peft-r{rank}-l{layers}", cache / f"base-q4k-l{layers}.gguf"
-    if not adapter_dir.exists():
+    wd = HERE.parent / ".cache" / "bench" / f"r{rank}-l{layers}"  # bench_convert.py's files
+    adapter_dir, base = wd / "adapter", wd / "base-sparse.gguf"
+    if not (adapter_dir / "adapter_model.safetensors").exists():
         write_adapter(adapter_dir, rank, layers)
     if not base.exists():
         write_sparse_base(base, layers)
@@ -160,8 +160,8 @@ def big(tmp: Path, rank: int, layers: int) -> None:
     convert(adapter_dir, base=base, out=lora, outtype="f16", overwrite=True)
     out = tmp / "big-merged.gguf"
     r = merge(base, [lora], out, requant="nearest", overwrite=True)
-    touched = len(r.tensors)
-    print(f"\n8B-shaped merge: rank {rank}, {layers} layers, {touched} touched Q4_K tensors, "
+    print(f"\n8B-shaped merge: rank {rank}, {layers} layers, {len(r.tensors)} touched Q4_K tensors "
+          f"({sum(int(np.prod(read_gguf(base).tensors[t.name].shape)) for t in r.tensors) / 1e9:.2f} G weights), "
           f"base {r.base_size / 1e9:.2f} GB -> {r.out_size / 1e9:.2f} GB, {r.seconds:.1f} s (requant nearest)")
     out.unlink()
 
