@@ -6,7 +6,7 @@ safetensors without torch; torch is only needed for ``adapter_model.bin``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from edge_lora._version import __version__  # one version for both sides
 
 from .converter import ConvertResult, convert  # noqa: E402
 from .export_peft import ExportResult, export_peft  # noqa: E402

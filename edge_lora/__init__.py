@@ -23,7 +23,7 @@ from .errors import (
 )
 from .memory import MemoryUsage
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 #: names that load the native engine (llama-cpp-python and its libraries), imported on first
 #: use: `import edge_lora` and `edge-lora doctor` work even where the libraries cannot load

@@ -7,8 +7,6 @@ from collections.abc import Callable
 
 import pytest
 
-from tiny_models import TinyCase, make_tiny_model, write_gguf_base
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _engine_verdict_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -18,12 +16,15 @@ def _engine_verdict_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyCase]:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], "TinyCase"]:
     """``tiny(case)`` -> the cached :class:`TinyCase` for ``case`` (see ``tiny_models.CASES``).
 
     The model is shared by every test in the session: wrap ``fresh_model()``, not
     ``model``, when building a PEFT adapter.
     """
+    # imported here: tests/unit runs without torch and transformers
+    from tiny_models import TinyCase, make_tiny_model, write_gguf_base
+
     cache: dict[str, TinyCase] = {}
 
     def get(case: str) -> TinyCase:

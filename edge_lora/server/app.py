@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from .._version import __version__
 from ..errors import (
     ContextOverflowError,
     EdgeLoraError,
@@ -101,7 +102,7 @@ class _BodyLimit:
 
 def create_app(rt: Runtime, settings: ServerSettings) -> FastAPI:
     """The ASGI app serving ``rt``. The caller owns ``rt`` (and closes it)."""
-    app = FastAPI(title="edge-lora", version="0.1.0")
+    app = FastAPI(title="edge-lora", version=__version__)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
     pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="edge-lora")
     created = int(time.time())
