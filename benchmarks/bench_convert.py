@@ -139,8 +139,8 @@ def checks_table(src: Path, out: Path, repeats: int) -> None:
     """The cost of the finiteness checks (NaN/Inf and values beyond the f16 range): on the
     checkpoint's tensors in convert, and on the GGUF adapter's data as the runtime loads it."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from edge_lora.finite import nonfinite_tensors
-    from edge_lora.gguf_file import read_gguf
+    from edge_lora.formats.values import nonfinite_tensors
+    from edge_lora.formats.gguf_file import read_gguf
     from edge_lora_convert.checkpoint import nonfinite_problems
     from edge_lora_convert.tensors import read_safetensors
 

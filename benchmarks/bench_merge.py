@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent / "examples"))
 sys.path.insert(0, str(HERE))
 
 from edge_lora import Runtime  # noqa: E402
-from edge_lora.gguf_file import read_gguf  # noqa: E402
+from edge_lora.formats.gguf_file import read_gguf  # noqa: E402
 from edge_lora.merge import merge  # noqa: E402
 
 TASKS = ("json", "french", "spell")

@@ -27,7 +27,7 @@ import numpy as np
 from gguf import GGUFType, GGUFWriter, Keys
 
 from edge_lora import Runtime
-from edge_lora.gguf_file import read_gguf
+from edge_lora.formats.gguf_file import read_gguf
 
 PROMPTS = ["Write a short poem about the sea.", "List three fruits.", "Explain what a CPU does.",
            "Say hello in French.", "What is 12 times 7?", "Name a famous painter."]

@@ -17,13 +17,13 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_lora.errors import CheckpointError, ConversionError
-from edge_lora.finite import F16_MAX
+from edge_lora.formats.values import F16_MAX
+from edge_lora.lora.pair import EMBEDDING, LINEAR, Layout
 
 from . import peft_config
-from .scales import mlx_scale
+from edge_lora.lora.scales import mlx_scale
 from .tensors import read_safetensors, read_torch_bin, safetensors_dtypes
 
-Kind = Literal["linear", "embedding"]
 
 
 @dataclass
@@ -31,7 +31,7 @@ class LoraModule:
     """One adapted module in PEFT layout."""
 
     module: str  # "model.layers.3.self_attn.q_proj"
-    kind: Kind
+    kind: Layout  # linear or embedding
     a: np.ndarray
     b: np.ndarray
     scale: float  # effective multiplier of B @ A
@@ -361,7 +361,7 @@ def _pair_up(
             problems.append(f"{module}: has LoRA weights but is not selected by target_modules/layers_to_transform")
             continue
         scale = peft_config.module_scale(cfg, alpha, r_cfg)
-        kind: Kind = "embedding" if embedding else "linear"
+        kind: Layout = EMBEDDING if embedding else LINEAR
         modules.append(LoraModule(module, kind, a, b, scale, float(alpha), (a_name, b_name)))
     if not modules and not problems:
         problems.append("no LoRA tensors found")
@@ -381,7 +381,7 @@ def attach_magnitudes(modules: list[LoraModule], magnitudes: dict[str, np.ndarra
             if dora:
                 problems.append(f"{mod.module}: DoRA adapter without a magnitude for this module")
             out.append(mod)
-        elif mod.kind == "embedding":
+        elif mod.kind != LINEAR:
             problems.append(f"{mod.module}: DoRA on an embedding is not supported (only linear layers)")
         elif mag.ndim != 1 or mag.shape != (mod.b.shape[0],):
             problems.append(f"{mod.module}: DoRA magnitude {mag.shape} does not match lora_B's {mod.b.shape[0]} outputs")
@@ -434,7 +434,7 @@ def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path, allow_dora: bool
             continue
         # MLX: linear z = (x @ lora_a) @ lora_b with lora_a (in, r); embedding z = lora_a[ids] @ lora_b
         # with lora_a (vocab, r). Both become PEFT's A (r, in|vocab), B (out|hidden, r) by transposing.
-        kind: Kind = "embedding" if module.rsplit(".", 1)[-1] in ("embed_tokens", "wte", "tok_embeddings") else "linear"
+        kind: Layout = EMBEDDING if module.rsplit(".", 1)[-1] in ("embed_tokens", "wte", "tok_embeddings") else LINEAR
         rank = la.shape[1]
         modules.append(LoraModule(module, kind, la.T.copy(), lb.T.copy(), scale, scale * rank, (a_name, b_name)))
     if allow_dora:

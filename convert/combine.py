@@ -1,7 +1,7 @@
 """Combine GGUF LoRA adapters into one GGUF adapter (``edge-lora combine``).
 
 What PEFT's ``add_weighted_adapter`` does in PyTorch, here on GGUF files without torch.
-Every adapter ``i`` is read at its user scale ``u_i`` (:func:`edge_lora.merge.read_gguf_lora`),
+Every adapter ``i`` is read at its user scale ``u_i`` (:func:`edge_lora.lora.adapter.read_gguf_lora`),
 which gives each tensor its effective scale ``s_i = u_i * alpha_i / r_i`` (llama.cpp's rule).
 The combined weight change of a base tensor is ``D = sum_i s_i * B_i @ A_i``.
 
@@ -35,26 +35,16 @@ from edge_lora.errors import (
     InvalidRequestError,
     OutputExistsError,
 )
-from edge_lora.finite import F16_MAX
-from edge_lora.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, TOKEN_EMBD_TENSOR, EdgeLoraKeys, read_gguf
-from edge_lora.merge import LoraSource, LoraWeight, read_gguf_lora
+from edge_lora.formats.adapter_file import OUTTYPES, OutTensor, pair_tensors, write_adapter
+from edge_lora.formats.gguf_file import read_gguf
+from edge_lora.formats.keys import CombineKeys, EdgeLoraKeys
+from edge_lora.formats.values import F16_MAX
+from edge_lora.lora.adapter import LoraSource, read_gguf_lora
+from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair, concat
 
 from . import __version__
-from .gguf_out import OUTTYPES, OutTensor, write_adapter
 
 METHODS = ("cat", "svd")
-
-class CombineKeys:
-    """Provenance keys of a combined adapter (beside :class:`edge_lora.gguf_file.EdgeLoraKeys`)."""
-
-    #: array of JSON strings ``{"name", "scale", "sha256"}``, one per input, in order
-    COMBINED_FROM = "edge_lora.combined_from"
-    #: ``"cat"`` or ``"svd"``
-    METHOD = "edge_lora.combine_method"
-    #: svd only: the requested rank R
-    RANK = "edge_lora.combine_rank"
-    #: svd only: the worst per-tensor relative Frobenius error ``||D - D_R|| / ||D||``
-    MAX_REL_ERROR = "edge_lora.combine_max_rel_error"
 
 
 @dataclass(frozen=True)
@@ -76,7 +66,7 @@ class CombinedTensor:
     ``D`` is zero), None for cat (exact)."""
 
     name: str
-    shape: tuple[int, int]  # the base weight's, numpy order
+    shape: tuple[int, ...]  # the base weight's, numpy order
     sources: tuple[str, ...]  # labels of the adapters touching it
     rank_in: int
     rank: int
@@ -156,16 +146,6 @@ def combine(
 # --- the math -----------------------------------------------------------------------
 
 
-def cat_factors(name: str, weights: Sequence[LoraWeight]) -> tuple[np.ndarray, np.ndarray]:
-    """Stack the factors of ``weights`` (one base tensor ``name``) along the rank axis, each
-    effective scale folded into its B block: ``(a, b)`` whose product is ``sum_i s_i * delta_i``
-    in GGUF adapter layout (see module docstring). Float32."""
-    a_axis = 1 if name == TOKEN_EMBD_TENSOR else 0
-    a = np.concatenate([w.a for w in weights], axis=a_axis)
-    b = np.concatenate([(w.b.astype(np.float64) * w.scale) for w in weights], axis=1)
-    return np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32)
-
-
 def low_rank(
     left: np.ndarray, right: np.ndarray, rank: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -188,23 +168,19 @@ def low_rank(
     return ql @ u[:, :keep], s[:keep], qr_ @ vt[:keep].T, rel
 
 
-def svd_factors(name: str, a: np.ndarray, b: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Factors ``a, b`` (GGUF layout, scales folded) compressed to rank ``rank``, the singular
-    values folded into ``b``: ``(a, b, rel_error)``, float32."""
-    if name == TOKEN_EMBD_TENSOR:  # D = a @ b.T (vocab, hidden)
-        u, s, v, rel = low_rank(a, b, rank)
+def svd_pair(pair: LoraPair, rank: int) -> tuple[LoraPair, float]:
+    """``pair`` (scale folded: 1) compressed to rank ``rank``, the singular values folded into
+    B: ``(pair, rel_error)``, float32. Linear ``D = b @ a`` (out, in); embedding ``D = a @ b.T``
+    (vocab, hidden)."""
+    if pair.layout == EMBEDDING:
+        u, s, v, rel = low_rank(pair.a, pair.b, rank)
         a_r, b_r = u, v * s
-    else:  # D = b @ a (out, in)
-        u, s, v, rel = low_rank(b, a.T, rank)
+    elif pair.layout == LINEAR:
+        u, s, v, rel = low_rank(pair.b, pair.a.T, rank)
         a_r, b_r = v.T, u * s
-    return np.ascontiguousarray(a_r, dtype=np.float32), np.ascontiguousarray(b_r, dtype=np.float32), rel
-
-
-def weight_shape(name: str, w: LoraWeight) -> tuple[int, int]:
-    """The base weight shape (numpy order) the factors of ``w`` imply."""
-    if name == TOKEN_EMBD_TENSOR:
-        return int(w.a.shape[0]), int(w.b.shape[0])
-    return int(w.b.shape[0]), int(w.a.shape[1])
+    else:
+        raise InvalidRequestError(f"svd of {pair.layout} LoRA is not supported; combine with --method cat")
+    return replace(pair, a=np.ascontiguousarray(a_r, dtype=np.float32), b=np.ascontiguousarray(b_r, dtype=np.float32)), rel
 
 
 # --- the steps ----------------------------------------------------------------------
@@ -279,10 +255,10 @@ def _mismatches(sources: list[LoraSource]) -> list[str]:
     if len(archs) > 1:
         listing = ", ".join(f"{s.label} is {s.arch!r}" for s in sources)
         problems.append(f"the adapters are for different architectures: {listing}")
-    shapes: dict[str, dict[tuple[int, int], list[str]]] = {}
+    shapes: dict[str, dict[tuple[int, ...], list[str]]] = {}
     for s in sources:
         for name, w in s.weights.items():
-            shapes.setdefault(name, {}).setdefault(weight_shape(name, w), []).append(s.label)
+            shapes.setdefault(name, {}).setdefault(w.weight_shape, []).append(s.label)
     for name, by_shape in shapes.items():
         if len(by_shape) > 1:
             listing = "; ".join(f"{shape} from {', '.join(labels)}" for shape, labels in by_shape.items())
@@ -301,14 +277,14 @@ def _combine_tensors(
     for name in names:
         touching = [s for s in sources if name in s.weights]
         weights = [s.weights[name] for s in touching]
-        a, b = cat_factors(name, weights)
+        pair = concat(weights)  # exact: ranks add up, each scale folded into its B block
         rel: float | None = None
         if method == "svd":
             assert rank is not None
-            a, b, rel = svd_factors(name, a, b, rank)
-        out += [OutTensor(name + LORA_A_SUFFIX, a), OutTensor(name + LORA_B_SUFFIX, b)]
-        rows.append(CombinedTensor(name, weight_shape(name, weights[0]), tuple(s.label for s in touching),
-                                   sum(w.rank for w in weights), int(b.shape[1]), rel))
+            pair, rel = svd_pair(pair, rank)
+        out += pair_tensors({name: pair})
+        rows.append(CombinedTensor(name, weights[0].weight_shape, tuple(s.label for s in touching),
+                                   sum(w.rank for w in weights), pair.rank, rel))
     return out, rows
 
 

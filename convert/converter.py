@@ -10,16 +10,16 @@ import numpy as np
 from gguf import MODEL_TENSOR, Keys
 
 from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
-from edge_lora.finite import F16_MAX
-from edge_lora.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, EdgeLoraKeys, GGUFInfo, read_gguf
+from edge_lora.formats.values import F16_MAX
+from edge_lora.formats.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo, read_gguf
+from edge_lora.formats.adapter_file import OUTTYPES, pair_tensors, write_adapter
+from edge_lora.formats.keys import EdgeLoraKeys
+from edge_lora.lora.pair import EMBEDDING, LoraPair
+from edge_lora.lora.scales import b_fold_factor
 
 from . import __version__
 from .checkpoint import Checkpoint, LoraModule, read_checkpoint
-from .gguf_out import OUTTYPES, OutTensor, write_adapter
-from .scales import b_fold_factor
 from .table import (
-    LORA_A_SUFFIX,
-    LORA_B_SUFFIX,
     OUTPUT_MODULE_NAMES,
     ArchSpec,
     arch_spec,
@@ -84,7 +84,7 @@ def convert(
     shape = _base_shape(ckpt, base_info, arch)
     problems: list[str] = []
     notes: list[str] = list(ckpt.notes)
-    out_tensors = _plan(ckpt, shape, problems, notes)
+    out_tensors = pair_tensors(_plan(ckpt, shape, problems, notes))
     if abs(ckpt.alpha) > F16_MAX:
         problems.append(f"the file's alpha would be {ckpt.alpha:g}, beyond ±65504: the runtime refuses such adapters")
     for t in out_tensors:  # per-module scales folded into B can push it out of range
@@ -174,12 +174,11 @@ def _layer_of(module: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[str],
-          magnitudes: dict[str, np.ndarray] | None = None) -> list[OutTensor]:
-    """The adapter's GGUF tensors (B folded for llama.cpp's scale rule, rows transformed like the
-    base's); ``magnitudes``, when given, receives each DoRA module's m by GGUF tensor name, its
-    rows transformed the same way."""
-    out: list[OutTensor] = []
+def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[str]) -> dict[str, LoraPair]:
+    """The adapter's pairs by GGUF tensor name, in GGUF layout: each module's scale folded into B
+    for llama.cpp's rule (the file's alpha over the tensor's rank), rows transformed like the
+    base's; a DoRA module keeps its magnitude ``m``, its rows transformed the same way."""
+    out: dict[str, LoraPair] = {}
     seen: dict[str, str] = {}
     unmapped: list[str] = []
     for mod in ckpt.modules:
@@ -191,14 +190,10 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
             problems.append(f"{mod.module}: maps to {gname}, already used by {seen[gname]}")
             continue
         seen[gname] = mod.module
-        a, b = _factors(ckpt, mod, ttype, gname, shape, problems)
-        if a is None or b is None:
+        pair = _pair(ckpt, mod, ttype, gname, shape, problems)
+        if pair is None:
             continue
-        out.append(OutTensor(gname + LORA_A_SUFFIX, a))
-        out.append(OutTensor(gname + LORA_B_SUFFIX, b))
-        if magnitudes is not None and mod.magnitude is not None:
-            transform = row_transform(shape.spec, ttype, shape.n_head, shape.n_head_kv)
-            magnitudes[gname] = transform(mod.magnitude) if transform is not None else mod.magnitude
+        out[gname] = pair
         if shape.tensors is not None and mod.rank > min(shape.tensors[gname]):
             notes.append(f"{mod.module}: rank {mod.rank} exceeds min(in, out) = {min(shape.tensors[gname])} of {gname}; "
                          "the extra rank adds nothing")
@@ -257,44 +252,41 @@ def _target(
                 f"{mod.module}: layer {idx} is outside the last num_layers={n} of {shape.n_layers} layers"
             )
             return None
-    if mod.kind == "embedding" and shape.tensors is not None and OUTPUT_TENSOR not in shape.tensors:
+    if mod.kind == EMBEDDING and shape.tensors is not None and OUTPUT_TENSOR not in shape.tensors:
         problems.append(
             f"{mod.module}: embedding LoRA on a base whose output shares the token embedding (tied weights): "
             "llama.cpp would apply it to the output layer too, where PEFT does not"
         )
         return None
-    if mod.kind == "embedding" and found[0] != MODEL_TENSOR.TOKEN_EMBD:
+    if mod.kind == EMBEDDING and found[0] != MODEL_TENSOR.TOKEN_EMBD:
         problems.append(f"{mod.module}: embedding LoRA on a module that is not the token embedding")
         return None
     return found
 
 
-def _factors(
+def _pair(
     ckpt: Checkpoint, mod: LoraModule, ttype: MODEL_TENSOR, gname: str, shape: BaseShape, problems: list[str]
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    embedding = mod.kind == "embedding"
-    # the base weight, numpy order: linear (out, in); token_embd (vocab, hidden)
-    want = (mod.a.shape[1], mod.b.shape[0]) if embedding else (mod.b.shape[0], mod.a.shape[1])
+) -> LoraPair | None:
+    pair = LoraPair.from_peft(mod.a, mod.b, mod.kind, scale=b_fold_factor(mod.scale, ckpt.alpha, mod.rank),
+                              magnitude=mod.magnitude)
     if shape.tensors is not None:
         have = shape.tensors.get(gname)
         if have is None:
             problems.append(f"{mod.module}: the base has no tensor {gname}")
-            return None, None
-        if tuple(have) != want:
+            return None
+        if tuple(have) != pair.weight_shape:
             problems.append(
-                f"{mod.module}: LoRA implies a {want} weight but the base's {gname} is {tuple(have)}"
+                f"{mod.module}: LoRA implies a {pair.weight_shape} weight but the base's {gname} is {tuple(have)}"
             )
-            return None, None
-    fold = b_fold_factor(mod.scale, ckpt.alpha, mod.rank)
-    b = (mod.b.astype(np.float64) * fold).astype(np.float32) if fold != 1.0 else mod.b
+            return None
+    pair = pair.folded()
     transform = row_transform(shape.spec, ttype, shape.n_head, shape.n_head_kv)
     if transform is not None:
-        b = transform(b)
+        pair = pair.with_output_rows(transform)
     elif needs_head_counts(shape.spec, ttype):
         problems.append(f"{mod.module}: {shape.spec.name} Q/K rows must be permuted with the head counts: pass --base")
-        return None, None
-    a = mod.a.T if embedding else mod.a  # llama.cpp gathers token_embd's A by rows
-    return np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32)
+        return None
+    return pair
 
 
 def _provenance(ckpt: Checkpoint, shape: BaseShape) -> dict[str, object]:

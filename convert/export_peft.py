@@ -30,8 +30,10 @@ from gguf import MODEL_TENSOR, MODEL_TENSORS, GGMLQuantizationType, Keys, Tensor
 from gguf.quants import quantize
 
 from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
-from edge_lora.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, EdgeLoraKeys, GGUFInfo, read_gguf
-from edge_lora.merge import LoraWeight, read_gguf_lora
+from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, GGUFInfo, read_gguf
+from edge_lora.formats.keys import EdgeLoraKeys
+from edge_lora.lora.adapter import read_gguf_lora
+from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair
 
 from .table import ArchSpec, arch_spec, gguf_tensor_for, needs_head_counts, row_transform, supported_arch_names
 
@@ -52,6 +54,9 @@ HF_LORA_MODULES = re.compile(
     r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o|qkv)_proj|mlp\.(?:gate|up|down|gate_up)_proj)"
     r"|model\.embed_tokens|lm_head)$"
 )
+
+#: PEFT's state-dict names of each layout's factors (``LoraLayer``, ``Embedding``)
+_PEFT_FACTOR_NAMES = {LINEAR: ("lora_A.weight", "lora_B.weight"), EMBEDDING: ("lora_embedding_A", "lora_embedding_B")}
 
 #: safetensors dtype of each GGUF storage type kept as it is; others (Q8_0) are written as F32
 _KEPT_TYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
@@ -191,7 +196,7 @@ class _Plan:
 
 
 def _plan(
-    info: GGUFInfo, spec: ArchSpec, weights: dict[str, LoraWeight], base: GGUFInfo | None,
+    info: GGUFInfo, spec: ArchSpec, weights: dict[str, LoraPair], base: GGUFInfo | None,
     problems: list[str], notes: list[str],
 ) -> _Plan:
     n_layers = _n_layers(info, base)
@@ -207,24 +212,20 @@ def _plan(
             unmapped.append(gname)
             continue
         ttype, module = names[gname]
-        b = w.b
         if needs_head_counts(spec, ttype):
-            rows = _unpermuted_rows(spec, ttype, gname, base, b.shape[0])
+            rows = _unpermuted_rows(spec, ttype, gname, base, w.b.shape[0])
             if rows is None:
                 no_heads.append(gname)
                 continue
-            b = np.ascontiguousarray(b[rows])
+            w = w.with_output_rows(lambda x, rows=rows: x[rows])
         dtypes = [_storage(info, gname + suffix, quantized) for suffix in (LORA_A_SUFFIX, LORA_B_SUFFIX)]
         ranks[module] = w.rank
         if ttype in (MODEL_TENSOR.TOKEN_EMBD, MODEL_TENSOR.OUTPUT):
             vocab.append(module)
-        if ttype == MODEL_TENSOR.TOKEN_EMBD:
-            # PEFT's Embedding: lora_embedding_A (r, vocab), lora_embedding_B (hidden, r)
-            tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.lora_embedding_A", w.a.T, dtypes[0]))
-            tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.lora_embedding_B", b, dtypes[1]))
-        else:
-            tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.lora_A.weight", w.a, dtypes[0]))
-            tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.lora_B.weight", b, dtypes[1]))
+        a, b = w.to_peft()
+        names_ab = _PEFT_FACTOR_NAMES[w.layout]
+        tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.{names_ab[0]}", a, dtypes[0]))
+        tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.{names_ab[1]}", b, dtypes[1]))
     if unmapped:
         problems.append(f"{len(unmapped)} tensors have no Hugging Face {spec.name} module: {', '.join(unmapped[:12])}"
                         + (f", ... ({len(unmapped) - 12} more)" if len(unmapped) > 12 else ""))

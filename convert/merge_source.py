@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from edge_lora.errors import ConversionError
-from edge_lora.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, TOKEN_EMBD_TENSOR, read_gguf
-from edge_lora.merge.source import LoraSource, LoraWeight, file_sha256, llama_cpp_scale
+from edge_lora.formats.gguf_file import TOKEN_EMBD_TENSOR, read_gguf
+from edge_lora.lora.adapter import LoraSource, file_sha256
+from edge_lora.lora.scales import llama_cpp_scale
 
 from .checkpoint import read_checkpoint
 from .converter import _base_shape, _plan
@@ -23,7 +22,7 @@ from .converter import _base_shape, _plan
 def lora_source(adapter: str | os.PathLike[str], base: str | os.PathLike[str], *, scale: float = 1.0,
                 adapter_name: str | None = None, text_only: bool = False) -> LoraSource:
     """Read a PEFT/MLX adapter (folder, config or weights file) for merging into the GGUF ``base``
-    at user scale ``scale``. DoRA magnitudes are kept (``LoraWeight.magnitude``).
+    at user scale ``scale``. DoRA magnitudes are kept (``LoraPair.magnitude``).
 
     Raises :class:`ConversionError` (or :class:`CheckpointError`) listing every problem, as
     ``convert`` does, except that DoRA is accepted."""
@@ -33,15 +32,11 @@ def lora_source(adapter: str | os.PathLike[str], base: str | os.PathLike[str], *
     shape = _base_shape(ckpt, info, None)
     problems: list[str] = []
     notes: list[str] = list(ckpt.notes)
-    magnitudes: dict[str, np.ndarray] = {}
-    tensors = {t.name: t.data for t in _plan(ckpt, shape, problems, notes, magnitudes)}
+    pairs = _plan(ckpt, shape, problems, notes)
     if problems:
         raise ConversionError(f"{ckpt.path}: cannot merge into this {shape.spec.name} base", problems)
-    weights: dict[str, LoraWeight] = {}
-    for name in sorted({n[: -len(LORA_A_SUFFIX)] for n in tensors if n.endswith(LORA_A_SUFFIX)}):
-        a, b = tensors[name + LORA_A_SUFFIX], tensors[name + LORA_B_SUFFIX]
-        weights[name] = LoraWeight(a=a, b=b, scale=llama_cpp_scale(ckpt.alpha, int(b.shape[1]), scale),
-                                   magnitude=magnitudes.get(name))
+    # the pairs are folded for a file of alpha ckpt.alpha: llama.cpp's rule gives their scale
+    weights = {name: p.scaled(llama_cpp_scale(ckpt.alpha, p.rank, scale)) for name, p in sorted(pairs.items())}
     weights_file = ckpt.path / ckpt.provenance["weights_file"] if ckpt.path.is_dir() else ckpt.path
     return LoraSource(
         label=f"{Path(adapter).name}:{scale:g}", path=ckpt.path, arch=info.architecture,

@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any
 
-from .scales import peft_scale
+from edge_lora.lora.scales import peft_scale
 
 # Config fields whose non-default value changes the math in a way llama.cpp cannot carry.
 _UNSUPPORTED: dict[str, str] = {

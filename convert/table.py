@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, MODEL_TENSORS, TensorNameMap
 
-from edge_lora.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, WEIGHT_SUFFIX
+from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, WEIGHT_SUFFIX
 
 __all__ = ["LORA_A_SUFFIX", "LORA_B_SUFFIX", "WEIGHT_SUFFIX", "ARCHS", "ArchSpec"]
 

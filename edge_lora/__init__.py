@@ -21,16 +21,16 @@ from .errors import (
     OutputExistsError,
     UnknownAdapterError,
 )
-from .memory import MemoryUsage
+from .runtime.memory import MemoryUsage
 
 from ._version import __version__
 
 #: names that load the native engine (llama-cpp-python and its libraries), imported on first
 #: use: `import edge_lora` and `edge-lora doctor` work even where the libraries cannot load
 _NATIVE = {
-    "engine_summary": ".engine.summary", "Completion": ".generate", "SamplingParams": ".generate",
-    "Timings": ".generate", "AdapterInfo": ".registry", "Runtime": ".runtime", "TextStream": ".runtime",
-    "Session": ".session",
+    "engine_summary": ".engine.summary", "Completion": ".runtime.request", "SamplingParams": ".runtime.request",
+    "Timings": ".runtime.request", "AdapterInfo": ".runtime.registry", "Runtime": ".runtime.runtime",
+    "TextStream": ".runtime.runtime", "Session": ".runtime.session",
 }
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from gguf import Keys, LlamaFileType
 
-from .compat import adapter_problems, adapter_ranks
-from .base_check import base_problems
-from .gguf_file import ArrayLength, GGUFInfo, read_gguf
+from .lora.compat import adapter_problems, adapter_ranks
+from .families.base_check import base_problems
+from .formats.gguf_file import ArrayLength, GGUFInfo, read_gguf
 
 
 def describe(path: str | Path, base: str | Path | None = None) -> dict[str, Any]:

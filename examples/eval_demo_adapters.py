@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_tasks import TASKS, split  # noqa: E402
 
 from edge_lora import Runtime  # noqa: E402
-from edge_lora.atomic import atomic_path  # noqa: E402
+from edge_lora.outputs import atomic_path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ADAPTERS = HERE / "adapters"

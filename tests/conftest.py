@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tiny_models import TinyCase
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -16,7 +20,7 @@ def _engine_verdict_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], "TinyCase"]:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyCase]:
     """``tiny(case)`` -> the cached :class:`TinyCase` for ``case`` (see ``tiny_models.CASES``).
 
     The model is shared by every test in the session: wrap ``fresh_model()``, not

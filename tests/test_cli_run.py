@@ -10,8 +10,8 @@ import pytest
 from adapters import make_peft_adapter
 
 from edge_lora import Runtime
-from edge_lora.chat import ChatTemplate
-from edge_lora.cli.run import parse_adapter_spec
+from edge_lora.runtime.chat import ChatTemplate
+from edge_lora.cli.common import parse_adapter_spec
 from edge_lora_convert import convert
 
 
@@ -102,7 +102,7 @@ def test_convert_without_the_converter_says_which_extra(monkeypatch, capsys):
     real = importlib.import_module
 
     def fake(name, *a, **kw):
-        if name == "edge_lora_convert.cli":
+        if name == "edge_lora_convert":
             raise ImportError("No module named 'edge_lora_convert'")
         return real(name, *a, **kw)
 

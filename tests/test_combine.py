@@ -19,13 +19,14 @@ from tiny_models import TOKENS, llama_logits, rel_err
 
 from edge_lora import Runtime
 from edge_lora.cli import main as cli
-from edge_lora.compat import adapter_problems
+from edge_lora.lora.compat import adapter_problems
 from edge_lora.errors import GGUFFileError, IncompatibleAdapterError, InvalidRequestError, OutputExistsError
-from edge_lora.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, TOKEN_EMBD_TENSOR, read_gguf
-from edge_lora.merge import read_gguf_lora
+from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, TOKEN_EMBD_TENSOR, read_gguf
+from edge_lora.lora.adapter import read_gguf_lora
 from edge_lora_convert import combine, convert
-from edge_lora_convert.combine import CombineKeys, low_rank
-from edge_lora_convert.gguf_out import OutTensor, write_adapter
+from edge_lora.formats.keys import CombineKeys
+from edge_lora_convert.combine import low_rank
+from edge_lora.formats.adapter_file import OutTensor, write_adapter
 from gguf import Keys
 
 #: combined file vs the inputs loaded together (f32 base, f32 factors, f32 KV): relative logits error

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from edge_lora.engine import check
 from edge_lora.engine.probe import cpu_variant

@@ -23,7 +23,7 @@ from tiny_models import CASES, TOKENS, hf_logits, llama_logits, rel_err
 
 from edge_lora.cli import main as cli
 from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
-from edge_lora.gguf_file import read_gguf
+from edge_lora.formats.gguf_file import read_gguf
 from edge_lora_convert import export_peft
 from edge_lora_convert.export_peft import VLLM_MAX_LORA_RANKS, hf_module_names, vllm_notes
 from edge_lora_convert.table import ARCHS, permute_rows

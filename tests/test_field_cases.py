@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import TOKENS, llama_logits, rel_err
 
 from edge_lora.errors import CheckpointError, ConversionError
-from edge_lora.gguf_file import EdgeLoraKeys
+from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora_convert import convert
 
 FIELD = Path(__file__).resolve().parents[2] / "shared" / "field_cases"

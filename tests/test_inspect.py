@@ -10,9 +10,9 @@ from adapters import make_peft_adapter
 from gguf import GGUFReader, GGUFValueType, Keys
 
 from edge_lora.cli import main as cli
-from edge_lora.compat import adapter_problems
+from edge_lora.lora.compat import adapter_problems
 from edge_lora.errors import GGUFFileError
-from edge_lora.gguf_file import GGUFInfo, TensorInfo, read_gguf
+from edge_lora.formats.gguf_file import GGUFInfo, TensorInfo, read_gguf
 from edge_lora.inspect import describe
 
 

@@ -31,11 +31,13 @@ from edge_lora.errors import (
     InvalidRequestError,
     OutputExistsError,
 )
-from edge_lora.gguf_file import EdgeLoraKeys, read_gguf
-from edge_lora.merge import merge, read_gguf_lora
+from edge_lora.formats.keys import EdgeLoraKeys
+from edge_lora.formats.gguf_file import read_gguf
+from edge_lora.merge import merge
+from edge_lora.lora.adapter import read_gguf_lora
 from edge_lora.merge.calibrate import Calibrator
 from edge_lora.merge.model_merge import output_error
-from edge_lora.merge.source import lora_delta, read_tensor_f32
+from edge_lora.lora.adapter import read_tensor_f32
 from edge_lora.merge.tensor_types import encode
 from edge_lora.merge.gptq import gptq_encode
 from edge_lora_convert import convert, lora_source
@@ -256,7 +258,7 @@ def test_gptq_keeps_more_of_the_change_than_nearest_rounding(tiny, tmp_path):
         for name, lw in src.weights.items():
             t_info = info.tensors[name]
             w = read_tensor_f32(data, t_info)
-            target = w + lora_delta(name, lw)
+            target = w + lw.delta()
             qt = GGMLQuantizationType[t_info.type_name]
             near = np.asarray(dequantize(encode(target, qt), qt)).reshape(target.shape)
             gq = np.asarray(dequantize(gptq_encode(target, fit.factor(h_fit[name]), qt), qt)).reshape(target.shape)

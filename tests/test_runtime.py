@@ -215,7 +215,7 @@ def test_bad_options_and_prompts(world):
 
 def test_snapshot_store_threshold_holds_when_empty():
     """An empty store is still a store: dropping a few tokens must not snapshot the whole KV."""
-    from edge_lora.pool import SnapshotStore
+    from edge_lora.runtime.kv import SnapshotStore
 
     store = SnapshotStore(1 << 20, min_tokens=32)
     assert len(store) == 0

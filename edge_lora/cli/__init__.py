@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import EdgeLoraError
 
 
-#: the workstation-side commands, defined by the converter package (edge_lora_convert.cli)
+#: the workstation-side commands: they run the converter package (edge_lora_convert)
 WORKSTATION_COMMANDS = {
     "convert": "convert a PEFT/MLX LoRA checkpoint",
     "combine": "combine GGUF adapters into one",
@@ -23,7 +23,7 @@ def _add_workstation(sub: argparse._SubParsersAction) -> None:
     # The converter is a separate package (edge_lora_convert); the runtime never imports it
     # at module level, so `edge-lora` keeps working where only the runtime is installed.
     try:
-        mod = importlib.import_module("edge_lora_convert.cli")
+        importlib.import_module("edge_lora_convert")
     except ImportError as exc:
         missing = exc  # `exc` itself is unbound when the except block ends
         for name, text in WORKSTATION_COMMANDS.items():
@@ -31,7 +31,10 @@ def _add_workstation(sub: argparse._SubParsersAction) -> None:
             p.add_argument("rest", nargs=argparse.REMAINDER)
             p.set_defaults(func=lambda _args: _missing_converter(missing))
         return
-    mod.add_parsers(sub)
+    from . import combine_cmd, convert_cmd, export_cmd
+
+    for mod in (convert_cmd, combine_cmd, export_cmd):
+        mod.add_parser(sub)
 
 
 def _missing_converter(exc: ImportError) -> int:

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _sources(args: argparse.Namespace) -> list[object]:
-    from ..merge import parse_adapter_arg
+    from .common import parse_adapter_arg
 
     items: list[object] = []
     for text in args.adapters:

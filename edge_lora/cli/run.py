@@ -7,10 +7,10 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidRequestError
+from .common import parse_adapter_spec, parse_use
 
 if TYPE_CHECKING:  # the runtime loads the native engine: imported when a command runs
-    from ..runtime import Runtime
+    from ..runtime.runtime import Runtime
 
 RUN_HELP = "generate once from a prompt, with any mix of adapters"
 RUN_EPILOG = """examples:
@@ -31,33 +31,6 @@ CHAT_EPILOG = """commands inside the chat:
   /quit                  leave (also Ctrl-D)
 
 Works with stdin piped: one user message per line."""
-
-
-def parse_adapter_spec(spec: str) -> tuple[str, str, float]:
-    """``NAME=PATH[:SCALE]`` -> (name, path, scale)."""
-    name, sep, rest = spec.partition("=")
-    if not sep or not name or not rest:
-        raise InvalidRequestError(f"--adapter {spec!r}: expected NAME=PATH[:SCALE]")
-    path, scale = rest, 1.0
-    head, colon, tail = rest.rpartition(":")
-    if colon and head:
-        try:
-            scale = float(tail)
-            path = head
-        except ValueError:
-            pass  # a ':' inside the path itself
-    return name, path, scale
-
-
-def parse_use(words: list[str]) -> dict[str, float]:
-    mix: dict[str, float] = {}
-    for w in words:
-        name, colon, scale = w.partition(":")
-        try:
-            mix[name] = float(scale) if colon else None  # type: ignore[assignment]
-        except ValueError as exc:
-            raise InvalidRequestError(f"/use {w}: SCALE must be a number") from exc
-    return mix
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -90,7 +63,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[Runtime, dict[str, float]]:
     specs = [parse_adapter_spec(s) for s in args.adapter]
-    from ..runtime import Runtime
+    from ..runtime.runtime import Runtime
 
     rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers)
     try:

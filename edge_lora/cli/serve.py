@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .run import parse_adapter_spec
+from .common import parse_adapter_spec
 from ..errors import InvalidRequestError, MissingDependencyError
 
 HELP = "OpenAI-compatible local server: the base and each adapter are models"
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         from ..server import ServerSettings, create_app
     except ImportError as exc:
         raise MissingDependencyError(f"the server needs its extra: pip install 'edge-lora[server]' ({exc})") from exc
-    from ..runtime import Runtime
+    from ..runtime.runtime import Runtime
 
     specs = [parse_adapter_spec(s) for s in args.adapter]
     for d in args.adapter_dir:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path
+from ..outputs import atomic_path
 from ..errors import EngineBuildError
 from .cpu import cpu_info
 

@@ -2,7 +2,7 @@
 
 Everything else talks to these small wrappers. Native resources are freed explicitly
 (``close``) and never twice. Callers validate files in Python first
-(:mod:`edge_lora.gguf_file`, :mod:`edge_lora.compat`): llama.cpp aborts the process on
+(:mod:`edge_lora.formats.gguf_file`, :mod:`edge_lora.lora.compat`): llama.cpp aborts the process on
 some malformed inputs instead of returning an error.
 
 The libraries are the ones llama-cpp-python loads (``<site-packages>/llama_cpp/lib`` or

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidRequestError
-from ..gguf_file import GGUFInfo
+from ..formats.gguf_file import GGUFInfo
 from .gptq import upper_cholesky_of_inverse
-from .source import LoraSource, write_gguf_lora
+from ..lora.adapter import LoraSource, write_gguf_lora
 
 #: the default self-calibration requests: varied tasks, formats and languages, none of them
 #: edge-lora's demo tasks
@@ -80,7 +80,7 @@ class Calibrator:
     def __init__(self, info: GGUFInfo, sources: Sequence[LoraSource], *, text: str | None = None,
                  n_threads: int | None = None, seed: int = 0) -> None:
         from ..engine.native import NativeAdapter, NativeModel
-        from ..runtime import Runtime
+        from ..runtime.runtime import Runtime
 
         self._tmp = tempfile.TemporaryDirectory(prefix="edge-lora-calib-")
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)

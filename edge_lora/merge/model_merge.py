@@ -23,8 +23,8 @@ from gguf import GGMLQuantizationType, GGUFValueType, Keys
 from gguf.quants import dequantize
 
 from .. import __version__
-from ..atomic import atomic_path
-from ..base_check import base_problems
+from ..outputs import atomic_path
+from ..families.base_check import base_problems
 from ..errors import (
     GGUFFileError,
     IncompatibleAdapterError,
@@ -32,11 +32,13 @@ from ..errors import (
     NonFiniteLogitsError,
     OutputExistsError,
 )
-from ..finite import F16_MAX
-from ..gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, EdgeLoraKeys, GGUFInfo, read_gguf
-from .dora import apply_dora
+from ..formats.values import F16_MAX
+from ..formats.gguf_file import GGUFInfo, read_gguf
+from ..formats.keys import EdgeLoraKeys
+from ..lora.dora import apply_dora
 from .gguf_copy import Replacement, write_model_copy
-from .source import LoraSource, lora_delta, read_gguf_lora, read_tensor_f32
+from ..lora.adapter import LoraSource, read_gguf_lora, read_tensor_f32
+from ..lora.compat import tied_embedding_problem
 from .calibrate import Calibrator, layer_groups
 from .gptq import gptq_encode
 from .tensor_types import check_outtype, encode, row_bytes, target_type, unmergeable_reason
@@ -227,21 +229,12 @@ def source_problems(src: LoraSource, info: GGUFInfo) -> list[str]:
     problems: list[str] = []
     for name, w in sorted(src.weights.items()):
         t = info.tensors.get(name)
-        if t is None:
-            problems.append(f"{name}: the base has no such tensor")
-            continue
-        rows, cols = t.shape if len(t.shape) == 2 else (None, None)
-        if name == TOKEN_EMBD_TENSOR:
-            ok = w.a.shape == (rows, w.rank) and w.b.shape == (cols, w.rank)
-        else:
-            ok = w.a.shape == (w.rank, cols) and w.b.shape == (rows, w.rank)
-        if not ok:
-            problems.append(f"{name}: lora_a {w.a.shape} and lora_b {w.b.shape} do not fit the base weight {t.shape}")
-        elif w.magnitude is not None and (name == TOKEN_EMBD_TENSOR or w.magnitude.shape != (rows,)):
-            problems.append(f"{name}: DoRA magnitude {w.magnitude.shape} does not fit the base weight {t.shape}")
-    if TOKEN_EMBD_TENSOR in src.weights and OUTPUT_TENSOR not in info.tensors:
-        problems.append(f"{TOKEN_EMBD_TENSOR}: embedding LoRA on a base whose output shares the token embedding: "
-                        "merging it would change the output layer too")
+        problem = f"{name}: the base has no such tensor" if t is None else w.fits(name, t.shape)
+        if problem:
+            problems.append(problem)
+    tied = tied_embedding_problem(src.weights, info)
+    if tied:
+        problems.append(f"{tied}: merging it would change the output layer too")
     return problems
 
 
@@ -303,7 +296,7 @@ def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[Lor
             lw = s.weights.get(name)
             if lw is None:
                 continue
-            w = w + lora_delta(name, lw)
+            w = w + lw.delta()
             if lw.magnitude is not None:
                 w = apply_dora(w, lw.magnitude)
         # f16 and the quantized types (f16 block scales) hold at most ±65504, and llama.cpp's f16

@@ -34,7 +34,7 @@ from ..errors import (
     InvalidRequestError,
     UnknownAdapterError,
 )
-from ..runtime import Runtime, TextStream
+from ..runtime.runtime import Runtime, TextStream
 from .schemas import ChatCompletionRequest, CompletionRequest, LoadAdapterRequest, UnloadAdapterRequest
 
 

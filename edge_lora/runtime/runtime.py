@@ -6,7 +6,7 @@
 
 Thread safety: every public method may be called from any thread. Calls lease one
 of ``n_parallel`` llama contexts for their duration (more calls wait); the adapter
-registry and the snapshot store have their own locks. See :mod:`edge_lora.pool`.
+registry and the snapshot store have their own locks. See :mod:`edge_lora.runtime.kv`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .base_check import base_problems
+from ..families.base_check import base_problems
 from .chat import ChatTemplate
-from .cancel import CancelToken
-from .errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError, NonFiniteLogitsError
-from .generate import Completion, SamplingParams, generate
+from ..cancel import CancelToken
+from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError, NonFiniteLogitsError
+from .request import Completion, SamplingParams
+from .decode import generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
-from .gguf_file import read_gguf
-from .engine.check import ensure_engine_ok
-from .engine.native import ContextParams, NativeModel
-from .pool import ContextPool, Slot, SnapshotStore
+from ..formats.gguf_file import read_gguf
+from ..engine.check import ensure_engine_ok
+from ..engine.native import ContextParams, NativeModel
+from .kv import ContextPool, Slot, SnapshotStore
 from .registry import AdapterInfo, AdapterRegistry, AdapterSet
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ class Runtime:
     @property
     def chat_template(self) -> str:
         """``"model"`` when the base carries its own template, else the fallback used
-        (``gemma``, ``llama3``, ``chatml`` or ``plain``; see :mod:`edge_lora.chat`)."""
+        (``gemma``, ``llama3``, ``chatml`` or ``plain``; see :mod:`edge_lora.runtime.chat`)."""
         return self._template.name
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .engine.native import ContextParams, NativeAdapter, NativeContext, NativeModel
-from .errors import InvalidRequestError
+from ..engine.native import ContextParams, NativeAdapter, NativeContext, NativeModel
+from ..errors import InvalidRequestError
 from .registry import AdapterSet, SetKey
 
 

@@ -1,12 +1,10 @@
-"""``edge-lora export``: argument definitions and the command (registered by convert.cli.add_parsers)."""
+"""``edge-lora export``: argument definitions and the command (the converter imported when it runs)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-
-from .export_peft import export_peft
 
 HELP = "export a GGUF LoRA adapter as a PEFT directory (for PEFT, transformers and vLLM)"
 EPILOG = """examples:
@@ -37,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_lora_convert.export_peft import export_peft
+
     result = export_peft(args.adapter, args.peft, base=args.base, overwrite=args.force)
     if args.json:
         print(json.dumps({

@@ -7,11 +7,13 @@ so the runtime and ``edge-lora inspect --base`` can refuse with a complete repor
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from gguf import Keys
 
-from .finite import F16_MAX, nonfinite_tensors
-from .gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo
+from ..formats.values import F16_MAX, nonfinite_tensors
+from ..formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo
+from .pair import EXPERTS, layout_for, shape_problem
 
 
 def lora_pairs(adapter: GGUFInfo) -> tuple[dict[str, dict[str, tuple[int, ...]]], list[str]]:
@@ -67,30 +69,32 @@ def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bo
         if set(ab) != {"a", "b"}:
             continue
         problems += _shape_problems(name, ab["a"], ab["b"], base)
-    if TOKEN_EMBD_TENSOR in pairs and OUTPUT_TENSOR not in base.tensors:
+    tied = tied_embedding_problem(pairs, base)
+    if tied:
         # the tied output *is* token_embd in llama.cpp: its LoRA would hit the output matmul
         # with the embedding layout and abort the process
-        problems.append(
-            f"{TOKEN_EMBD_TENSOR}: embedding LoRA on a base whose output shares the token embedding "
-            "(llama.cpp would apply it to the output layer and abort)"
-        )
+        problems.append(f"{tied} (llama.cpp would apply it to the output layer and abort)")
     return problems
+
+
+def tied_embedding_problem(adapted: Iterable[str], base: GGUFInfo) -> str | None:
+    """The one rule for an embedding LoRA on a base whose output layer *is* the token embedding
+    (tied weights, no ``output.weight``): llama.cpp applies the LoRA to both uses of the tensor,
+    PEFT to the embedding only, so no such adapter runs as trained. ``adapted``: base tensor names."""
+    if TOKEN_EMBD_TENSOR in set(adapted) and OUTPUT_TENSOR not in base.tensors:
+        return f"{TOKEN_EMBD_TENSOR}: embedding LoRA on a base whose output shares the token embedding (tied weights)"
+    return None
 
 
 def _shape_problems(name: str, a: tuple[int, ...], b: tuple[int, ...], base: GGUFInfo) -> list[str]:
     w = base.tensors.get(name)
     if w is None:
         return [f"{name}: the base has no such tensor"]
-    if len(a) != 2 or len(b) != 2 or len(w.shape) != 2:
-        return [f"{name}: expected 2-D factors and weight, found a{a} b{b} weight{w.shape}"]
-    # numpy order; llama-adapter.cpp's checks, transposed
-    if name == TOKEN_EMBD_TENSOR:
-        ok = w.shape[1] == b[0] and w.shape[0] == a[0] and a[1] == b[1]
-    else:
-        ok = w.shape[1] == a[1] and w.shape[0] == b[0] and a[0] == b[1]
-    if not ok:
-        return [f"{name}: lora_a {a} and lora_b {b} do not fit the base weight {w.shape}"]
-    return []
+    layout = layout_for(name, len(a))
+    if layout == EXPERTS:  # llama.cpp applies these (build_lora_mm_id); not proven here yet
+        return [f"{name}: expert LoRA (3-D factors a{a} b{b}) is not supported yet"]
+    problem = shape_problem(name, layout, a, b, w.shape)
+    return [problem] if problem else []
 
 
 def adapter_ranks(adapter: GGUFInfo) -> dict[str, int]:

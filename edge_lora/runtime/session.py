@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .chat import check_messages
-from .generate import Completion, SamplingParams
+from .request import Completion, SamplingParams
 from .registry import check_scale
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from typing import Any
 from gguf import MODEL_ARCH_NAMES, GGUFValueType, Keys
 from gguf import GGMLQuantizationType as QT
 
-from .finite import UNUSABLE_TYPES
-from .gguf_file import TOKEN_EMBD_TENSOR, ArrayLength, GGUFInfo, read_string_array
+from ..formats.values import UNUSABLE_TYPES
+from ..formats.gguf_file import TOKEN_EMBD_TENSOR, ArrayLength, GGUFInfo, read_string_array
 
 #: beyond any released model, far below what would make llama.cpp allocate absurd tables
 MAX_LAYERS = 4096

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
-from .gguf_file import GGUFInfo
+from ..formats.gguf_file import GGUFInfo
 
 _KV_TYPES = {"f16": GGMLQuantizationType.F16, "f32": GGMLQuantizationType.F32, "q8_0": GGMLQuantizationType.Q8_0}
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from edge_lora.merge.source import llama_cpp_scale  # llama.cpp's rule: one definition, shared with merge
-
 __all__ = ["b_fold_factor", "llama_cpp_scale", "mlx_scale", "peft_scale"]
 
 
@@ -34,3 +32,9 @@ def b_fold_factor(effective_scale: float, file_alpha: float, rank: int) -> float
     by one file-wide alpha, so they are folded into B exactly.
     """
     return effective_scale / llama_cpp_scale(file_alpha, rank)
+
+
+def llama_cpp_scale(file_alpha: float, rank: int, user_scale: float = 1.0) -> float:
+    """llama.cpp's multiplier of ``B @ A`` (``llama_adapter_lora_weight::get_scale``):
+    ``user_scale * alpha / rank``, or ``user_scale`` alone when the file's alpha is 0."""
+    return user_scale * file_alpha / rank if file_alpha else user_scale

@@ -1,8 +1,8 @@
-"""LoRA weights to merge or combine, read into one in-memory form.
+"""A LoRA adapter in memory: base tensor names to :class:`~.pair.LoraPair`, plus provenance.
 
 A :class:`LoraSource` maps base tensor names (``blk.0.attn_q.weight``) to
-:class:`LoraWeight` factors in GGUF adapter layout, with the effective scale of each
-tensor already worked out. GGUF adapters are read here (:func:`read_gguf_lora`);
+:class:`~.pair.LoraPair` factors in GGUF adapter layout, with the effective scale of each
+tensor already worked out. Merge, combine and export all read adapters into this form. GGUF adapters are read here (:func:`read_gguf_lora`);
 PEFT/MLX checkpoints, DoRA included, are read by the converter
 (``edge_lora_convert.merge_source.lora_source``), which returns the same type.
 """
@@ -19,41 +19,19 @@ import numpy as np
 from gguf import GGMLQuantizationType, Keys
 from gguf.quants import dequantize
 
-from ..compat import adapter_problems, lora_pairs
+from .compat import adapter_problems, lora_pairs
+from .pair import LoraPair, layout_for
+from .scales import llama_cpp_scale
 from ..errors import IncompatibleAdapterError, InvalidRequestError
-from ..gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, TOKEN_EMBD_TENSOR, GGUFInfo, TensorInfo, read_gguf, tensor_data
-
-
-@dataclass(frozen=True)
-class LoraWeight:
-    """One base tensor's LoRA, in GGUF adapter layout (numpy order, float32).
-
-    - linear weight ``W`` (out, in): ``a`` (r, in), ``b`` (out, r); ``delta = scale * b @ a``
-    - ``token_embd`` (vocab, hidden): ``a`` (vocab, r), ``b`` (hidden, r); ``delta = scale * a @ b.T``
-      (llama.cpp gathers A's rows by token: ``llm_graph_context::build_inp_embd``)
-
-    ``scale`` is the effective multiplier, the user's scale included. ``magnitude`` is DoRA's
-    ``m`` (out,), in the GGUF row order, or None for plain LoRA.
-    """
-
-    a: np.ndarray
-    b: np.ndarray
-    scale: float
-    magnitude: np.ndarray | None = None
-
-    @property
-    def rank(self) -> int:
-        return int(self.b.shape[1])
-
-
-def lora_delta(name: str, w: LoraWeight) -> np.ndarray:
-    """The weight change ``w`` makes to base tensor ``name``, float32 in numpy order
-    (the magnitude of DoRA is not part of it: see :func:`edge_lora.merge.dora.apply_dora`)."""
-    if name == TOKEN_EMBD_TENSOR:
-        d = w.a @ w.b.T
-    else:
-        d = w.b @ w.a
-    return (d * np.float32(w.scale)).astype(np.float32, copy=False)
+from ..formats.adapter_file import pair_tensors, write_adapter
+from ..formats.gguf_file import (
+    LORA_A_SUFFIX,
+    LORA_B_SUFFIX,
+    GGUFInfo,
+    TensorInfo,
+    read_gguf,
+    tensor_data,
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +47,7 @@ class LoraSource:
     arch: str
     sha256: str
     user_scale: float
-    weights: dict[str, LoraWeight] = field(repr=False)
+    weights: dict[str, LoraPair] = field(repr=False)
     source_format: str = "gguf"
 
     @property
@@ -83,8 +61,7 @@ class LoraSource:
         if self.user_scale == 0:
             raise InvalidRequestError(f"{self.label}: read at scale 0, it cannot be rescaled")
         k = user_scale / self.user_scale
-        return replace(self, user_scale=user_scale,
-                       weights={n: replace(w, scale=w.scale * k) for n, w in self.weights.items()})
+        return replace(self, user_scale=user_scale, weights={n: w.scaled(k) for n, w in self.weights.items()})
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -93,12 +70,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def llama_cpp_scale(file_alpha: float, rank: int, user_scale: float = 1.0) -> float:
-    """llama.cpp's multiplier of ``B @ A`` (``llama_adapter_lora_weight::get_scale``):
-    ``user_scale * alpha / rank``, or ``user_scale`` alone when the file's alpha is 0."""
-    return user_scale * file_alpha / rank if file_alpha else user_scale
 
 
 def read_tensor_f32(data: np.ndarray, t: TensorInfo) -> np.ndarray:
@@ -130,11 +101,11 @@ def read_gguf_lora(path: str | os.PathLike[str], *, scale: float = 1.0, base: GG
     alpha = float(info.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0))
     pairs, _ = lora_pairs(info)
     data = np.memmap(info.path, dtype=np.uint8, mode="r")
-    weights: dict[str, LoraWeight] = {}
+    weights: dict[str, LoraPair] = {}
     for name in sorted(pairs):
         a = read_tensor_f32(data, info.tensors[name + LORA_A_SUFFIX])
         b = read_tensor_f32(data, info.tensors[name + LORA_B_SUFFIX])
-        weights[name] = LoraWeight(a=a, b=b, scale=llama_cpp_scale(alpha, int(b.shape[1]), scale))
+        weights[name] = LoraPair(a, b, llama_cpp_scale(alpha, int(b.shape[-1]), scale), layout_for(name, a.ndim))
     return LoraSource(label=label or f"{info.path.name}:{scale:g}", path=info.path, arch=info.architecture,
                       sha256=file_sha256(info.path), user_scale=scale, weights=weights)
 
@@ -143,16 +114,5 @@ def write_gguf_lora(src: LoraSource, path: str | os.PathLike[str]) -> None:
     """Write ``src``'s LoRA part (not DoRA's magnitudes) as an f32 GGUF adapter llama.cpp can
     load hot at scale 1.0: alpha 0 (llama.cpp's scale is then the user's scale alone), each
     tensor's effective scale folded into its B. Used to run an adapter as it will be merged."""
-    from gguf import GGUFType, GGUFWriter
-
-    w = GGUFWriter(str(path), src.arch)
-    w.add_type(GGUFType.ADAPTER)
-    w.add_string(Keys.Adapter.TYPE, "lora")
-    w.add_float32(Keys.Adapter.LORA_ALPHA, 0.0)
-    for name, lw in src.weights.items():
-        w.add_tensor(name + LORA_A_SUFFIX, np.ascontiguousarray(lw.a, dtype=np.float32))
-        w.add_tensor(name + LORA_B_SUFFIX, np.ascontiguousarray(lw.b * np.float32(lw.scale), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_adapter(Path(path), src.arch, 0.0, pair_tensors({n: w.folded() for n, w in src.weights.items()}), "f32", {},
+                  progress=False)

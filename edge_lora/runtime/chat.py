@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 ROLES = ("system", "user", "assistant")
 

@@ -1,4 +1,4 @@
-"""Write a GGUF LoRA adapter atomically, in the asked storage type."""
+"""Write a GGUF LoRA adapter atomically, in the asked storage type: the one adapter writer."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFType, GGUFWriter, Keys
 from gguf.quants import QuantError, quantize
 
-from edge_lora.atomic import atomic_path
+from ..outputs import atomic_path
+from .gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX
 
 OUTTYPES: dict[str, GGMLQuantizationType] = {
     "f32": GGMLQuantizationType.F32,
@@ -27,6 +29,15 @@ OUTTYPES: dict[str, GGMLQuantizationType] = {
 class OutTensor:
     name: str
     data: np.ndarray  # float32, numpy order
+
+
+def pair_tensors(pairs: Mapping[str, Any]) -> list[OutTensor]:
+    """The ``.lora_a`` / ``.lora_b`` tensors of ``{base tensor name: LoraPair}`` (scales already
+    folded: the file's alpha decides the rest), in the order given."""
+    out: list[OutTensor] = []
+    for name, pair in pairs.items():
+        out += [OutTensor(name + LORA_A_SUFFIX, pair.a), OutTensor(name + LORA_B_SUFFIX, pair.b)]
+    return out
 
 
 def encode(data: np.ndarray, outtype: str) -> tuple[np.ndarray, GGMLQuantizationType, str | None]:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from gguf import Keys
 
-from .compat import adapter_problems, adapter_ranks
-from .errors import IncompatibleAdapterError, InvalidRequestError, UnknownAdapterError
-from .gguf_file import GGUFInfo, read_gguf
-from .engine.native import NativeAdapter, NativeModel
+from ..lora.compat import adapter_problems, adapter_ranks
+from ..errors import IncompatibleAdapterError, InvalidRequestError, UnknownAdapterError
+from ..formats.gguf_file import GGUFInfo, read_gguf
+from ..engine.native import NativeAdapter, NativeModel
 
 _uids = itertools.count(1)
 

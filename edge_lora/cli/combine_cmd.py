@@ -1,4 +1,4 @@
-"""``edge-lora combine``: argument definitions and the command (registered by convert.cli.add_parsers)."""
+"""``edge-lora combine``: argument definitions and the command (the converter imported when it runs)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import argparse
 import json
 import sys
 
-from edge_lora.merge import parse_adapter_arg
+from typing import TYPE_CHECKING
 
-from .combine import METHODS, CombineResult, combine
-from .gguf_out import OUTTYPES
+from ..formats.adapter_file import OUTTYPES
+from .common import parse_adapter_arg
+
+if TYPE_CHECKING:
+    from edge_lora_convert.combine import CombineResult
+
+#: edge_lora_convert.combine.METHODS (a test keeps them equal): the parser is built without the converter
+METHODS = ("cat", "svd")
 
 HELP = "combine GGUF LoRA adapters, each at its own scale, into one GGUF adapter"
 EPILOG = """methods:
@@ -45,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_lora_convert.combine import combine
+
     result = combine(
         [parse_adapter_arg(a) for a in args.adapters],
         args.output,

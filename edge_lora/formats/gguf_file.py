@@ -17,7 +17,7 @@ import numpy as np
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFValueType, Keys
 from gguf.constants import GGML_QUANT_SIZES, GGUF_MAGIC
 
-from .errors import GGUFFileError
+from ..errors import GGUFFileError
 
 #: GGUF tensor-name suffixes of an adapter's two factors (llama-adapter.cpp)
 LORA_A_SUFFIX = ".lora_a"
@@ -229,24 +229,3 @@ def read_string_array(path: str | os.PathLike[str], arr: ArrayLength) -> list[by
             out.append(mm[pos + 8 : pos + 8 + n])
             pos += 8 + n
         return out
-
-
-class EdgeLoraKeys:
-    """Provenance keys edge-lora writes into adapters (beside gguf's own ``Keys``)."""
-
-    SOURCE_FORMAT = "edge_lora.source_format"
-    BASE_MODEL = "edge_lora.base_model"
-    TARGET_MODULES = "edge_lora.target_modules"
-    RANKS = "edge_lora.ranks"
-    CONVERTER_VERSION = "edge_lora.converter_version"
-    PEFT_VERSION = "edge_lora.peft_version"
-    WEIGHTS_FILE = "edge_lora.weights_file"
-    WEIGHTS_DTYPES = "edge_lora.weights_dtypes"
-    SCALES_FOLDED = "edge_lora.scales_folded"
-    CHECKED_AGAINST_BASE = "edge_lora.checked_against_base"
-    TEXT_ONLY = "edge_lora.text_only"  # the vision/audio towers of a multimodal checkpoint were dropped
-    # models made by `edge-lora merge`: one JSON object per adapter (name, scale, sha256, format, dora)
-    MERGED_ADAPTERS = "edge_lora.merged_adapters"
-    MERGE_OUTTYPE = "edge_lora.merge_outtype"
-    MERGE_REQUANT = "edge_lora.merge_requant"  # gptq or nearest
-    MERGED_BY = "edge_lora.merged_by"

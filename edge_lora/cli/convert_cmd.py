@@ -1,4 +1,5 @@
-"""``edge-lora convert``: argument definitions and the command (registered by edge_lora.cli)."""
+"""``edge-lora convert``: argument definitions and the command. The converter (edge_lora_convert)
+is imported when the command runs: the CLI works where only the runtime is installed."""
 
 from __future__ import annotations
 
@@ -6,10 +7,7 @@ import argparse
 import json
 import sys
 
-from . import combine_cli
-from . import export_cli
-from .converter import convert
-from .gguf_out import OUTTYPES
+from ..formats.adapter_file import OUTTYPES
 
 HELP = "convert a PEFT or MLX-LM LoRA checkpoint to a GGUF adapter"
 EPILOG = """examples:
@@ -18,13 +16,6 @@ EPILOG = """examples:
   edge-lora convert ./my-peft-adapter --arch qwen2 --dry-run      # unchecked, writes nothing
 
 exit status: 0 converted, 2 refused (every problem listed, nothing written)"""
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register the workstation-side commands (edge_lora.cli.WORKSTATION_COMMANDS) on ``edge-lora``."""
-    add_parser(sub)
-    combine_cli.add_parser(sub)
-    export_cli.add_parser(sub)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -49,6 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_lora_convert.converter import convert
+
     result = convert(
         args.adapter,
         base=args.base,

@@ -1,0 +1,160 @@
+"""One base tensor's LoRA: the pair of factors, its scale and its layout, and the maths on it.
+
+GGUF adapter layout (numpy order, what llama.cpp's ``llama-adapter.cpp`` loads):
+
+==========  ===================  =================  ===================  ===============================
+layout      base weight ``W``    ``a``              ``b``                ``delta``
+==========  ===================  =================  ===================  ===============================
+linear      (out, in)            (r, in)            (out, r)             ``scale * b @ a``
+embedding   (vocab, hidden)      (vocab, r)         (hidden, r)          ``scale * a @ b.T``
+experts     (E, out, in)         (E, r, in)         (E, out, r)          ``scale * b[e] @ a[e]`` per expert
+==========  ===================  =================  ===================  ===============================
+
+The embedding layout is transposed because llama.cpp gathers A's rows by token
+(``llm_graph_context::build_inp_embd``); the expert layout is llama.cpp's
+``build_lora_mm_id`` (``convert_lora_to_gguf.py`` writes it). PEFT stores an embedding's
+factors as ``lora_embedding_A`` (r, vocab) and ``lora_embedding_B`` (hidden, r): see
+:meth:`LoraPair.from_peft` and :meth:`LoraPair.to_peft`. The layout is decided in one place,
+:func:`layout_for`, from the tensor's name and rank, never by comparing names elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+from ..formats.gguf_file import TOKEN_EMBD_TENSOR
+
+Layout = Literal["linear", "embedding", "experts"]
+LINEAR: Layout = "linear"
+EMBEDDING: Layout = "embedding"
+EXPERTS: Layout = "experts"
+
+
+def layout_for(gguf_name: str, ndim: int = 2) -> Layout:
+    """The layout of the LoRA on base tensor ``gguf_name`` whose factors have ``ndim`` dimensions:
+    the token embedding's is ``embedding``, 3-D factors are ``experts``, everything else ``linear``."""
+    if gguf_name == TOKEN_EMBD_TENSOR:
+        return EMBEDDING
+    return EXPERTS if ndim == 3 else LINEAR
+
+
+def implied_weight_shape(layout: Layout, a_shape: Sequence[int], b_shape: Sequence[int]) -> tuple[int, ...]:
+    """The base weight shape (numpy order) that factors of these shapes fit."""
+    if layout == EMBEDDING:
+        return int(a_shape[0]), int(b_shape[0])
+    if layout == EXPERTS:
+        return int(a_shape[0]), int(b_shape[1]), int(a_shape[2])
+    return int(b_shape[0]), int(a_shape[1])
+
+
+def shape_problem(name: str, layout: Layout, a_shape: Sequence[int], b_shape: Sequence[int],
+                  weight_shape: Sequence[int]) -> str | None:
+    """Why factors of ``a_shape`` and ``b_shape`` do not fit the base weight ``weight_shape`` in
+    ``layout`` (llama-adapter.cpp's checks, numpy order), or None when they do."""
+    a, b, w = tuple(a_shape), tuple(b_shape), tuple(weight_shape)
+    ndim = 3 if layout == EXPERTS else 2
+    if len(a) != ndim or len(b) != ndim or len(w) != ndim:
+        return f"{name}: expected {ndim}-D factors and weight ({layout} LoRA), found a{a} b{b} weight{w}"
+    rank_ok = (a[0] == b[0] and a[1] == b[2]) if layout == EXPERTS else (a[1] == b[1] if layout == EMBEDDING else a[0] == b[1])
+    if not rank_ok or implied_weight_shape(layout, a, b) != w:
+        return f"{name}: lora_a {a} and lora_b {b} do not fit the base weight {w}"
+    return None
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """One base tensor's LoRA in GGUF adapter layout (see the module docstring), float32.
+
+    ``scale`` is the effective multiplier of the product (the user's scale and llama.cpp's
+    ``alpha / rank`` included). ``magnitude`` is DoRA's ``m`` (out,), in GGUF row order, or None
+    for a plain LoRA (the DoRA variant; :mod:`.dora` has its merge rule)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    scale: float = 1.0
+    layout: Layout = LINEAR
+    magnitude: np.ndarray | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.b.shape[-1])
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The base weight shape (numpy order) these factors fit."""
+        return implied_weight_shape(self.layout, self.a.shape, self.b.shape)
+
+    def fits(self, name: str, weight_shape: Sequence[int]) -> str | None:
+        """Why this pair does not fit base tensor ``name`` of ``weight_shape``, or None."""
+        problem = shape_problem(name, self.layout, self.a.shape, self.b.shape, weight_shape)
+        if problem is None and self.magnitude is not None and (
+                self.layout != LINEAR or self.magnitude.shape != (int(weight_shape[0]),)):
+            problem = f"{name}: DoRA magnitude {self.magnitude.shape} does not fit the base weight {tuple(weight_shape)}"
+        return problem
+
+    def delta(self) -> np.ndarray:
+        """The weight change, float32 in numpy order of the base weight (DoRA's magnitude is not
+        part of it: :func:`edge_lora.lora.dora.apply_dora` applies it to ``W + delta``)."""
+        if self.layout == EMBEDDING:
+            d = self.a @ self.b.T
+        elif self.layout == EXPERTS:
+            d = np.matmul(self.b, self.a)
+        else:
+            d = self.b @ self.a
+        return (d * np.float32(self.scale)).astype(np.float32, copy=False)
+
+    def folded(self) -> LoraPair:
+        """The same change with ``scale`` folded into B (multiplied in float64) and scale 1:
+        the factors to write into a file whose own scale rule yields 1."""
+        if self.scale == 1.0:
+            return self
+        b = (self.b.astype(np.float64) * self.scale).astype(np.float32)
+        return replace(self, b=b, scale=1.0)
+
+    def scaled(self, k: float) -> LoraPair:
+        """The same pair with its scale multiplied by ``k``."""
+        return replace(self, scale=self.scale * k)
+
+    def with_output_rows(self, transform: Callable[[np.ndarray], np.ndarray]) -> LoraPair:
+        """Output rows transformed (a row permutation the base converter applied to the weight,
+        e.g. llama's Q/K): B's rows and the magnitude's, since ``delta = B @ A``'s rows are B's."""
+        if self.layout != LINEAR:
+            raise ValueError(f"an output-row transform applies to linear LoRA, not {self.layout}")
+        mag = None if self.magnitude is None else transform(self.magnitude)
+        return replace(self, b=np.ascontiguousarray(transform(self.b)), magnitude=mag)
+
+    # -- PEFT's layout -----------------------------------------------------------------
+    @classmethod
+    def from_peft(cls, a: np.ndarray, b: np.ndarray, layout: Layout, *, scale: float = 1.0,
+                  magnitude: np.ndarray | None = None) -> LoraPair:
+        """From PEFT's layout: linear ``lora_A`` (r, in), ``lora_B`` (out, r); embedding
+        ``lora_embedding_A`` (r, vocab), ``lora_embedding_B`` (hidden, r)."""
+        if layout == EXPERTS:
+            raise ValueError("PEFT's expert LoRA layout is read by its checkpoint reader, not here")
+        a_gguf = a.T if layout == EMBEDDING else a
+        return cls(np.ascontiguousarray(a_gguf, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32),
+                   scale, layout, magnitude)
+
+    def to_peft(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(A, B)`` in PEFT's layout (the inverse of :meth:`from_peft`); the scale is not applied."""
+        if self.layout == EXPERTS:
+            raise ValueError("expert LoRA has no PEFT module layout")
+        return (self.a.T if self.layout == EMBEDDING else self.a), self.b
+
+
+def concat(pairs: Sequence[LoraPair]) -> LoraPair:
+    """Pairs of one base tensor stacked along the rank axis, each scale folded into its B block:
+    one pair (scale 1) whose delta is the sum of theirs, exactly. Float32 factors."""
+    if not pairs:
+        raise ValueError("no pairs to concatenate")
+    layout = pairs[0].layout
+    if any(p.layout != layout for p in pairs):
+        raise ValueError("pairs of different layouts")
+    a_axis = {LINEAR: 0, EMBEDDING: 1, EXPERTS: 1}[layout]
+    a = np.concatenate([p.a for p in pairs], axis=a_axis)
+    b = np.concatenate([p.b.astype(np.float64) * p.scale for p in pairs], axis=-1)
+    return LoraPair(np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32), 1.0, layout)
