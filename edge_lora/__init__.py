@@ -30,7 +30,7 @@ from ._version import __version__
 _NATIVE = {
     "engine_summary": ".engine.summary", "Completion": ".runtime.request", "SamplingParams": ".runtime.request",
     "Timings": ".runtime.request", "AdapterInfo": ".runtime.registry", "Runtime": ".runtime.runtime",
-    "TextStream": ".runtime.runtime", "Session": ".runtime.session",
+    "TextStream": ".runtime.request", "Session": ".runtime.session",
 }
 
 

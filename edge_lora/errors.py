@@ -1,7 +1,7 @@
 """Typed errors of edge-lora.
 
-The library raises these; only the CLI (and later the server) turns them into
-messages, exit codes and HTTP statuses. An error may carry several problems so
+The library raises these; only the CLI and the server turn them into messages,
+exit codes and HTTP statuses. An error may carry several problems so
 that a user sees everything wrong with a file at once.
 """
 
@@ -72,9 +72,14 @@ class UnknownAdapterError(EdgeLoraError, KeyError):
 
 
 class InvalidRequestError(EdgeLoraError, ValueError):
-    """A bad argument to the runtime (unknown option, out-of-range value)."""
+    """A bad argument to the runtime (unknown option, out-of-range value). ``param`` names the
+    first offending argument when there is one (the server reports it as OpenAI's ``param``)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, problems: Iterable[str] = (), *, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message, problems)
 
 
 class ContextOverflowError(InvalidRequestError):

@@ -134,3 +134,54 @@ def test_close_while_other_threads_generate(tiny):
     assert set(results.values()) <= {"cancelled", "length", "stop", "InvalidRequestError"}, results
     with pytest.raises(Exception, match="closed"):
         rt.complete("tok1", max_tokens=2)
+
+
+def test_cancel_while_waiting_for_a_context(rt):
+    """Both contexts busy: a third call waits; its token stops the wait (within the 0.1 s poll)
+    and it comes back cancelled, having evaluated nothing; the busy calls are not disturbed."""
+    held = [rt.stream("tok1 tok2", {"a": 1.0}, max_tokens=50, temperature=0.0) for _ in range(2)]
+    for s in held:
+        next(s)  # each now holds a context
+    assert rt.busy_contexts == 2
+    token, out = CancelToken(), {}
+
+    def waiting_call() -> None:
+        out["c"] = rt.complete("tok3 tok4", max_tokens=5, temperature=0.0, cancel=token)
+        out["t"] = time.monotonic()
+
+    t = threading.Thread(target=waiting_call)
+    t.start()
+    time.sleep(0.3)
+    assert "c" not in out  # still waiting
+    cancelled_at = time.monotonic()
+    token.cancel()
+    t.join(timeout=5)
+    c = out["c"]
+    assert c.finish_reason == "cancelled" and c.completion_tokens == 0 and c.cached_tokens == 0
+    assert out["t"] - cancelled_at < 0.5
+    for s in held:
+        assert s.consume().finish_reason in ("stop", "length")
+    assert rt.busy_contexts == 0
+
+
+def test_unloading_an_adapter_drops_its_snapshots(tiny, tmp_path):
+    t = tiny("llama2")
+    for name, seed in (("a", 1), ("b", 2)):
+        make_peft_adapter(t.model, tmp_path / name, dict(r=4, lora_alpha=8, target_modules=["q_proj"]), seed=seed)
+        convert(tmp_path / name, base=t.base_path, out=tmp_path / f"{name}.gguf")
+    words = "tok1 tok2 tok3 tok4 tok5 tok6 tok7 tok8"  # long enough to be kept (>= 32 tokens)
+    with Runtime(t.base_path, n_ctx=256) as rt:
+        for name in ("a", "b"):
+            rt.load_adapter(name, tmp_path / f"{name}.gguf")
+        uid = {n: i.uid for n, i in rt.adapters.items()}
+        for mix in ({"a": 1.0}, {"b": 1.0}, {}):  # each switch stashes the previous set's KV
+            rt.complete(words, mix, max_tokens=2, temperature=0.0)
+
+        def holders() -> set[int]:
+            return {u for key, _ in rt.snapshots._items for _, u, _ in key}  # noqa: SLF001
+
+        assert holders() == {uid["a"], uid["b"]}
+        used = rt.snapshots.bytes_used
+        rt.unload_adapter("a")
+        assert holders() == {uid["b"]} and 0 < rt.snapshots.bytes_used < used
+        assert rt.memory().snapshots == rt.snapshots.bytes_used

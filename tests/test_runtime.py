@@ -200,8 +200,10 @@ def test_bad_options_and_prompts(world):
     with pytest.raises(InvalidRequestError, match="temperature") as err:
         rt.complete("x", temperature=-1, top_p=2.0)
     assert "top_p" in str(err.value)  # every problem at once
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidRequestError, match="unknown generation option 'bogus_option'; the options are max_tokens"):
         rt.complete("x", bogus_option=1)
+    with pytest.raises(InvalidRequestError, match="unknown"):
+        rt.session(bogus_option=1)
     with pytest.raises(InvalidRequestError, match="scale must be a finite number"):
         rt.complete("x", {"sql": float("nan")})
     with pytest.raises(ContextOverflowError, match="context holds 2048"):

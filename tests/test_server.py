@@ -160,7 +160,7 @@ def test_auth(server):
 def test_validation_errors(server):
     chat = {"model": "sql", "messages": [{"role": "user", "content": "x"}]}
     cases = [
-        ({**chat, "temperature": 5}, 400, "temperature"),
+        ({**chat, "temperature": -1}, 400, "temperature"),
         ({**chat, "bogus": 1}, 400, "bogus"),
         ({**chat, "max_tokens": 5000}, 400, "max_tokens"),
         ({**chat, "messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),

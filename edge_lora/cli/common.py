@@ -1,8 +1,14 @@
-"""What several commands share: adapter arguments (``NAME=PATH[:SCALE]``, ``ADAPTER[:SCALE]``, ``/use NAME[:SCALE]``)."""
+"""What several commands share: adapter arguments (``NAME=PATH[:SCALE]``, ``ADAPTER[:SCALE]``,
+``/use NAME[:SCALE]``) and the generation flags, which map onto the runtime's one option schema
+(:data:`edge_lora.runtime.request.OPTIONS`: defaults and ranges are never re-declared here)."""
 
 from __future__ import annotations
 
+import argparse
 import math
+from typing import Any
+
+from ..runtime.request import OPTIONS
 
 from ..errors import InvalidRequestError
 
@@ -54,3 +60,28 @@ def parse_use(words: list[str]) -> dict[str, float]:
         except ValueError as exc:
             raise InvalidRequestError(f"/use {w}: SCALE must be a number") from exc
     return mix
+
+
+#: command-line flag of each generation option (``--temp`` as llama.cpp's tools spell it)
+SAMPLING_FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temp", "top_p": "--top-p", "top_k": "--top-k",
+                  "min_p": "--min-p", "repeat_penalty": "--repeat-penalty", "repeat_last_n": "--repeat-last-n",
+                  "seed": "--seed"}
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """The generation flags; each left out keeps the runtime's default (shown in --help)."""
+    for name, flag in SAMPLING_FLAGS.items():
+        opt = OPTIONS[name]
+        default = "a random one per call" if opt.default is None else f"{opt.default:g}"
+        p.add_argument(flag, dest=name, type=opt.kind, default=None, metavar="N" if opt.kind is int else "X",
+                       help=f"{opt.help} (default {default})")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when TEXT is generated (repeatable; not printed)")
+
+
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation options given on the command line (the rest keep their defaults)."""
+    opts = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
+    if args.stop:
+        opts["stop"] = args.stop
+    return opts

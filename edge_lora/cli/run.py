@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .common import parse_adapter_spec, parse_use
+from .common import add_sampling_flags, parse_adapter_spec, parse_use, sampling_options
 
 if TYPE_CHECKING:  # the runtime loads the native engine: imported when a command runs
     from ..runtime.runtime import Runtime
@@ -37,11 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("base", metavar="BASE.gguf", help="GGUF base model (any quantization)")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH[:SCALE]",
                    help="load a GGUF LoRA adapter (repeatable)")
-    p.add_argument("--max-tokens", type=int, default=256, metavar="N")
-    p.add_argument("--temp", type=float, default=0.8, metavar="T", help="temperature; 0 is greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--seed", type=int, default=None, metavar="S")
+    add_sampling_flags(p)
     p.add_argument("--n-ctx", type=int, default=4096, metavar="N", help="context length (default 4096)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
     p.add_argument("--gpu-layers", type=int, default=0, metavar="N", help="layers to offload to Metal/CUDA (-1: all)")
@@ -75,17 +71,13 @@ def _open(args: argparse.Namespace) -> tuple[Runtime, dict[str, float]]:
     return rt, {name: scale for name, _, scale in specs}
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     rt, mix = _open(args)
     with rt:
         if args.raw:
-            stream = rt.stream(args.prompt, mix, **_options(args))
+            stream = rt.stream(args.prompt, mix, **sampling_options(args))
         else:
-            stream = rt.chat_stream([{"role": "user", "content": args.prompt}], mix, **_options(args))
+            stream = rt.chat_stream([{"role": "user", "content": args.prompt}], mix, **sampling_options(args))
         for piece in stream:
             if not args.json:
                 sys.stdout.write(piece)
@@ -113,7 +105,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     with rt:
         system = [{"role": "system", "content": args.system}] if args.system else []
-        session = rt.session(mix, messages=system, **_options(args))
+        session = rt.session(mix, messages=system, **sampling_options(args))
         if interactive:
             print(f"edge-lora chat: {rt.model_path.name}, adapters: {_mix_text(mix)}. /help for commands.")
         while True:

@@ -14,9 +14,9 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
+from .._validate import F16_MAX
 from .gguf_file import GGUFInfo, TensorInfo
 
-F16_MAX = 65504.0
 #: storage type -> (bits dtype, exponent mask, bits of |x| above which |x| > F16_MAX or None)
 _EXP = {QT.F32: (np.uint32, 0x7F800000, 0x477FE000), QT.F16: (np.uint16, 0x7C00, None),
         QT.BF16: (np.uint16, 0x7F80, 0x477F)}

@@ -7,12 +7,12 @@
 - :mod:`.decode`: the token loop and stop strings;
 - :mod:`.chat`, :mod:`.session`, :mod:`.memory`.
 
-``Runtime`` and ``TextStream`` are imported on first use (they load the native engine).
+``Runtime`` is imported on first use (it loads the native engine).
 """
 
 from __future__ import annotations
 
-_LAZY = {"Runtime": ".runtime", "TextStream": ".runtime"}
+_LAZY = {"Runtime": ".runtime", "TextStream": ".request"}
 
 
 def __getattr__(name: str) -> object:

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..engine.native import ContextParams, NativeAdapter, NativeContext, NativeModel
-from ..errors import InvalidRequestError
+from ..cancel import CancelToken
+from ..errors import CancelledError, InvalidRequestError
 from .registry import AdapterSet, SetKey
 
 
@@ -85,6 +86,7 @@ class SnapshotStore:
             return found_n, list(found[1]), self._items[found]
 
     def drop_adapter(self, uid: int) -> None:
+        """Forget every snapshot whose adapter set holds the adapter loaded as ``uid``."""
         with self._lock:
             for k in [k for k in self._items if any(u == uid for _, u, _ in k[0])]:
                 self._bytes -= len(self._items.pop(k))
@@ -115,11 +117,15 @@ class ContextPool:
             return len(self._slots) - len(self._free)
 
     @contextmanager
-    def lease(self) -> Iterator[Slot]:
+    def lease(self, cancel: CancelToken | None = None) -> Iterator[Slot]:
+        """A free context for the caller's whole call; waits for one. Raises
+        :class:`CancelledError` when ``cancel`` fires while waiting (within 0.1 s)."""
         with self._cond:
             while not self._free:
                 if self.closing.is_set():
                     raise InvalidRequestError("this Runtime is closing")
+                if cancel is not None and cancel.cancelled:
+                    raise CancelledError("cancelled while waiting for a context")
                 self._cond.wait(0.1)
             if self.closing.is_set():
                 raise InvalidRequestError("this Runtime is closing")
@@ -131,12 +137,15 @@ class ContextPool:
                 self._free.append(slot)
                 self._cond.notify()
 
-    def detach(self, adapter: NativeAdapter) -> None:
-        """Take ``adapter`` off every idle context so it can be freed.
+    def detach(self, adapter: NativeAdapter, uid: int) -> None:
+        """Take ``adapter`` (loaded as ``uid``) off every idle context so it can be freed, and drop
+        the KV snapshots taken under it (no set holding it can come back: uids are never reused).
 
         Called when no call uses the adapter any more: a busy context then runs
         another set, and it replaces its adapters before it decodes anything.
         """
+        if self.snapshots is not None:
+            self.snapshots.drop_adapter(uid)
         with self._cond:
             holders = [s for s in self._free if s.ctx.holds_adapter(adapter)]
             for slot in holders:

@@ -77,10 +77,10 @@ def check_scale(name: str, scale: object) -> float:
 class AdapterRegistry:
     """Thread-safe map of adapter name to loaded adapter."""
 
-    def __init__(self, model: NativeModel, base: GGUFInfo, detach: Callable[[NativeAdapter], None]) -> None:
+    def __init__(self, model: NativeModel, base: GGUFInfo, detach: Callable[[NativeAdapter, int], None]) -> None:
         self._model = model
         self._base = base
-        self._detach = detach  # removes an adapter from every context before it is freed
+        self._detach = detach  # removes an adapter (and its KV snapshots) from every context before it is freed
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._live: dict[int, _Entry] = {}  # by native serial: loaded, or unloaded but still in use
@@ -168,7 +168,7 @@ class AdapterRegistry:
             self._free(entry)
 
     def _free(self, entry: _Entry) -> None:
-        self._detach(entry.native)
+        self._detach(entry.native, entry.info.uid)
         with self._lock:
             self._live.pop(entry.native.serial, None)
         entry.native.close()

@@ -1,48 +1,81 @@
-"""What a generation asks for (:class:`SamplingParams`) and what it gives back (:class:`Completion`)."""
+"""What a generation asks for (:class:`SamplingParams`) and what it gives back (:class:`Completion`,
+or a :class:`TextStream` of pieces that ends with one)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from .._validate import Problems, int_problem, number_problem
 from ..errors import InvalidRequestError
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """Validated generation options (all keyword arguments of the text APIs)."""
+class Option:
+    """One generation option: its default and its range (the one definition the library, the CLI
+    and every server protocol validate with)."""
 
-    max_tokens: int = 256
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
+    default: object
+    kind: type  # int or float
+    lo: float | None = None
+    hi: float | None = None
+    optional: bool = False  # None is a value (seed: a random one)
+    help: str = ""
+
+
+#: the generation options, their defaults and ranges. Sampling follows llama.cpp's chain
+#: (``common/sampling.cpp``): penalties, top-k, top-p, min-p, temperature, then a seeded draw.
+OPTIONS: dict[str, Option] = {
+    "max_tokens": Option(256, int, 1, None, help="tokens to generate at most"),
+    "temperature": Option(0.8, float, 0.0, 100.0, help="temperature; 0 is greedy"),
+    "top_p": Option(0.95, float, 0.0, 1.0, help="top-p (nucleus) sampling; 1 disables"),
+    "top_k": Option(40, int, 0, None, help="top-k sampling; 0 disables"),
+    "min_p": Option(0.05, float, 0.0, 1.0, help="min-p sampling; 0 disables"),
+    "repeat_penalty": Option(1.0, float, 1e-6, 100.0, help="repetition penalty; 1 disables"),
+    "repeat_last_n": Option(64, int, 0, None, help="tokens the repeat penalty looks back over"),
+    "seed": Option(None, int, None, None, optional=True, help="sampling seed"),
+}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Validated generation options (the keyword arguments of the text APIs); defaults and
+    ranges are :data:`OPTIONS`'. ``stop``: strings that end the generation (not returned)."""
+
+    max_tokens: int = OPTIONS["max_tokens"].default  # type: ignore[assignment]
+    temperature: float = OPTIONS["temperature"].default  # type: ignore[assignment]
+    top_p: float = OPTIONS["top_p"].default  # type: ignore[assignment]
+    top_k: int = OPTIONS["top_k"].default  # type: ignore[assignment]
+    min_p: float = OPTIONS["min_p"].default  # type: ignore[assignment]
+    repeat_penalty: float = OPTIONS["repeat_penalty"].default  # type: ignore[assignment]
+    repeat_last_n: int = OPTIONS["repeat_last_n"].default  # type: ignore[assignment]
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        problems = []
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            problems.append(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        for name, lo, hi in (("temperature", 0.0, 100.0), ("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0),
-                             ("repeat_penalty", 1e-6, 100.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-                problems.append(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            problems.append(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            problems.append(f"seed must be an integer, got {self.seed!r}")
+        problems = Problems()
+        for name, opt in OPTIONS.items():
+            value = getattr(self, name)
+            if value is None and opt.optional:
+                continue
+            check = int_problem if opt.kind is int else number_problem
+            problems.add(check(name, value, lo=opt.lo, hi=opt.hi), param=name)  # type: ignore[arg-type]
         if not all(isinstance(s, str) and s for s in self.stop):
-            problems.append(f"stop must be a list of non-empty strings, got {list(self.stop)!r}")
-        if problems:
-            raise InvalidRequestError("invalid generation options", problems)
+            problems.add(f"stop must be a list of non-empty strings, got {list(self.stop)!r}", param="stop")
+        problems.raise_if_any(InvalidRequestError, "invalid generation options")
 
     @classmethod
     def build(cls, stop: str | Sequence[str] | None = None, **kw: object) -> SamplingParams:
+        """From keyword options as the text APIs take them: ``None`` means the default, ``stop``
+        may be one string. Raises :class:`InvalidRequestError` for unknown names and bad values,
+        every problem at once."""
+        unknown = sorted(set(kw) - set(OPTIONS))
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown generation option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                f"the options are {', '.join([*OPTIONS, 'stop'])}", param=unknown[0])
+        if stop is not None and not isinstance(stop, (str, Sequence)):
+            raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}", param="stop")
         stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
         return cls(stop=stops, **{k: v for k, v in kw.items() if v is not None})  # type: ignore[arg-type]
 
@@ -72,3 +105,34 @@ class Completion:
     def tokens_per_second(self) -> float:
         n = self.completion_tokens - 1
         return n / (self.timings.decode_ms / 1000) if n > 0 and self.timings.decode_ms > 0 else 0.0
+
+
+class TextStream:
+    """Iterator of text pieces; ``result`` holds the :class:`Completion` once it is exhausted.
+
+    Closing it early (or dropping it) stops the generation and frees its context.
+    """
+
+    def __init__(self, gen: Iterator[str]) -> None:
+        self._gen = gen
+        self.result: Completion | None = None
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._gen)
+        except StopIteration as stop:
+            self.result = stop.value
+            raise
+
+    def close(self) -> None:
+        self._gen.close()  # type: ignore[attr-defined]
+
+    def consume(self) -> Completion:
+        """Run to the end and return the :class:`Completion`."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result

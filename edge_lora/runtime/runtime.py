@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..families.base_check import base_problems
 from .chat import ChatTemplate
 from ..cancel import CancelToken
 from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError, NonFiniteLogitsError
-from .request import Completion, SamplingParams
+from .request import Completion, SamplingParams, TextStream, Timings
 from .decode import generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
 from ..formats.gguf_file import read_gguf
@@ -38,37 +39,6 @@ if TYPE_CHECKING:
 
 Adapters = Mapping[str, float] | None
 log = logging.getLogger(__name__)
-
-
-class TextStream:
-    """Iterator of text pieces; ``result`` holds the :class:`Completion` once it is exhausted.
-
-    Closing it early (or dropping it) stops the generation and frees its context.
-    """
-
-    def __init__(self, gen: Iterator[str]) -> None:
-        self._gen = gen
-        self.result: Completion | None = None
-
-    def __iter__(self) -> TextStream:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._gen)
-        except StopIteration as stop:
-            self.result = stop.value
-            raise
-
-    def close(self) -> None:
-        self._gen.close()  # type: ignore[attr-defined]
-
-    def consume(self) -> Completion:
-        """Run to the end and return the :class:`Completion`."""
-        for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
 
 
 class Runtime:
@@ -203,7 +173,7 @@ class Runtime:
         ids = [int(t) for t in token_ids]
         if not ids:
             raise InvalidRequestError("token_ids is empty")
-        with self._call(adapters) as (slot, aset):
+        with self._call(adapters, cancel) as (slot, aset):
             if len(ids) > slot.ctx.n_ctx:
                 raise ContextOverflowError(
                     f"{len(ids)} tokens do not fit the context of {slot.ctx.n_ctx}", needed=len(ids), n_ctx=slot.ctx.n_ctx
@@ -334,17 +304,22 @@ class Runtime:
             raise InvalidRequestError(f"token ids must be integers in [0, {self.n_vocab}); bad: {bad[:5]}")
 
     @contextmanager
-    def _call(self, adapters: Adapters) -> Iterator[tuple[Slot, AdapterSet]]:
+    def _call(self, adapters: Adapters, cancel: CancelToken | None = None) -> Iterator[tuple[Slot, AdapterSet]]:
         if self._closed:
             raise InvalidRequestError("this Runtime is closed")
         aset = self._registry.acquire(adapters)
         try:
-            with self._pool.lease() as slot:
+            with self._pool.lease(cancel) as slot:
                 yield slot, aset
         finally:
             self._registry.release(aset)
 
     def _run(self, ids: list[int], adapters: Adapters, params: SamplingParams,
              cancel: CancelToken | None = None) -> Iterator[str]:
-        with self._call(adapters) as (slot, aset):
-            return (yield from generate(self._pool, slot, aset, ids, params, cancel=cancel))
+        t0 = time.perf_counter()
+        try:
+            with self._call(adapters, cancel) as (slot, aset):
+                return (yield from generate(self._pool, slot, aset, ids, params, cancel=cancel))
+        except CancelledError:  # cancelled while waiting for a context: nothing was evaluated
+            t = (time.perf_counter() - t0) * 1000
+            return Completion("", [], "cancelled", len(ids), 0, 0, {}, Timings(t, t, 0.0, t))

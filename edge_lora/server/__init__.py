@@ -1,5 +1,6 @@
-"""The OpenAI-compatible server (``edge-lora serve``; needs the ``server`` extra: FastAPI, uvicorn)."""
+"""The local server (``edge-lora serve``; needs the ``server`` extra: FastAPI, uvicorn)."""
 
-from .app import ServerSettings, create_app
+from .app import create_app
+from .service import ServerSettings
 
 __all__ = ["ServerSettings", "create_app"]

@@ -1,4 +1,8 @@
-"""Request bodies of the OpenAI-compatible server; unknown fields are refused (400)."""
+"""Request bodies of the server's protocols; unknown fields are refused (400).
+
+The generation options are typed here, not ranged: their ranges and defaults are the runtime's
+one schema (:data:`edge_lora.runtime.request.OPTIONS`), checked when the call is started.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..runtime.chat import ROLES
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
+    role: Literal[ROLES]  # type: ignore[valid-type]  # the runtime's roles (edge_lora.runtime.chat)
     content: str
     name: str | None = None
 
@@ -23,12 +29,12 @@ class StreamOptions(_Strict):
 
 class _Sampling(_Strict):
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)  # extension (vLLM, llama.cpp server)
-    min_p: float = Field(default=0.0, ge=0.0, le=1.0)  # extension
-    repeat_penalty: float = Field(default=1.0, gt=0.0, le=10.0)  # extension
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # extension (vLLM, llama.cpp server)
+    min_p: float | None = None  # extension
+    repeat_penalty: float | None = None  # extension
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
@@ -53,7 +59,7 @@ class _Sampling(_Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = None
 
 
 class CompletionRequest(_Sampling):
