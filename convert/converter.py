@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import MODEL_TENSOR, Keys
+from gguf import MODEL_TENSOR, Keys, TensorNameMap
 
 from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
 from edge_lora.formats.values import F16_MAX
@@ -15,26 +14,23 @@ from edge_lora.formats.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFIn
 from edge_lora.formats.adapter_file import OUTTYPES, pair_tensors, write_adapter
 from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.lora.pair import EMBEDDING, LoraPair
+from edge_lora.families import Family, family_for, supported_names
+from edge_lora.families.registry import family_named_in
 from edge_lora.lora.scales import b_fold_factor
 
 from . import __version__
 from .checkpoint import Checkpoint, LoraModule, read_checkpoint
-from .table import (
-    OUTPUT_MODULE_NAMES,
-    ArchSpec,
-    arch_spec,
-    gguf_tensor_for,
-    needs_head_counts,
-    row_transform,
-    supported_arch_names,
-)
+
+
+#: every Hugging Face name gguf-py knows for an output (lm_head) layer
+OUTPUT_MODULE_NAMES: frozenset[str] = frozenset(TensorNameMap.mappings_cfg[MODEL_TENSOR.OUTPUT])
 
 
 @dataclass(frozen=True)
 class BaseShape:
     """What the converter needs of the base: from a GGUF base, or guessed when unchecked."""
 
-    spec: ArchSpec
+    spec: Family
     n_layers: int
     n_head: int | None
     n_head_kv: int | None
@@ -136,7 +132,7 @@ def _base_shape(ckpt: Checkpoint, info: GGUFInfo | None, arch: str | None) -> Ba
         if arch is None:
             raise ConversionError("give --base BASE.gguf (recommended) or --arch NAME to convert unchecked")
         spec = _spec_or_error(arch)
-        layers = [_layer_of(m.module) for m in ckpt.modules]
+        layers = [spec.layer_of(m.module) for m in ckpt.modules]
         n_layers = max([i for i in layers if i is not None], default=-1) + 1
         return BaseShape(spec, n_layers, None, None, None, None)
     if info.is_adapter:
@@ -154,11 +150,11 @@ def _base_shape(ckpt: Checkpoint, info: GGUFInfo | None, arch: str | None) -> Ba
     )
 
 
-def _spec_or_error(name: str) -> ArchSpec:
-    spec = arch_spec(name)
+def _spec_or_error(name: str) -> Family:
+    spec = family_for(name)
     if spec is None:
         raise ConversionError(
-            f"architecture {name!r} is not supported; supported: {', '.join(supported_arch_names())}"
+            f"architecture {name!r} is not supported; supported: {', '.join(supported_names())}"
         )
     return spec
 
@@ -167,11 +163,6 @@ def _first_int(value: object) -> int | None:
     if isinstance(value, list):
         value = value[0] if value else None
     return int(value) if isinstance(value, (int, float)) else None
-
-
-def _layer_of(module: str) -> int | None:
-    m = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", module)
-    return int(m.group(1)) if m else None
 
 
 def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[str]) -> dict[str, LoraPair]:
@@ -210,21 +201,13 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
     return out
 
 
-#: model-name words of Hugging Face families, for the base_model_name_or_path note
-_FAMILY_WORDS = {"llama": "llama", "mistral": "llama", "mixtral": "mixtral", "qwen3": "qwen3", "qwen2": "qwen2",
-                 "gemma-3": "gemma3", "gemma3": "gemma3", "gemma-2": "gemma2", "gemma2": "gemma2", "phi-3": "phi3",
-                 "phi3": "phi3", "phi-4": "phi3", "gpt2": "gpt2", "gpt-j": "gptj", "falcon": "falcon"}
-
-
-def _base_model_note(ckpt: Checkpoint, spec: ArchSpec) -> str | None:
+def _base_model_note(ckpt: Checkpoint, spec: Family) -> str | None:
     """A note when the adapter's recorded base model is of another family than the GGUF base."""
     name = str(ckpt.provenance.get("base_model") or "").lower()
-    for word, family in _FAMILY_WORDS.items():
-        if word in name:
-            if family != spec.name and arch_spec(family) is not spec:
-                return (f"the adapter records base model {ckpt.provenance['base_model']!r}, which looks like {family}, "
-                        f"not {spec.name}: check that this is the base it was trained on")
-            return None
+    family = family_named_in(name)
+    if family is not None and family != spec.name and family_for(family) is not spec:
+        return (f"the adapter records base model {ckpt.provenance['base_model']!r}, which looks like {family}, "
+                f"not {spec.name}: check that this is the base it was trained on")
     return None
 
 
@@ -233,7 +216,7 @@ def _target(
 ) -> tuple[MODEL_TENSOR, str] | None:
     spec = shape.spec
     last = mod.module.rsplit(".", 1)[-1]
-    found = gguf_tensor_for(spec, mod.module, max(shape.n_layers, 1))
+    found = spec.tensor_for(mod.module, max(shape.n_layers, 1))
     is_output = last in OUTPUT_MODULE_NAMES or (found is not None and found[0] == MODEL_TENSOR.OUTPUT)
     if is_output and shape.tensors is not None and (found is None or found[1] not in shape.tensors):
         problems.append(
@@ -246,7 +229,7 @@ def _target(
         return None
     if ckpt.format == "mlx":
         n = ckpt.config.get("num_layers")
-        idx = _layer_of(mod.module)
+        idx = spec.layer_of(mod.module)
         if isinstance(n, int) and n >= 0 and idx is not None and shape.tensors is not None and idx < shape.n_layers - n:
             problems.append(
                 f"{mod.module}: layer {idx} is outside the last num_layers={n} of {shape.n_layers} layers"
@@ -280,10 +263,10 @@ def _pair(
             )
             return None
     pair = pair.folded()
-    transform = row_transform(shape.spec, ttype, shape.n_head, shape.n_head_kv)
+    transform = shape.spec.row_transform(ttype, shape.n_head, shape.n_head_kv)
     if transform is not None:
         pair = pair.with_output_rows(transform)
-    elif needs_head_counts(shape.spec, ttype):
+    elif shape.spec.needs_head_counts(ttype):
         problems.append(f"{mod.module}: {shape.spec.name} Q/K rows must be permuted with the head counts: pass --base")
         return None
     return pair

@@ -12,7 +12,6 @@ beside ``out_dir`` and renamed into place.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import re
@@ -23,19 +22,18 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
-from gguf import MODEL_TENSOR, MODEL_TENSORS, GGMLQuantizationType, Keys, TensorNameMap
+from gguf import MODEL_TENSOR, GGMLQuantizationType, Keys
 from gguf.quants import quantize
 
 from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
 from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, GGUFInfo, read_gguf
 from edge_lora.formats.keys import EdgeLoraKeys
+from edge_lora.families import Family, family_for, supported_names
 from edge_lora.lora.adapter import read_gguf_lora
 from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair
 
-from .table import ArchSpec, arch_spec, gguf_tensor_for, needs_head_counts, row_transform, supported_arch_names
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -45,15 +43,6 @@ PEFT_PREFIX = "base_model.model."
 #: vLLM's accepted ``--max-lora-rank`` values and its default (vllm/config/lora.py, MaxLoRARanks)
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DEFAULT_MAX_LORA_RANK = 16
-
-#: the modules LoRA targets in the Hugging Face decoder families of table.ARCHS (transformers'
-#: LlamaForCausalLM and descendants). gguf's TensorNameMap is the union of every family's names
-#: (``self_attn.out_proj`` and ``mlp.c_proj`` map to attn_output and ffn_down as well), so the
-#: reverse direction keeps the names these families use.
-HF_LORA_MODULES = re.compile(
-    r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o|qkv)_proj|mlp\.(?:gate|up|down|gate_up)_proj)"
-    r"|model\.embed_tokens|lm_head)$"
-)
 
 #: PEFT's state-dict names of each layout's factors (``LoraLayer``, ``Embedding``)
 _PEFT_FACTOR_NAMES = {LINEAR: ("lora_A.weight", "lora_B.weight"), EMBEDDING: ("lora_embedding_A", "lora_embedding_B")}
@@ -117,10 +106,10 @@ def export_peft(
         raise IncompatibleAdapterError(f"{base_info.path}: --base is a LoRA adapter, not a base model")
     source = read_gguf_lora(adapter, base=base_info)  # refuses a base model given as the adapter
     info = read_gguf(source.path)
-    spec = arch_spec(info.architecture)
+    spec = family_for(info.architecture)
     if spec is None:
         raise ConversionError(f"{info.path}: architecture {info.architecture!r} cannot be exported; "
-                              f"supported: {', '.join(supported_arch_names())}")
+                              f"supported: {', '.join(supported_names())}")
     alpha = float(info.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0))
     problems: list[str] = []
     notes: list[str] = []
@@ -142,33 +131,9 @@ def export_peft(
 # --- names ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=16)
-def hf_module_names(spec: ArchSpec, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
-    """GGUF tensor name (``blk.3.attn_q.weight``) -> its type and Hugging Face module path
-    (``ATTN_Q``, ``model.layers.3.self_attn.q_proj``): the forward table read backwards.
-
-    Every Hugging Face name gguf's table knows for this architecture is mapped forward with
-    :func:`gguf_tensor_for`; of several names for one tensor, the family's (HF_LORA_MODULES)
-    is kept. ``gate_up_proj`` and ``up_proj`` both map to ffn_up: the fused one is the
-    family's name exactly when the architecture has no separate ffn_gate (Phi-3).
-    """
-    fused_up = MODEL_TENSOR.FFN_GATE not in MODEL_TENSORS[spec.arch]
-    found: dict[str, list[tuple[MODEL_TENSOR, str]]] = {}
-    for hf_name in TensorNameMap(spec.arch, n_layers).mapping:
-        if not HF_LORA_MODULES.match(hf_name):
-            continue
-        forward = gguf_tensor_for(spec, hf_name, n_layers)
-        if forward is None:
-            continue
-        ttype, gguf_name = forward
-        if ttype == MODEL_TENSOR.FFN_UP and hf_name.endswith(".gate_up_proj") != fused_up:
-            continue
-        found.setdefault(gguf_name, []).append((ttype, hf_name))
-    ambiguous = {g: c for g, c in found.items() if len(c) > 1}
-    if ambiguous:  # a table change would otherwise pick one silently
-        raise ConversionError(f"{spec.name}: the name table gives several Hugging Face modules for a tensor",
-                              [f"{g}: {', '.join(n for _, n in c)}" for g, c in sorted(ambiguous.items())])
-    return MappingProxyType({g: c[0] for g, c in found.items()})  # cached: read-only
+def hf_module_names(spec: Family, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
+    """GGUF tensor name -> its type and Hugging Face module path (:meth:`Family.hf_module_names`)."""
+    return spec.hf_module_names(n_layers)
 
 
 def _n_layers(info: GGUFInfo, base: GGUFInfo | None) -> int:
@@ -196,7 +161,7 @@ class _Plan:
 
 
 def _plan(
-    info: GGUFInfo, spec: ArchSpec, weights: dict[str, LoraPair], base: GGUFInfo | None,
+    info: GGUFInfo, spec: Family, weights: dict[str, LoraPair], base: GGUFInfo | None,
     problems: list[str], notes: list[str],
 ) -> _Plan:
     n_layers = _n_layers(info, base)
@@ -212,7 +177,7 @@ def _plan(
             unmapped.append(gname)
             continue
         ttype, module = names[gname]
-        if needs_head_counts(spec, ttype):
+        if spec.needs_head_counts(ttype):
             rows = _unpermuted_rows(spec, ttype, gname, base, w.b.shape[0])
             if rows is None:
                 no_heads.append(gname)
@@ -239,18 +204,17 @@ def _plan(
 
 
 def _unpermuted_rows(
-    spec: ArchSpec, ttype: MODEL_TENSOR, gname: str, base: GGUFInfo | None, n_rows: int
+    spec: Family, ttype: MODEL_TENSOR, gname: str, base: GGUFInfo | None, n_rows: int
 ) -> np.ndarray | None:
     """Row indices that undo the converter's row transform of this tensor, or None without head
-    counts: the table's own permutation of ``arange(n_rows)``, inverted (one copy of the math)."""
+    counts (:meth:`Family.inverse_row_transform`)."""
     if base is None:
         return None
     m = re.match(r"blk\.(\d+)\.", gname)
     layer = int(m.group(1)) if m else 0
     n_head = _layer_value(base.arch_value(Keys.Attention.HEAD_COUNT), layer)
     n_head_kv = _layer_value(base.arch_value(Keys.Attention.HEAD_COUNT_KV), layer)
-    forward = row_transform(spec, ttype, n_head, n_head_kv)
-    return None if forward is None else np.argsort(forward(np.arange(n_rows)))
+    return spec.inverse_row_transform(ttype, n_head, n_head_kv, n_rows)
 
 
 def _storage(info: GGUFInfo, name: str, quantized: Counter[str]) -> str:

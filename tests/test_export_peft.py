@@ -26,7 +26,8 @@ from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputEx
 from edge_lora.formats.gguf_file import read_gguf
 from edge_lora_convert import export_peft
 from edge_lora_convert.export_peft import VLLM_MAX_LORA_RANKS, hf_module_names, vllm_notes
-from edge_lora_convert.table import ARCHS, permute_rows
+from edge_lora.families import FAMILIES
+from edge_lora.families.llama import permute_rows
 
 #: PEFT on the export against llama.cpp on the GGUF adapter (f32 base, f32 factors):
 #: relative Frobenius error of the logits over all positions
@@ -203,7 +204,7 @@ def test_reverse_names_are_the_models_modules(tiny):
     and covers every linear layer and the embedding of the model."""
     for case in CASES:
         t = tiny(case)
-        spec = next(s for s in ARCHS.values() if t.model.config.model_type in s.hf_model_types)
+        spec = next(s for s in FAMILIES.values() if t.model.config.model_type in s.hf_model_types)
         modules = dict(t.model.named_modules())
         names = hf_module_names(spec, t.model.config.num_hidden_layers)
         in_base = {m for g, (_, m) in names.items() if g in read_gguf(t.base_path).tensors}

@@ -5,17 +5,17 @@ llama.cpp would get from ``convert_hf_to_gguf.py`` (same metadata, tensor names 
 base-weight transforms), so parity tests can compare llama.cpp's logits with
 transformers' logits without downloading anything.
 
-Tensor names and the Q/K row permutation come from the project's name table
-(``edge_lora_convert.table``), so a wrong table entry fails the base parity test
-before it can hide inside an adapter test. Base-only transforms that the LoRA
-converter never needs (Gemma's RMSNorm "+1", generated ``rope_freqs``) live here.
+Tensor names, the Q/K row permutation, each family's extra hyperparameters and its
+base-only transforms (Gemma's RMSNorm "+1") come from the project's family objects
+(``edge_lora.families``), so a wrong entry fails the base parity test before it can
+hide inside an adapter test. Generated ``rope_freqs`` (Llama 3) live here.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import transformers
 from gguf import GGUFWriter, MODEL_TENSOR
 
 from edge_lora.engine.tiny import write_vocab
-from edge_lora_convert.table import ArchSpec, arch_spec, gguf_tensor_for, row_transform
+from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
 
@@ -236,8 +236,8 @@ def _n_head_kv(config: transformers.PretrainedConfig) -> int:
     return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
 
 
-def _spec_for(config: transformers.PretrainedConfig) -> ArchSpec:
-    spec = arch_spec(config.model_type)
+def _spec_for(config: transformers.PretrainedConfig) -> Family:
+    spec = family_for(config.model_type)
     if spec is None:
         raise ValueError(f"no GGUF arch for model_type {config.model_type!r}")
     return spec
@@ -258,7 +258,7 @@ def write_gguf_base(model: transformers.PreTrainedModel, path: str | Path) -> No
     writer.close()
 
 
-def _write_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig, spec: ArchSpec) -> None:
+def _write_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig, spec: Family) -> None:
     """Hyperparameters every supported arch reads (TextModel.set_gguf_parameters), then per-arch extras."""
     head_dim = head_dim_of(config)
     # the name must not contain "phi3": llama.cpp then edits attributes of Phi-3's
@@ -278,62 +278,30 @@ def _write_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig, sp
     writer.add_rope_freq_base(config.rope_theta)
     rotary = getattr(config, "partial_rotary_factor", None) or 1.0
     writer.add_rope_dimension_count(int(head_dim * rotary))
-    _ARCH_HPARAMS.get(spec.arch, lambda w, c: None)(writer, config)
+    spec.write_hparams(writer, config)
 
 
-def _gemma2_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig) -> None:
-    writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
-    writer.add_final_logit_softcapping(config.final_logit_softcapping)
-    writer.add_sliding_window(config.sliding_window)
-
-
-def _gemma3_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig) -> None:
-    # without a sliding window llama.cpp builds Gemma3 with full attention everywhere
-    # and a single rope base; the local layers use rope_local_base_freq
-    writer.add_sliding_window(config.sliding_window)
-    writer.add_rope_freq_base_swa(config.rope_local_base_freq)
-    if config.final_logit_softcapping:
-        writer.add_final_logit_softcapping(config.final_logit_softcapping)
-
-
-def _phi3_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig) -> None:
-    writer.add_rope_scaling_orig_ctx_len(config.original_max_position_embeddings)
-    # 0 marks "no sliding window" (Phi-4); convert_hf_to_gguf always writes the key
-    writer.add_sliding_window(config.sliding_window or 0)
-
-
-_ARCH_HPARAMS: dict[gguf.MODEL_ARCH, Callable[[GGUFWriter, transformers.PretrainedConfig], None]] = {
-    gguf.MODEL_ARCH.GEMMA2: _gemma2_hparams,
-    gguf.MODEL_ARCH.GEMMA3: _gemma3_hparams,
-    gguf.MODEL_ARCH.PHI3: _phi3_hparams,
-}
-
-
-def _base_tensors(model: transformers.PreTrainedModel, spec: ArchSpec) -> Iterator[tuple[str, np.ndarray]]:
+def _base_tensors(model: transformers.PreTrainedModel, spec: Family) -> Iterator[tuple[str, np.ndarray]]:
     """(GGUF name, f32 array) for every parameter, transformed as the base converter does."""
     config = model.config
     n_layers = config.num_hidden_layers
     # named_parameters() drops the tied lm_head alias, so a tied model gets no output tensor
     for hf_name, param in model.named_parameters():
         module, _, kind = hf_name.rpartition(".")
-        found = gguf_tensor_for(spec, module, n_layers)
+        found = spec.tensor_for(module, n_layers)
         if found is None:
             raise KeyError(f"{spec.name}: no GGUF tensor for {hf_name}")
         ttype, gguf_name = found
         if kind != "weight":
             gguf_name = gguf_name.removesuffix(".weight") + f".{kind}"
         data = param.detach().to(torch.float32).numpy().copy()
-        permute = row_transform(spec, ttype, config.num_attention_heads, _n_head_kv(config))
+        permute = spec.row_transform(ttype, config.num_attention_heads, _n_head_kv(config))
         if permute is not None:
             data = permute(data)
-        if spec.arch in _NORM_PLUS_ONE_ARCHS and hf_name.endswith("norm.weight"):
+        if spec.norm_plus_one and hf_name.endswith("norm.weight"):
             data = data + 1.0
         yield gguf_name, np.ascontiguousarray(data, dtype=np.float32)
     yield from _extra_tensors(config)
-
-
-#: Gemma RMSNorm computes x * (1 + w); llama.cpp multiplies by the stored weight
-_NORM_PLUS_ONE_ARCHS = frozenset({gguf.MODEL_ARCH.GEMMA2, gguf.MODEL_ARCH.GEMMA3})
 
 
 def _extra_tensors(config: transformers.PretrainedConfig) -> Iterator[tuple[str, np.ndarray]]:

@@ -12,16 +12,24 @@ import math
 import re
 from typing import Any
 
-from gguf import MODEL_ARCH_NAMES, GGUFValueType, Keys
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, GGUFValueType, Keys
 from gguf import GGMLQuantizationType as QT
 
 from ..formats.values import UNUSABLE_TYPES
-from ..formats.gguf_file import TOKEN_EMBD_TENSOR, ArrayLength, GGUFInfo, read_string_array
+from ..formats.gguf_file import TOKEN_EMBD_TENSOR, WEIGHT_SUFFIX, ArrayLength, GGUFInfo, read_string_array
 
 #: beyond any released model, far below what would make llama.cpp allocate absurd tables
 MAX_LAYERS = 4096
 MAX_CONTEXT = 1 << 27
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
+#: architectures whose block count includes next-token-prediction layers stored without
+#: tensors (llama.cpp's ``nextn_predict_layers``): missing blocks are expected there
+ARCHS_WITH_EMPTY_BLOCKS = frozenset(MODEL_ARCH_NAMES[a] for a in (MODEL_ARCH.DEEPSEEK2, MODEL_ARCH.GLM4_MOE))
+
+
+def _weight(ttype: MODEL_TENSOR, block: int) -> str:
+    """A block's weight name from gguf-py's table (``blk.3.attn_k.weight``)."""
+    return TENSOR_NAMES[ttype].format(bid=block) + WEIGHT_SUFFIX
 #: llama.cpp's rope scaling names (llama-hparams / LLAMA_ROPE_SCALING_TYPES)
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 #: tokenizer models the runtime can use (src/llama-vocab.cpp): not "none" (no tokenizer) or "rwkv" (loops)
@@ -120,8 +128,8 @@ def base_problems(info: GGUFInfo) -> list[str]:
                             f"of {len(heads)}/{len(kvs)} values for {n_layer[0]} layers")
         for i, (h, kv) in enumerate(zip(heads, kvs)):
             # llama.cpp: a layer with 0 KV heads is recurrent (hybrid models) and has no attention tensors
-            k_t = info.tensors.get(f"blk.{i}.attn_k.weight")
-            q_t = info.tensors.get(f"blk.{i}.attn_q.weight")
+            k_name, q_name = _weight(MODEL_TENSOR.ATTN_K, i), _weight(MODEL_TENSOR.ATTN_Q, i)
+            k_t, q_t = info.tensors.get(k_name), info.tensors.get(q_name)
             if h > 0 and kv > 0 and h % kv:
                 problems.append(f"{key(Keys.Attention.HEAD_COUNT)}={h} is not a multiple of "
                                 f"{key(Keys.Attention.HEAD_COUNT_KV)}={kv} (layer {i})")
@@ -131,11 +139,11 @@ def base_problems(info: GGUFInfo) -> list[str]:
                 break
             hd = head_k_len or (n_embd[0] // h if n_embd and h else None)
             if hd and k_t is not None and len(k_t.shape) == 2 and k_t.shape[0] != kv * hd:
-                problems.append(f"{key(Keys.Attention.HEAD_COUNT_KV)}={kv} for layer {i}: blk.{i}.attn_k.weight has "
+                problems.append(f"{key(Keys.Attention.HEAD_COUNT_KV)}={kv} for layer {i}: {k_name} has "
                                 f"{k_t.shape[0]} rows, not {kv} heads of {hd}")
                 break
             if hd and q_t is not None and len(q_t.shape) == 2 and q_t.shape[0] not in (h * hd, 2 * h * hd):
-                problems.append(f"{key(Keys.Attention.HEAD_COUNT)}={h} for layer {i}: blk.{i}.attn_q.weight has "
+                problems.append(f"{key(Keys.Attention.HEAD_COUNT)}={h} for layer {i}: {q_name} has "
                                 f"{q_t.shape[0]} rows, not {h} heads of {hd}")
                 break
     if n_embd and n_head and max(n_head) > 0 and not k_len and n_embd[0] % max(n_head):
@@ -150,7 +158,7 @@ def base_problems(info: GGUFInfo) -> list[str]:
         beyond = sorted(b for b in blocks if b >= n_layer[0])
         if beyond:
             problems.append(f"{key(Keys.LLM.BLOCK_COUNT)}={n_layer[0]} but the file has tensors of block {beyond[0]}")
-        elif blocks and len(blocks) < n_layer[0] and arch not in ("deepseek2", "glm4moe"):
+        elif blocks and len(blocks) < n_layer[0] and arch not in ARCHS_WITH_EMPTY_BLOCKS:
             missing = sorted(set(range(n_layer[0])) - blocks)
             problems.append(f"{key(Keys.LLM.BLOCK_COUNT)}={n_layer[0]} but the file has no tensors for block {missing[0]}")
     embd = info.tensors.get(TOKEN_EMBD_TENSOR)

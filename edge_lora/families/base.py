@@ -1,0 +1,161 @@
+"""What a model family is, as one object: :class:`Family`.
+
+A family is one GGUF architecture (``llama``, ``qwen3``...) and the Hugging Face models that
+convert to it. It knows:
+
+- its Hugging Face names: the ``model_type`` values, the module tree of its checkpoints, the
+  modules LoRA targets (for the way back to PEFT), the words of its model names;
+- the name mapping both ways, built on gguf-py's ``TensorNameMap`` (the table llama.cpp's own
+  converters use), restricted to the family's own module tree;
+- the transforms llama.cpp's base converter applies to its weights, which a LoRA must follow
+  (:meth:`Family.row_transform`) and an export must undo (:meth:`Family.inverse_row_transform`);
+- what its base converter writes beyond the common hyperparameters (:meth:`Family.write_hparams`)
+  and its base-only weight quirks, so test bases are built through the same object.
+
+A new family is one module in this package declaring one :class:`Family` (or a subclass, for
+transforms), registered in :mod:`.registry`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, MODEL_TENSORS, TensorNameMap
+
+from ..errors import ConversionError
+from ..formats.gguf_file import WEIGHT_SUFFIX
+
+#: the Hugging Face module tree of the decoder families (LlamaForCausalLM and its descendants):
+#: blocks under ``model.layers.N`` (``self_attn``, ``mlp`` and norms), the token embedding
+#: ``model.embed_tokens``, the final ``model.norm`` and the head ``lm_head``. gguf-py's
+#: TensorNameMap is the union of every family's names (``transformer.h.N.attn.q_proj`` of GPT-J
+#: maps to attn_q as well), so a path must first belong to the base's own family.
+HF_DECODER_TREE = re.compile(r"^(?:model\.layers\.\d+\.[A-Za-z0-9_.]+|model\.embed_tokens|model\.norm|lm_head)$")
+
+#: the modules LoRA targets in those decoder families, for the reverse mapping: gguf's table also
+#: maps ``self_attn.out_proj`` and ``mlp.c_proj`` to attn_output and ffn_down, so the way back
+#: keeps the names these families use
+HF_DECODER_LORA_MODULES = re.compile(
+    r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o|qkv)_proj|mlp\.(?:gate|up|down|gate_up)_proj)"
+    r"|model\.embed_tokens|lm_head)$"
+)
+
+RowTransform = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One GGUF architecture and the Hugging Face models that convert to it."""
+
+    arch: MODEL_ARCH
+    #: Hugging Face ``model_type`` values whose checkpoints convert to this GGUF arch
+    hf_model_types: tuple[str, ...]
+    #: lower-case words of its model names (``base_model_name_or_path``), for the wrong-base note
+    name_words: tuple[str, ...] = ()
+    #: the module paths of this family's Hugging Face models
+    module_tree: re.Pattern[str] = HF_DECODER_TREE
+    #: the modules LoRA targets, for the way back to PEFT
+    lora_modules: re.Pattern[str] = HF_DECODER_LORA_MODULES
+    #: how the module tree looks, for messages
+    tree_example: str = "model.layers.N.self_attn.q_proj, model.layers.N.mlp.up_proj"
+    #: the base converter stores RMSNorm weights as ``1 + w`` (Gemma computes ``x * (1 + w)``)
+    norm_plus_one: bool = False
+    #: hyperparameters the base converter writes beyond the common ones, as (GGUFWriter method,
+    #: config attribute) pairs: ``writer.add_sliding_window(config.sliding_window)``
+    extra_hparams: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return MODEL_ARCH_NAMES[self.arch]
+
+    # -- names ----------------------------------------------------------------------------
+    def tensor_for(self, module: str, n_layers: int) -> tuple[MODEL_TENSOR, str] | None:
+        """Map a checkpoint module path (``model.layers.3.self_attn.q_proj``) to its GGUF tensor:
+        ``(tensor type, "blk.3.attn_q.weight")``, or None when the name is unknown for this
+        architecture or not in its module tree."""
+        if not self.module_tree.match(module):
+            return None
+        found = _name_map(self.arch, n_layers).get_type_and_name(module, try_suffixes=(WEIGHT_SUFFIX,))
+        if found is None:
+            return None
+        ttype, name = found
+        if ttype not in MODEL_TENSORS[self.arch]:
+            return None
+        return ttype, name + WEIGHT_SUFFIX
+
+    def hf_module_names(self, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
+        """GGUF tensor name (``blk.3.attn_q.weight``) -> its type and Hugging Face module path
+        (``ATTN_Q``, ``model.layers.3.self_attn.q_proj``): :meth:`tensor_for` read backwards, over
+        the LoRA modules of the family. Raises :class:`ConversionError` if the table gives one
+        tensor several modules (a table change would otherwise pick one silently)."""
+        return _hf_module_names(self, n_layers)
+
+    def keeps_module(self, hf_name: str, ttype: MODEL_TENSOR) -> bool:
+        """Of several Hugging Face names for one tensor type, whether ``hf_name`` is this family's.
+        ``gate_up_proj`` and ``up_proj`` both map to ffn_up: the fused one is the family's
+        exactly when the architecture has no separate ffn_gate (Phi-3)."""
+        if ttype == MODEL_TENSOR.FFN_UP:
+            fused_up = MODEL_TENSOR.FFN_GATE not in MODEL_TENSORS[self.arch]
+            return hf_name.endswith(".gate_up_proj") == fused_up
+        return True
+
+    def layer_of(self, module: str) -> int | None:
+        """The block index of a module path of this family, or None (embedding, head)."""
+        m = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", module)
+        return int(m.group(1)) if m else None
+
+    # -- weight transforms ------------------------------------------------------------------
+    def row_transform(self, ttype: MODEL_TENSOR, n_head: int | None, n_head_kv: int | None) -> RowTransform | None:
+        """The transform llama.cpp's base converter applied to this weight's output rows, if any.
+        A LoRA delta ``B @ A`` is transformed like the weight by transforming B's rows."""
+        return None
+
+    def needs_head_counts(self, ttype: MODEL_TENSOR) -> bool:
+        """Whether :meth:`row_transform` of this tensor needs the base's head counts."""
+        return False
+
+    def inverse_row_transform(self, ttype: MODEL_TENSOR, n_head: int | None, n_head_kv: int | None,
+                              n_rows: int) -> np.ndarray | None:
+        """Row indices that undo :meth:`row_transform` on ``n_rows`` rows (the forward transform of
+        ``arange`` inverted: one copy of the maths), or None when there is no transform."""
+        forward = self.row_transform(ttype, n_head, n_head_kv)
+        return None if forward is None else np.argsort(forward(np.arange(n_rows)))
+
+    # -- the base converter ---------------------------------------------------------------
+    def write_hparams(self, writer: Any, config: Any) -> None:
+        """The hyperparameters llama.cpp's converter writes for this family beyond the common ones
+        (``set_gguf_parameters``), from a Hugging Face config (attribute access)."""
+        for method, attr in self.extra_hparams:
+            value = getattr(config, attr, None)
+            if value is not None:
+                getattr(writer, method)(value)
+
+
+@functools.lru_cache(maxsize=64)
+def _name_map(arch: MODEL_ARCH, n_layers: int) -> TensorNameMap:
+    return TensorNameMap(arch, n_layers)
+
+
+@functools.lru_cache(maxsize=16)
+def _hf_module_names(family: Family, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
+    found: dict[str, list[tuple[MODEL_TENSOR, str]]] = {}
+    for hf_name in _name_map(family.arch, n_layers).mapping:
+        if not family.lora_modules.match(hf_name):
+            continue
+        forward = family.tensor_for(hf_name, n_layers)
+        if forward is None:
+            continue
+        ttype, gguf_name = forward
+        if family.keeps_module(hf_name, ttype):
+            found.setdefault(gguf_name, []).append((ttype, hf_name))
+    ambiguous = {g: c for g, c in found.items() if len(c) > 1}
+    if ambiguous:
+        raise ConversionError(f"{family.name}: the name table gives several Hugging Face modules for a tensor",
+                              [f"{g}: {', '.join(n for _, n in c)}" for g, c in sorted(ambiguous.items())])
+    return MappingProxyType({g: c[0] for g, c in found.items()})  # cached: read-only

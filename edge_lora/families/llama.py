@@ -1,0 +1,40 @@
+"""Llama 2, Llama 3.x and Mistral: GGUF ``llama``.
+
+llama.cpp's base converter permutes the rows of Q and K for its rope layout
+(``convert_hf_to_gguf.LlamaModel.permute``); a LoRA on them must have B's rows permuted the
+same way, and an export must undo it, both with the base's head counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import MODEL_ARCH, MODEL_TENSOR
+
+from .base import Family, RowTransform
+
+
+def permute_rows(w: np.ndarray, n_head: int, n_head_kv: int | None) -> np.ndarray:
+    """llama.cpp's Q/K row permutation (convert_hf_to_gguf.LlamaModel.permute), on axis 0."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+_PERMUTED = (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K)
+
+
+@dataclass(frozen=True)
+class LlamaFamily(Family):
+    def row_transform(self, ttype: MODEL_TENSOR, n_head: int | None, n_head_kv: int | None) -> RowTransform | None:
+        if ttype not in _PERMUTED or n_head is None:
+            return None
+        kv = n_head if ttype == MODEL_TENSOR.ATTN_Q else n_head_kv
+        return lambda w: permute_rows(w, n_head, kv)
+
+    def needs_head_counts(self, ttype: MODEL_TENSOR) -> bool:
+        return ttype in _PERMUTED
+
+
+LLAMA = LlamaFamily(MODEL_ARCH.LLAMA, ("llama", "mistral"), name_words=("llama", "mistral"))

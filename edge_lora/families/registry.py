@@ -1,0 +1,40 @@
+"""The families edge-lora supports, by GGUF architecture and by Hugging Face ``model_type``.
+
+Each is proven by parity tests (transformers + PEFT against llama.cpp on a tiny model). A new
+family: one module in this package, one line in :data:`FAMILIES`, one parity case.
+"""
+
+from __future__ import annotations
+
+from .base import Family
+from .gemma import GEMMA2, GEMMA3
+from .llama import LLAMA
+from .phi3 import PHI3
+from .qwen import QWEN2, QWEN3
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3)}
+
+#: model-name words of families edge-lora does not convert, for the wrong-base note
+OTHER_NAME_WORDS = {"mixtral": "mixtral", "gpt2": "gpt2", "gpt-j": "gptj", "falcon": "falcon"}
+
+
+def family_for(name: str) -> Family | None:
+    """The family of a GGUF architecture name or a Hugging Face ``model_type``, if supported."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    return next((f for f in FAMILIES.values() if name in f.hf_model_types), None)
+
+
+def supported_names() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def family_named_in(text: str) -> str | None:
+    """The family (a GGUF arch name) whose model-name words appear in ``text`` (a base model's
+    name or path, lower case), the first in table order; None when none does. Only the model's
+    own name counts, not its organisation or folders (``mistralai/mixtral-8x7b`` is Mixtral)."""
+    text = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    for f in FAMILIES.values():
+        if any(w in text for w in f.name_words):
+            return f.name
+    return next((fam for w, fam in OTHER_NAME_WORDS.items() if w in text), None)

@@ -1,0 +1,59 @@
+"""The family registry and each family's name mapping, both ways (gguf-py's table, no engine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import MODEL_TENSOR, MODEL_TENSORS
+
+from edge_lora.families import FAMILIES, family_for, supported_names
+from edge_lora.families.registry import family_named_in
+
+N_LAYERS = 3
+
+
+def test_registry_by_arch_and_hf_model_type():
+    assert supported_names() == ["gemma2", "gemma3", "llama", "phi3", "qwen2", "qwen3"]
+    assert family_for("mistral") is FAMILIES["llama"] and family_for("gemma3_text") is FAMILIES["gemma3"]
+    assert family_for("gpt2") is None
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_names_map_both_ways(name):
+    """Every LoRA module of the family maps to a tensor of its arch and back to itself."""
+    fam = FAMILIES[name]
+    back = fam.hf_module_names(N_LAYERS)
+    assert back, "the reverse table is empty"
+    for gguf_name, (ttype, module) in back.items():
+        assert fam.tensor_for(module, N_LAYERS) == (ttype, gguf_name)
+    modules = {m for _, m in back.values()}
+    assert {f"model.layers.{N_LAYERS - 1}.self_attn.o_proj", "model.embed_tokens"} <= modules
+    assert ("lm_head" in modules) == (MODEL_TENSOR.OUTPUT in MODEL_TENSORS[fam.arch])  # gemma2: always tied
+    fused = name == "phi3"
+    assert ("model.layers.0.self_attn.qkv_proj" in modules) == fused
+    assert ("model.layers.0.mlp.gate_up_proj" in modules) == fused
+    # a path of another family's tree is not this family's, whatever gguf's union table says
+    assert fam.tensor_for("transformer.h.0.attn.q_proj", N_LAYERS) is None
+
+
+def test_only_llama_permutes_q_and_k_and_the_inverse_undoes_it():
+    for name, fam in FAMILIES.items():
+        assert (fam.row_transform(MODEL_TENSOR.ATTN_Q, 4, 2) is not None) == (name == "llama")
+        assert fam.row_transform(MODEL_TENSOR.ATTN_V, 4, 2) is None
+    llama = FAMILIES["llama"]
+    b = np.random.default_rng(0).standard_normal((4 * 8, 3))
+    for ttype, rows in ((MODEL_TENSOR.ATTN_Q, 32), (MODEL_TENSOR.ATTN_K, 16)):
+        fwd = llama.row_transform(ttype, 4, 2)
+        x = b[:rows]
+        assert not np.array_equal(fwd(x), x)
+        np.testing.assert_array_equal(fwd(x)[llama.inverse_row_transform(ttype, 4, 2, rows)], x)
+    assert llama.needs_head_counts(MODEL_TENSOR.ATTN_K) and not llama.needs_head_counts(MODEL_TENSOR.FFN_UP)
+
+
+def test_family_named_in_a_model_name():
+    assert family_named_in("meta-llama/llama-3.2-1b") == "llama"
+    assert family_named_in("mistralai/mistral-7b") == "llama"
+    assert family_named_in("google/gemma-3-270m") == "gemma3"
+    assert family_named_in("mistralai/mixtral-8x7b") == "mixtral"
+    assert family_named_in("/models/qwen2.5-7b-instruct/") == "qwen2"
+    assert family_named_in("my-own-model") is None
