@@ -40,8 +40,7 @@ def child(n_decode: int) -> None:
     native.backend_init()
     model = native.NativeModel(str(assemble()))
     ctx = native.NativeContext(model, native.ContextParams(n_ctx=512, n_batch=512, n_threads=THREADS))
-    sampler = native.NativeSampler(model, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-                                   repeat_last_n=0, seed=0)
+    sampler = native.NativeSampler(model).add_greedy()
     prompt = model.tokenize(PROMPT, add_special=True, parse_special=False)
     ctx.decode(prompt, 0)  # warm-up: pages in the weights
     ctx.clear()

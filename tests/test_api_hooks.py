@@ -178,7 +178,7 @@ def test_unloading_an_adapter_drops_its_snapshots(tiny, tmp_path):
             rt.complete(words, mix, max_tokens=2, temperature=0.0)
 
         def holders() -> set[int]:
-            return {u for key, _ in rt.snapshots._items for _, u, _ in key}  # noqa: SLF001
+            return {u for history in rt.snapshots.histories() for seg in history for _, u, _ in seg.key}
 
         assert holders() == {uid["a"], uid["b"]}
         used = rt.snapshots.bytes_used

@@ -219,9 +219,13 @@ def test_snapshot_store_threshold_holds_when_empty():
     """An empty store is still a store: dropping a few tokens must not snapshot the whole KV."""
     from edge_lora.runtime.kv import SnapshotStore
 
+    from edge_lora.runtime.kv import Segment
+
     store = SnapshotStore(1 << 20, min_tokens=32)
     assert len(store) == 0
-    store.put((), list(range(10)), b"x" * 100)  # under min_tokens: not kept
+    store.put([Segment((), tuple(range(10)))], b"x" * 100)  # under min_tokens: not kept
     assert len(store) == 0
-    store.put((), list(range(40)), b"y" * 100)
-    assert store.best((), list(range(35)) + [99]) == (35, list(range(40)), b"y" * 100)
+    history = (Segment((), tuple(range(40))),)
+    store.put(history, b"y" * 100)
+    snap = store.best((), list(range(35)) + [99])
+    assert (snap.n, snap.segments, snap.state) == (35, history, b"y" * 100)

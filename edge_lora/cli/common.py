@@ -36,18 +36,11 @@ def parse_adapter_arg(text: str) -> tuple[str, float]:
 
 
 def parse_adapter_spec(spec: str) -> tuple[str, str, float]:
-    """``NAME=PATH[:SCALE]`` -> (name, path, scale)."""
+    """``NAME=PATH[:SCALE]`` -> (name, path, scale); PATH[:SCALE] as :func:`parse_adapter_arg` reads it."""
     name, sep, rest = spec.partition("=")
     if not sep or not name or not rest:
         raise InvalidRequestError(f"--adapter {spec!r}: expected NAME=PATH[:SCALE]")
-    path, scale = rest, 1.0
-    head, colon, tail = rest.rpartition(":")
-    if colon and head:
-        try:
-            scale = float(tail)
-            path = head
-        except ValueError:
-            pass  # a ':' inside the path itself
+    path, scale = parse_adapter_arg(rest)
     return name, path, scale
 
 

@@ -544,26 +544,37 @@ class NativeContext:
 
 
 class NativeSampler:
-    """A llama.cpp sampler chain (penalties, top-k, top-p, min-p, temperature, seed)."""
+    """A llama.cpp sampler chain, built stage by stage (``llama_sampler_chain_add``); each
+    ``add_*`` returns the sampler. Grammars, logit biases and other stages go here."""
 
-    def __init__(self, model: NativeModel, *, temperature: float, top_k: int, top_p: float, min_p: float,
-                 repeat_penalty: float, repeat_last_n: int, seed: int) -> None:
-        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        self.ptr = chain
-        add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
-        if repeat_penalty != 1.0:
-            add(ll.llama_sampler_init_penalties(model.n_vocab, repeat_last_n, repeat_penalty, 0.0, 0.0))
-        if temperature <= 0.0:
-            add(ll.llama_sampler_init_greedy())
-            return
-        if top_k > 0:
-            add(ll.llama_sampler_init_top_k(top_k))
-        if top_p < 1.0:
-            add(ll.llama_sampler_init_top_p(top_p, 1))
-        if min_p > 0.0:
-            add(ll.llama_sampler_init_min_p(min_p, 1))
-        add(ll.llama_sampler_init_temp(temperature))
-        add(ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    def __init__(self, model: NativeModel) -> None:
+        self.ptr = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        self.model = model
+
+    def _add(self, stage: object) -> NativeSampler:
+        ll.llama_sampler_chain_add(self.ptr, stage)
+        return self
+
+    def add_penalties(self, last_n: int, repeat: float, frequency: float = 0.0, presence: float = 0.0) -> NativeSampler:
+        return self._add(ll.llama_sampler_init_penalties(self.model.n_vocab, last_n, repeat, frequency, presence))
+
+    def add_greedy(self) -> NativeSampler:
+        return self._add(ll.llama_sampler_init_greedy())
+
+    def add_top_k(self, k: int) -> NativeSampler:
+        return self._add(ll.llama_sampler_init_top_k(k))
+
+    def add_top_p(self, p: float, min_keep: int = 1) -> NativeSampler:
+        return self._add(ll.llama_sampler_init_top_p(p, min_keep))
+
+    def add_min_p(self, p: float, min_keep: int = 1) -> NativeSampler:
+        return self._add(ll.llama_sampler_init_min_p(p, min_keep))
+
+    def add_temperature(self, t: float) -> NativeSampler:
+        return self._add(ll.llama_sampler_init_temp(t))
+
+    def add_dist(self, seed: int) -> NativeSampler:
+        return self._add(ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def accept(self, token: int) -> None:
         ll.llama_sampler_accept(self.ptr, token)

@@ -91,8 +91,7 @@ def _logits_check(workdir: Path, label: str, types: Any, tol: float, delta_tol: 
             if not np.isfinite(err) or err > limit:
                 problems.append(f"{what} logits differ from the reference by {err:.3g} (tolerance {limit})")
         if generate:
-            sampler = NativeSampler(nm, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-                                    repeat_last_n=0, seed=0)
+            sampler = NativeSampler(nm).add_greedy()
             tokens = list(PROMPT)
             try:
                 for _ in range(generate):
@@ -143,8 +142,7 @@ def greedy_decode(base: Path, prompt: list[int] | str, n_tokens: int, n_threads:
     if isinstance(prompt, str):
         prompt = nm.tokenize(prompt, add_special=True, parse_special=False)
     ctx = NativeContext(nm, ContextParams(n_ctx=128, n_batch=64, n_threads=n_threads))
-    sampler = NativeSampler(nm, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-                            repeat_last_n=0, seed=0)
+    sampler = NativeSampler(nm).add_greedy()
     try:
         ctx.decode(prompt, 0)
         out: list[int] = []

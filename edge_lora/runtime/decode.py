@@ -1,65 +1,54 @@
-"""The decode/sample loop and stop strings."""
+"""The token loop: a prompt evaluated, then sampled tokens until a stop, the limit or a cancel."""
 
 from __future__ import annotations
 
-import codecs
 import random
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ..engine.native import NativeSampler
+from ..engine.native import NativeModel, NativeSampler
 from ..cancel import CancelToken
-from ..errors import CancelledError, ContextOverflowError, InvalidRequestError, NonFiniteLogitsError
-from .kv import ContextPool, Slot
+from ..errors import CancelledError, InvalidRequestError, NonFiniteLogitsError
+from .kv import KVState
+from .stops import StopScanner
+from .scheduler import Scheduler, Slot
 from .registry import AdapterSet
 from .request import Completion, SamplingParams, Timings
 
 
-class _StopScanner:
-    """Assembles UTF-8 text from token pieces; holds back what could start a stop string."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = stops
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.text = ""
-        self.emitted = 0
-        self.stopped = False
-
-    def feed(self, piece: bytes) -> str:
-        self.text += self.decoder.decode(piece)
-        for s in self.stops:
-            i = self.text.find(s, max(0, self.emitted - len(s)))
-            if i >= 0:
-                self.text = self.text[:i]
-                self.stopped = True
-                return self._emit(len(self.text))
-        hold = max((_overlap(self.text, s) for s in self.stops), default=0)
-        return self._emit(len(self.text) - hold)
-
-    def finish(self) -> str:
-        if not self.stopped:
-            self.text += self.decoder.decode(b"", final=True)
-        return self._emit(len(self.text))
-
-    def _emit(self, upto: int) -> str:
-        upto = max(upto, self.emitted)
-        out = self.text[self.emitted : upto]
-        self.emitted = upto
-        return out
+def check_finite(logits: np.ndarray, kv: KVState, aset: AdapterSet, when: str) -> None:
+    """Refuse NaN or infinite logits (an adapter scale or weight that overflows the computation):
+    the KV holds the same overflow, so it is cleared, never reused."""
+    if not np.isfinite(logits).all():
+        kv.clear()
+        raise NonFiniteLogitsError(
+            f"the logits turned NaN or infinite {when} with adapters {aset.scales or 'none'}: an adapter's scale or "
+            "weights overflow the computation; lower the scale")
 
 
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
-    for n in range(min(len(stop) - 1, len(text)), 0, -1):
-        if text.endswith(stop[:n]):
-            return n
-    return 0
+def sampler_for(model: NativeModel, params: SamplingParams) -> NativeSampler:
+    """llama.cpp's sampler chain for ``params``, in llama.cpp's order (``common/sampling.cpp``):
+    penalties, then greedy at temperature 0, else top-k, top-p, min-p, temperature and a seeded draw.
+    Disabled stages (their neutral values) are left out."""
+    sampler = NativeSampler(model)
+    if params.repeat_penalty != 1.0:
+        sampler.add_penalties(params.repeat_last_n, params.repeat_penalty)
+    if params.temperature <= 0.0:
+        return sampler.add_greedy()
+    if params.top_k > 0:
+        sampler.add_top_k(params.top_k)
+    if params.top_p < 1.0:
+        sampler.add_top_p(params.top_p)
+    if params.min_p > 0.0:
+        sampler.add_min_p(params.min_p)
+    seed = params.seed if params.seed is not None else random.getrandbits(32)
+    return sampler.add_temperature(params.temperature).add_dist(seed)
 
 
 def generate(
-    pool: ContextPool,
+    pool: Scheduler,
     slot: Slot,
     aset: AdapterSet,
     prompt: list[int],
@@ -68,40 +57,23 @@ def generate(
     cancel: CancelToken | None = None,
 ) -> Iterator[str]:
     """Yield text pieces; the generator's return value (StopIteration.value) is the Completion.
-    A ``cancel`` token stops it (``finish_reason == "cancelled"``), within a token or a graph node."""
+    A ``cancel`` token stops it (``finish_reason == "cancelled"``), within a token or a graph node.
+    The prompt must leave room for a token (the runtime checks it at the call)."""
     t0 = time.perf_counter()
     if not prompt:
         raise InvalidRequestError("the prompt is empty")
     n_ctx = slot.ctx.n_ctx
-    if len(prompt) >= n_ctx:
-        raise ContextOverflowError(
-            f"the prompt has {len(prompt)} tokens; the context holds {n_ctx} (leave room for at least one "
-            "generated token: shorten the prompt or raise n_ctx)",
-            needed=len(prompt) + 1,
-            n_ctx=n_ctx,
-        )
+    kv = slot.kv
     cached = pool.prepare(slot, aset, prompt)
-    if cancel is not None:
-        slot.ctx.abort_when(lambda: cancel.cancelled)  # a long prompt stops within a graph node
     try:
-        slot.ctx.decode(prompt[cached:], cached)  # leaves the last token's logits for the sampler
+        kv.decode(aset.key, prompt[cached:], cancel=cancel)  # leaves the last token's logits for the sampler
     except CancelledError:
-        slot.kv_tokens = []  # a partial evaluation: nothing in the KV is reusable
-        slot.ctx.clear()
         t = (time.perf_counter() - t0) * 1000
         return Completion("", [], "cancelled", len(prompt), 0, cached, aset.scales, Timings(t, t, 0.0, t))
-    finally:
-        if cancel is not None:
-            slot.ctx.abort_when(None)
-    slot.kv_tokens = list(prompt)
     t_prompt = time.perf_counter()
-    seed = params.seed if params.seed is not None else random.getrandbits(32)
-    sampler = NativeSampler(
-        slot.ctx.model, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-        min_p=params.min_p, repeat_penalty=params.repeat_penalty, repeat_last_n=params.repeat_last_n, seed=seed,
-    )
+    sampler = sampler_for(slot.ctx.model, params)
     model = slot.ctx.model
-    scanner = _StopScanner(params.stop)
+    scanner = StopScanner(params.stop)
     out_tokens: list[int] = []
     finish = "length"
     t_first = None
@@ -112,13 +84,7 @@ def generate(
             if (cancel is not None and cancel.cancelled) or pool.closing.is_set():
                 finish = "cancelled"
                 break
-            if not np.isfinite(slot.ctx.last_logits()).all():
-                slot.kv_tokens = []  # the KV holds the same overflow: never reuse it
-                slot.ctx.clear()
-                raise NonFiniteLogitsError(
-                    f"the logits turned NaN or infinite after {len(out_tokens)} generated tokens with adapters "
-                    f"{aset.scales or 'none'}: an adapter's scale or weights overflow the computation; lower the scale"
-                )
+            check_finite(slot.ctx.last_logits(), kv, aset, f"after {len(out_tokens)} generated tokens")
             tok = sampler.sample(slot.ctx)
             if t_first is None:
                 t_first = time.perf_counter()
@@ -134,10 +100,9 @@ def generate(
             if scanner.stopped:
                 finish = "stop"
                 break
-            if len(out_tokens) >= params.max_tokens or len(slot.kv_tokens) + 1 >= n_ctx:
+            if len(out_tokens) >= params.max_tokens or len(kv) + 1 >= n_ctx:
                 break
-            slot.ctx.decode([tok], len(slot.kv_tokens))
-            slot.kv_tokens.append(tok)
+            kv.decode(aset.key, [tok])
         rest = scanner.finish()
         if rest:
             yield rest

@@ -1,34 +1,47 @@
-"""A pool of llama contexts over one model, each remembering what its KV cache holds.
+"""What a context's KV cache holds, and the snapshots kept of it.
 
-The concurrency model: every call leases one context for its whole duration (a
-context is never shared by two threads); ``n_parallel`` contexts run calls in
-parallel, further calls wait. What a context's KV cache holds is keyed by the
-adapter set (names, load ids and scales) *and* the tokens, so KV computed under
-one set is never reused under another. When a context switches sets, its KV state
-is kept as a snapshot (bounded, least recently used evicted) so that returning to
-a set used earlier restores the history instead of recomputing it.
+A context's KV holds a history of tokens, each computed under the adapter set that was active
+(the set's names, load ids and scales: :data:`~.registry.SetKey`) with everything before it.
+:class:`KVState` keeps that as ordered :class:`Segment` s ``[(set, tokens), ...]`` and is the
+one owner of the invariant *what the context's KV holds == its segments*: only its methods
+clear, truncate, restore or extend a context's KV. A call under set ``S`` may reuse the longest
+prefix of its tokens held by leading segments computed under ``S`` (:func:`reusable`); KV
+computed under another set is never reused. A history is one segment today; a call that
+starts under one set and continues under another (aLoRA: the base up to the invocation, then
+the adapter) makes two.
+
+When a context leaves a set, its KV can be kept as a snapshot (:class:`SnapshotStore`,
+bounded in bytes, least recently used evicted), so returning to that set restores the history
+instead of recomputing it.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..engine.native import ContextParams, NativeAdapter, NativeContext, NativeModel
+import numpy as np
+
 from ..cancel import CancelToken
-from ..errors import CancelledError, InvalidRequestError
-from .registry import AdapterSet, SetKey
+from ..errors import ContextOverflowError
+
+if TYPE_CHECKING:
+    from ..engine.native import NativeContext
+    from .registry import SetKey
 
 
-@dataclass
-class Slot:
-    ctx: NativeContext
-    kv_key: SetKey | None = None
-    kv_tokens: list[int] = field(default_factory=list)
+@dataclass(frozen=True)
+class Segment:
+    """Tokens whose KV was computed under the adapter set ``key`` (after the segments before it)."""
+
+    key: SetKey
+    tokens: tuple[int, ...]
+
+
+Segments = tuple[Segment, ...]
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -39,13 +52,144 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def reusable(segments: Sequence[Segment], key: SetKey, tokens: Sequence[int]) -> int:
+    """How many leading ``tokens`` the KV of ``segments`` holds validly for a call under ``key``:
+    their common prefix, through the leading segments computed under ``key``."""
+    n = 0
+    for seg in segments:
+        if seg.key != key:
+            break
+        m = common_prefix(seg.tokens, tokens[n:])
+        n += m
+        if m < len(seg.tokens):
+            break
+    return n
+
+
+def n_tokens(segments: Sequence[Segment]) -> int:
+    return sum(len(s.tokens) for s in segments)
+
+
+def _holds(segments: Sequence[Segment], uid: int) -> bool:
+    return any(u == uid for s in segments for _, u, _ in s.key)
+
+
+def _is_prefix(old: Segments, new: Segments) -> bool:
+    """Whether the history ``old`` is a prefix of the history ``new`` (same sets, same tokens)."""
+    if len(old) > len(new) or not old:
+        return False
+    for i, (o, n) in enumerate(zip(old, new)):
+        last = i == len(old) - 1
+        if o.key != n.key or (o.tokens != n.tokens if not last else n.tokens[: len(o.tokens)] != o.tokens):
+            return False
+    return True
+
+
+class KVState:
+    """What one context's KV holds (:class:`Segment` s); the only writer of that context's KV."""
+
+    def __init__(self, ctx: NativeContext) -> None:
+        self.ctx = ctx
+        self._segments: list[Segment] = []
+
+    @property
+    def segments(self) -> Segments:
+        return tuple(self._segments)
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for s in self._segments for t in s.tokens]
+
+    @property
+    def key(self) -> SetKey | None:
+        """The set of the last segment (the one a continuation would extend), or None when empty."""
+        return self._segments[-1].key if self._segments else None
+
+    def __len__(self) -> int:
+        return n_tokens(self._segments)
+
+    def reusable(self, key: SetKey, tokens: Sequence[int]) -> int:
+        return reusable(self._segments, key, tokens)
+
+    def clear(self) -> None:
+        self.ctx.clear()
+        self._segments = []
+
+    def truncate(self, n: int) -> int:
+        """Keep the first ``n`` tokens (their segments cut to fit); returns how many are kept:
+        ``n``, or 0 when this memory cannot drop a suffix (then it is cleared)."""
+        if n <= 0:
+            self.clear()
+            return 0
+        if n >= len(self):
+            return len(self)
+        if not self.ctx.truncate(n):
+            self.clear()
+            return 0
+        kept: list[Segment] = []
+        left = n
+        for s in self._segments:
+            if left <= 0:
+                break
+            kept.append(s if len(s.tokens) <= left else Segment(s.key, s.tokens[:left]))
+            left -= len(s.tokens)
+        self._segments = kept
+        return n
+
+    def save(self) -> bytes:
+        return self.ctx.save_state()
+
+    def restore(self, segments: Segments, state: bytes) -> bool:
+        """Load a snapshot's KV; False (and cleared) when llama.cpp refuses it."""
+        if self.ctx.load_state(state):
+            self._segments = list(segments)
+            return True
+        self.clear()
+        return False
+
+    def decode(self, key: SetKey, tokens: Sequence[int], *, all_logits: bool = False, all_rows: bool = False,
+               cancel: CancelToken | None = None) -> np.ndarray | None:
+        """The one decode step: evaluate ``tokens`` after what the KV holds, under the set ``key``
+        (its adapters already on the context), and record them. ``cancel`` aborts a long
+        evaluation between graph nodes: :class:`CancelledError` is raised and the KV, partly
+        written, is cleared. Returns every token's logits with ``all_logits``, else None (the
+        last token's logits stay in the context for the sampler)."""
+        if cancel is not None:
+            self.ctx.abort_when(lambda: cancel.cancelled)
+        try:
+            out = self.ctx.decode(tokens, len(self), all_logits=all_logits, all_rows=all_rows)
+        except ContextOverflowError:
+            raise  # refused before anything was evaluated
+        except BaseException:
+            self.clear()  # a partial evaluation (cancelled, or failed): nothing in the KV is reusable
+            raise
+        finally:
+            if cancel is not None:
+                self.ctx.abort_when(None)
+        if self._segments and self._segments[-1].key == key:
+            last = self._segments[-1]
+            self._segments[-1] = Segment(key, last.tokens + tuple(tokens))
+        else:
+            self._segments.append(Segment(key, tuple(tokens)))
+        return out
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A saved KV state: ``n`` of the asked tokens are reusable from it (see :meth:`SnapshotStore.best`)."""
+
+    n: int
+    segments: Segments
+    state: bytes
+
+
 class SnapshotStore:
-    """KV snapshots keyed by (adapter set, tokens), bounded in bytes, LRU-evicted."""
+    """KV snapshots keyed by their segments, bounded in bytes, LRU-evicted."""
 
     def __init__(self, max_bytes: int, min_tokens: int = 32) -> None:
         self.max_bytes = max_bytes
         self.min_tokens = min_tokens
-        self._items: OrderedDict[tuple[SetKey, tuple[int, ...]], bytes] = OrderedDict()
+        self._items: OrderedDict[Segments, bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -56,13 +200,18 @@ class SnapshotStore:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, key: SetKey, tokens: Sequence[int], state: bytes) -> None:
-        if len(state) > self.max_bytes or len(tokens) < self.min_tokens:
+    def histories(self) -> list[Segments]:
+        """The segments of every snapshot kept, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+    def put(self, segments: Sequence[Segment], state: bytes) -> None:
+        k = tuple(segments)
+        if len(state) > self.max_bytes or n_tokens(k) < self.min_tokens:
             return
-        k = (key, tuple(tokens))
         with self._lock:
             # a longer snapshot of the same history makes its prefixes redundant
-            for old in [o for o in self._items if o[0] == key and common_prefix(o[1], k[1]) == len(o[1])]:
+            for old in [o for o in self._items if _is_prefix(o, k)]:
                 self._bytes -= len(self._items.pop(old))
             self._items[k] = state
             self._bytes += len(state)
@@ -70,141 +219,22 @@ class SnapshotStore:
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= len(dropped)
 
-    def best(self, key: SetKey, tokens: Sequence[int]) -> tuple[int, list[int], bytes] | None:
-        """The snapshot under ``key`` sharing the longest prefix with ``tokens``:
-        ``(shared length, its tokens, state)``. Any prefix of a snapshot is valid KV."""
+    def best(self, key: SetKey, tokens: Sequence[int]) -> Snapshot | None:
+        """The snapshot from which the most leading ``tokens`` are reusable under ``key`` (any
+        prefix of a snapshot is valid KV), or None when none has any."""
         with self._lock:
             found, found_n = None, 0
             for k in self._items:
-                if k[0] == key:
-                    n = common_prefix(k[1], tokens)
-                    if n > found_n:
-                        found, found_n = k, n
+                n = reusable(k, key, tokens)
+                if n > found_n:
+                    found, found_n = k, n
             if found is None:
                 return None
             self._items.move_to_end(found)
-            return found_n, list(found[1]), self._items[found]
+            return Snapshot(found_n, found, self._items[found])
 
     def drop_adapter(self, uid: int) -> None:
-        """Forget every snapshot whose adapter set holds the adapter loaded as ``uid``."""
+        """Forget every snapshot whose history was computed with the adapter loaded as ``uid``."""
         with self._lock:
-            for k in [k for k in self._items if any(u == uid for _, u, _ in k[0])]:
+            for k in [k for k in self._items if _holds(k, uid)]:
                 self._bytes -= len(self._items.pop(k))
-
-
-class ContextPool:
-    """``n`` contexts over one model, leased one call at a time."""
-
-    def __init__(self, model: NativeModel, params: ContextParams, n: int, snapshots: SnapshotStore | None) -> None:
-        self.snapshots = snapshots
-        self._slots = [Slot(NativeContext(model, params)) for _ in range(n)]
-        self._free = list(self._slots)
-        self._cond = threading.Condition()
-        #: set by close(): generations stop at their next token, new leases are refused
-        self.closing = threading.Event()
-
-    @property
-    def n_ctx(self) -> int:
-        return self._slots[0].ctx.n_ctx
-
-    @property
-    def size(self) -> int:
-        return len(self._slots)
-
-    @property
-    def busy(self) -> int:
-        with self._cond:
-            return len(self._slots) - len(self._free)
-
-    @contextmanager
-    def lease(self, cancel: CancelToken | None = None) -> Iterator[Slot]:
-        """A free context for the caller's whole call; waits for one. Raises
-        :class:`CancelledError` when ``cancel`` fires while waiting (within 0.1 s)."""
-        with self._cond:
-            while not self._free:
-                if self.closing.is_set():
-                    raise InvalidRequestError("this Runtime is closing")
-                if cancel is not None and cancel.cancelled:
-                    raise CancelledError("cancelled while waiting for a context")
-                self._cond.wait(0.1)
-            if self.closing.is_set():
-                raise InvalidRequestError("this Runtime is closing")
-            slot = self._free.pop()
-        try:
-            yield slot
-        finally:
-            with self._cond:
-                self._free.append(slot)
-                self._cond.notify()
-
-    def detach(self, adapter: NativeAdapter, uid: int) -> None:
-        """Take ``adapter`` (loaded as ``uid``) off every idle context so it can be freed, and drop
-        the KV snapshots taken under it (no set holding it can come back: uids are never reused).
-
-        Called when no call uses the adapter any more: a busy context then runs
-        another set, and it replaces its adapters before it decodes anything.
-        """
-        if self.snapshots is not None:
-            self.snapshots.drop_adapter(uid)
-        with self._cond:
-            holders = [s for s in self._free if s.ctx.holds_adapter(adapter)]
-            for slot in holders:
-                self._free.remove(slot)
-        try:
-            for slot in holders:
-                slot.ctx.set_adapters(())
-                slot.kv_key, slot.kv_tokens = None, []
-                slot.ctx.clear()
-        finally:
-            with self._cond:
-                self._free.extend(holders)
-                self._cond.notify_all()
-
-    def close(self, timeout: float = 10.0) -> bool:
-        """Stop generations at their next token, wait up to ``timeout`` s for every context to be
-        returned, and free them. A context still leased then (a stream left unconsumed in another
-        thread) is never freed under its call: returns False, and the caller keeps the model."""
-        self.closing.set()
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self._free) < len(self._slots) and time.monotonic() < deadline:
-                self._cond.wait(0.05)
-            idle = list(self._free)
-        for s in idle:
-            s.ctx.close()
-        return len(idle) == len(self._slots)
-
-    # -- KV reuse ------------------------------------------------------------------
-    def prepare(self, slot: Slot, aset: AdapterSet, tokens: Sequence[int]) -> int:
-        """Make ``slot``'s KV hold the longest reusable prefix of ``tokens`` under ``aset``.
-
-        Returns how many tokens are already evaluated (always < len(tokens), so the
-        caller evaluates at least the last one and gets its logits).
-        """
-        keep = common_prefix(slot.kv_tokens, tokens) if slot.kv_key == aset.key else 0
-        keep = min(keep, len(tokens) - 1)
-        snap = self.snapshots.best(aset.key, tokens[: len(tokens) - 1]) if self.snapshots is not None else None
-        if snap is not None and snap[0] > keep:
-            self._stash(slot)
-            if slot.ctx.load_state(snap[2]):
-                slot.kv_key, slot.kv_tokens, keep = aset.key, snap[1], snap[0]
-            else:
-                slot.kv_key, slot.kv_tokens, keep = None, [], 0
-        elif slot.kv_key != aset.key or len(slot.kv_tokens) - keep >= (self.snapshots.min_tokens if self.snapshots is not None else 1):
-            # leaving this set, or dropping much of its history: keep it for a later return
-            self._stash(slot)
-            keep = keep if slot.kv_key == aset.key else 0
-        slot.ctx.set_adapters(aset.natives)
-        if keep == 0:
-            slot.ctx.clear()
-        elif keep < len(slot.kv_tokens) and not slot.ctx.truncate(keep):
-            slot.ctx.clear()
-            keep = 0
-        slot.kv_key, slot.kv_tokens = aset.key, list(tokens[:keep])
-        return keep
-
-    def _stash(self, slot: Slot) -> None:
-        """Before a context leaves its adapter set, keep its KV state for a later return."""
-        if self.snapshots is None or slot.kv_key is None or len(slot.kv_tokens) < self.snapshots.min_tokens:
-            return
-        self.snapshots.put(slot.kv_key, slot.kv_tokens, slot.ctx.save_state())

@@ -24,14 +24,15 @@ import numpy as np
 from ..families.base_check import base_problems
 from .chat import ChatTemplate
 from ..cancel import CancelToken
-from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError, NonFiniteLogitsError
+from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError
 from .request import Completion, SamplingParams, TextStream, Timings
-from .decode import generate
+from .decode import check_finite, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
 from ..formats.gguf_file import read_gguf
 from ..engine.check import ensure_engine_ok
 from ..engine.native import ContextParams, NativeModel
-from .kv import ContextPool, Slot, SnapshotStore
+from .kv import SnapshotStore
+from .scheduler import Scheduler, Slot
 from .registry import AdapterInfo, AdapterRegistry, AdapterSet
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ class Runtime:
         self._params = params
         store = SnapshotStore(int(snapshot_mb * 1024 * 1024)) if snapshot_mb > 0 else None
         try:
-            self._pool = ContextPool(self._model, params, n_parallel, store)
+            self._pool = Scheduler(self._model, params, n_parallel, store)
         except Exception:
             self._model.close()
             raise
@@ -168,36 +169,20 @@ class Runtime:
     def logits(self, token_ids: Sequence[int], adapters: Adapters = None, *, cancel: CancelToken | None = None) -> np.ndarray:
         """Logits ``[n_tokens, n_vocab]`` of ``token_ids`` evaluated from scratch under ``adapters``.
 
-        Raises :class:`NonFiniteLogitsError` rather than return NaN or infinite logits."""
+        Raises :class:`NonFiniteLogitsError` rather than return NaN or infinite logits,
+        :class:`CancelledError` when ``cancel`` fires."""
         self._check_ids(token_ids)
         ids = [int(t) for t in token_ids]
         if not ids:
             raise InvalidRequestError("token_ids is empty")
+        if len(ids) > self.n_ctx:
+            raise ContextOverflowError(f"{len(ids)} tokens do not fit the context of {self.n_ctx}",
+                                       needed=len(ids), n_ctx=self.n_ctx)
         with self._call(adapters, cancel) as (slot, aset):
-            if len(ids) > slot.ctx.n_ctx:
-                raise ContextOverflowError(
-                    f"{len(ids)} tokens do not fit the context of {slot.ctx.n_ctx}", needed=len(ids), n_ctx=slot.ctx.n_ctx
-                )
             slot.ctx.set_adapters(aset.natives)
-            slot.ctx.clear()
-            slot.kv_key, slot.kv_tokens = None, []
-            if cancel is not None:
-                slot.ctx.abort_when(lambda: cancel.cancelled)
-            try:
-                out = slot.ctx.decode(ids, 0, all_logits=True)
-            except CancelledError:
-                slot.ctx.clear()
-                raise
-            finally:
-                if cancel is not None:
-                    slot.ctx.abort_when(None)
-            if not np.isfinite(out).all():
-                slot.ctx.clear()
-                raise NonFiniteLogitsError(
-                    f"the logits are NaN or infinite with adapters {aset.scales or 'none'}: an adapter's scale or "
-                    "weights overflow the computation; lower the scale"
-                )
-            slot.kv_key, slot.kv_tokens = aset.key, ids
+            slot.kv.clear()
+            out = slot.kv.decode(aset.key, ids, all_logits=True, cancel=cancel)
+            check_finite(out, slot.kv, aset, f"over {len(ids)} tokens")
             return out
 
     def complete(self, prompt: str, adapters: Adapters = None, *, cancel: CancelToken | None = None,

@@ -1,0 +1,142 @@
+"""Which context runs which call: one sequence per context today.
+
+Every call leases one context for its whole duration (a context is never shared by two
+threads); ``n_parallel`` contexts run calls in parallel, further calls wait (a cancelled wait
+ends at once). Before a call decodes, :meth:`Scheduler.prepare` makes its context's KV hold the
+longest reusable prefix of its tokens under its adapter set, from the context itself or from a
+snapshot, and keeps what the context is leaving as a snapshot. llama.cpp applies adapters per
+context, so batching several sequences will group them by adapter set here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..cancel import CancelToken
+from ..engine.native import ContextParams, NativeAdapter, NativeContext, NativeModel
+from ..errors import CancelledError, InvalidRequestError
+from .kv import KVState, SnapshotStore
+from .registry import AdapterSet
+
+
+@dataclass
+class Slot:
+    """One context and what its KV holds."""
+
+    ctx: NativeContext
+    kv: KVState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kv = KVState(self.ctx)
+
+
+class Scheduler:
+    """``n`` contexts over one model, leased one call at a time."""
+
+    def __init__(self, model: NativeModel, params: ContextParams, n: int, snapshots: SnapshotStore | None) -> None:
+        self.snapshots = snapshots
+        self._slots = [Slot(NativeContext(model, params)) for _ in range(n)]
+        self._free = list(self._slots)
+        self._cond = threading.Condition()
+        #: set by close(): generations stop at their next token, new leases are refused
+        self.closing = threading.Event()
+
+    @property
+    def n_ctx(self) -> int:
+        return self._slots[0].ctx.n_ctx
+
+    @property
+    def size(self) -> int:
+        return len(self._slots)
+
+    @property
+    def busy(self) -> int:
+        with self._cond:
+            return len(self._slots) - len(self._free)
+
+    @contextmanager
+    def lease(self, cancel: CancelToken | None = None) -> Iterator[Slot]:
+        """A free context for the caller's whole call; waits for one. Raises
+        :class:`CancelledError` when ``cancel`` fires while waiting (within 0.1 s)."""
+        with self._cond:
+            while not self._free:
+                if self.closing.is_set():
+                    raise InvalidRequestError("this Runtime is closing")
+                if cancel is not None and cancel.cancelled:
+                    raise CancelledError("cancelled while waiting for a context")
+                self._cond.wait(0.1)
+            if self.closing.is_set():
+                raise InvalidRequestError("this Runtime is closing")
+            slot = self._free.pop()
+        try:
+            yield slot
+        finally:
+            with self._cond:
+                self._free.append(slot)
+                self._cond.notify()
+
+    def detach(self, adapter: NativeAdapter, uid: int) -> None:
+        """Take ``adapter`` (loaded as ``uid``) off every idle context so it can be freed, and drop
+        the KV snapshots taken under it (no set holding it can come back: uids are never reused).
+
+        Called when no call uses the adapter any more: a busy context then runs
+        another set, and it replaces its adapters before it decodes anything.
+        """
+        if self.snapshots is not None:
+            self.snapshots.drop_adapter(uid)
+        with self._cond:
+            holders = [s for s in self._free if s.ctx.holds_adapter(adapter)]
+            for slot in holders:
+                self._free.remove(slot)
+        try:
+            for slot in holders:
+                slot.ctx.set_adapters(())
+                slot.kv.clear()
+        finally:
+            with self._cond:
+                self._free.extend(holders)
+                self._cond.notify_all()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop generations at their next token, wait up to ``timeout`` s for every context to be
+        returned, and free them. A context still leased then (a stream left unconsumed in another
+        thread) is never freed under its call: returns False, and the caller keeps the model."""
+        self.closing.set()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._free) < len(self._slots) and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+            idle = list(self._free)
+        for s in idle:
+            s.ctx.close()
+        return len(idle) == len(self._slots)
+
+    # -- KV reuse ------------------------------------------------------------------
+    def prepare(self, slot: Slot, aset: AdapterSet, tokens: Sequence[int]) -> int:
+        """Put ``aset``'s adapters on ``slot``'s context and make its KV hold the longest reusable
+        prefix of ``tokens`` under ``aset``.
+
+        Returns how many tokens are already evaluated (always < len(tokens), so the
+        caller evaluates at least the last one and gets its logits).
+        """
+        kv = slot.kv
+        keep = min(kv.reusable(aset.key, tokens), len(tokens) - 1)
+        snap = self.snapshots.best(aset.key, tokens[: len(tokens) - 1]) if self.snapshots is not None else None
+        if snap is not None and snap.n > keep:
+            self._stash(kv)
+            keep = snap.n if kv.restore(snap.segments, snap.state) else 0
+        elif kv.key != aset.key or len(kv) - keep >= (self.snapshots.min_tokens if self.snapshots is not None else 1):
+            # leaving this set, or dropping much of its history: keep it for a later return
+            self._stash(kv)
+        slot.ctx.set_adapters(aset.natives)
+        return kv.truncate(keep)
+
+    def _stash(self, kv: KVState) -> None:
+        """Before a context leaves its history, keep its KV state for a later return."""
+        if self.snapshots is None or not kv.segments or len(kv) < self.snapshots.min_tokens:
+            return
+        self.snapshots.put(kv.segments, kv.save())
