@@ -31,9 +31,7 @@ from gguf import Keys
 
 from edge_lora.errors import (
     EdgeLoraError,
-    IncompatibleAdapterError,
     InvalidRequestError,
-    OutputExistsError,
 )
 from edge_lora.formats.adapter_file import OUTTYPES, OutTensor, pair_tensors, write_adapter
 from edge_lora.formats.gguf_file import read_gguf
@@ -41,6 +39,8 @@ from edge_lora.formats.keys import CombineKeys, EdgeLoraKeys
 from edge_lora.formats.values import F16_MAX
 from edge_lora.lora.adapter import LoraSource, read_gguf_lora
 from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair, concat
+from edge_lora.outputs import check_output
+from edge_lora._validate import combined_error
 
 from . import __version__
 
@@ -113,7 +113,8 @@ def combine(
     type of the written factors. With ``dry_run`` everything is computed and nothing written.
 
     Raises :class:`InvalidRequestError` (bad method, rank, scale or outtype),
-    :class:`OutputExistsError` (``out`` exists without ``overwrite``, or is an input), and
+    :class:`OutputExistsError` (``out`` exists without ``overwrite``, or is an input; see
+    :func:`edge_lora.outputs.check_output`), and
     :class:`IncompatibleAdapterError` listing every unreadable or invalid adapter, architecture
     and shape mismatch at once (:class:`~edge_lora.errors.GGUFFileError` when missing or broken
     files are the only problem). Nothing is written when anything is raised."""
@@ -121,7 +122,7 @@ def combine(
     _check_request(specs, out, method, rank, outtype, dry_run)
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        _check_output(out_path, [p for p, _ in specs], overwrite, dry_run)
+        check_output(out_path, inputs=[p for p, _ in specs], overwrite=overwrite, dry_run=dry_run)
     sources = _read_all(specs)
     arch = sources[0].arch
     tensors, meta_rows = _combine_tensors(sources, method, rank)
@@ -218,34 +219,19 @@ def _check_request(
         raise InvalidRequestError("cannot combine", problems)
 
 
-def _check_output(out: Path, inputs: list[Path], overwrite: bool, dry_run: bool) -> None:
-    for p in inputs:
-        if p.exists() and out.exists() and out.resolve() == p.resolve():
-            raise OutputExistsError(f"{out}: the output would overwrite one of the adapters being combined")
-    if out.is_dir():
-        raise OutputExistsError(f"{out}: is a directory; give a file name ending in .gguf")
-    if out.exists() and not overwrite and not dry_run:
-        raise OutputExistsError(f"{out}: already exists (pass --force to replace it)")
-
-
 def _read_all(specs: list[tuple[Path, float]]) -> list[LoraSource]:
     """Every adapter read (dequantized to float32, checked); every problem, unreadable files,
     architecture and shape mismatches, raised at once."""
     sources: list[LoraSource] = []
-    problems: list[str] = []
-    kinds: set[type[EdgeLoraError]] = set()
+    errors: list[EdgeLoraError] = []
     for path, scale in specs:
         try:
             sources.append(read_gguf_lora(path, scale=scale))
         except EdgeLoraError as exc:
-            kinds.add(type(exc))
-            problems.append(exc.message)
-            problems += [f"{path}: {p}" for p in exc.problems]
+            errors.append(exc)
     mismatches = _mismatches(sources)
-    if problems or mismatches:
-        # one kind of failure alone keeps its type (a missing file stays a GGUFFileError)
-        cls = kinds.pop() if len(kinds) == 1 and not mismatches else IncompatibleAdapterError
-        raise cls("cannot combine these adapters", problems + mismatches)
+    if errors or mismatches:
+        raise combined_error("cannot combine these adapters", errors, mismatches)
     return sources
 
 

@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 from gguf import MODEL_TENSOR, Keys, TensorNameMap
 
-from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
+from edge_lora.errors import ConversionError, IncompatibleAdapterError
 from edge_lora.formats.values import F16_MAX
-from edge_lora.formats.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo, read_gguf
+from edge_lora.formats.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo, read_gguf, require_base
 from edge_lora.formats.adapter_file import OUTTYPES, pair_tensors, write_adapter
 from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.lora.pair import EMBEDDING, LoraPair
 from edge_lora.families import Family, family_for, supported_names
 from edge_lora.families.registry import family_named_in
 from edge_lora.lora.scales import b_fold_factor
+from edge_lora.outputs import check_output
 
 from . import __version__
 from .checkpoint import Checkpoint, LoraModule, read_checkpoint
@@ -92,9 +93,9 @@ def convert(
         raise ConversionError(f"{ckpt.path}: cannot convert to a {shape.spec.name} GGUF adapter", problems)
     if shape.tensors is None:
         notes.insert(0, "unchecked: no --base given, tensor shapes were not checked against a base model")
-    out_path = Path(out) if out is not None else default_output(ckpt.path)
-    if not dry_run:
-        _check_output(out_path, ckpt.path, base, overwrite)
+    out_path = check_output(out if out is not None else default_output(ckpt.path),
+                            inputs=[ckpt.path] + ([base] if base is not None else []), overwrite=overwrite,
+                            dry_run=dry_run)
     result = ConvertResult(
         out_path=None if dry_run else out_path,
         arch=shape.spec.name,
@@ -116,17 +117,6 @@ def default_output(adapter_dir: Path) -> Path:
     return adapter_dir.parent / f"{adapter_dir.name}.gguf"
 
 
-def _check_output(out: Path, adapter_dir: Path, base: str | Path | None, overwrite: bool) -> None:
-    if base is not None and out.exists() and out.resolve() == Path(base).resolve():
-        raise OutputExistsError(f"{out}: the output would overwrite the base model")
-    if out.resolve().is_relative_to(adapter_dir.resolve()) and out.exists():
-        raise OutputExistsError(f"{out}: the output would overwrite a file of the adapter itself")
-    if out.is_dir():
-        raise OutputExistsError(f"{out}: is a directory; give a file name ending in .gguf")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: already exists (pass --force to replace it)")
-
-
 def _base_shape(ckpt: Checkpoint, info: GGUFInfo | None, arch: str | None) -> BaseShape:
     if info is None:
         if arch is None:
@@ -135,8 +125,7 @@ def _base_shape(ckpt: Checkpoint, info: GGUFInfo | None, arch: str | None) -> Ba
         layers = [spec.layer_of(m.module) for m in ckpt.modules]
         n_layers = max([i for i in layers if i is not None], default=-1) + 1
         return BaseShape(spec, n_layers, None, None, None, None)
-    if info.is_adapter:
-        raise IncompatibleAdapterError(f"{info.path}: is a LoRA adapter, not a base model")
+    require_base(info)
     spec = _spec_or_error(info.architecture)
     if arch is not None and _spec_or_error(arch) is not spec:
         raise IncompatibleAdapterError(f"--arch {arch} contradicts the base's architecture {info.architecture}")

@@ -11,13 +11,10 @@ beside ``out_dir`` and renamed into place.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,12 +24,13 @@ import numpy as np
 from gguf import MODEL_TENSOR, GGMLQuantizationType, Keys
 from gguf.quants import quantize
 
-from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
-from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, GGUFInfo, read_gguf
+from edge_lora.errors import ConversionError
+from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, GGUFInfo, read_gguf, require_base
 from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.families import Family, family_for, supported_names
 from edge_lora.lora.adapter import read_gguf_lora
 from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair
+from edge_lora.outputs import atomic_dir, check_output
 
 
 CONFIG_FILE = "adapter_config.json"
@@ -95,15 +93,15 @@ def export_peft(
 
     ``base`` (the GGUF base) is checked against and, for architectures whose Q/K rows
     llama.cpp permuted (llama, mistral), gives the head counts needed to undo it.
-    Every problem is raised at once (:class:`ConversionError`); a file that is not a
-    GGUF adapter, or one that does not fit ``base``, is :class:`IncompatibleAdapterError`;
-    an existing ``out_dir`` is replaced only with ``overwrite`` (atomically), else
-    :class:`OutputExistsError`.
+    Every problem is raised at once (:class:`ConversionError`); a base given as the adapter or
+    an adapter as the base is :class:`GGUFFileError`, an adapter that does not fit ``base``
+    :class:`IncompatibleAdapterError`; an existing ``out_dir`` is replaced only with
+    ``overwrite`` (atomically), else :class:`OutputExistsError`.
     """
     out = Path(out_dir)
     base_info = read_gguf(base) if base is not None else None
-    if base_info is not None and base_info.is_adapter:
-        raise IncompatibleAdapterError(f"{base_info.path}: --base is a LoRA adapter, not a base model")
+    if base_info is not None:
+        require_base(base_info, "--base")
     source = read_gguf_lora(adapter, base=base_info)  # refuses a base model given as the adapter
     info = read_gguf(source.path)
     spec = family_for(info.architecture)
@@ -116,11 +114,13 @@ def export_peft(
     plan = _plan(info, spec, source.weights, base_info, problems, notes)
     if problems:
         raise ConversionError(f"{info.path}: cannot export to PEFT", problems)
-    _check_output(out, [source.path] + ([base_info.path] if base_info else []), overwrite)
+    check_output(out, inputs=[source.path] + ([base_info.path] if base_info else []), overwrite=overwrite,
+                 folder=True, replaceable=_only_an_adapter)
     base_model = str(info.metadata.get(EdgeLoraKeys.BASE_MODEL) or "") or None
     config, r, lora_alpha = peft_config(plan.ranks, alpha, base_model)
     notes += _scale_notes(plan.ranks, alpha, r) + vllm_notes(plan.ranks, r, plan.vocab_modules)
-    _write_dir(out, config, plan.tensors, overwrite)
+    atomic_dir(out, {CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode("utf-8"),
+                     WEIGHTS_FILE: safetensors_bytes(plan.tensors, {"format": "pt"})}, overwrite=overwrite)
     return ExportResult(
         out_dir=out, arch=spec.name, alpha=alpha, r=r, lora_alpha=lora_alpha, ranks=plan.ranks,
         tensors=tuple((t.key, tuple(t.data.shape), t.dtype) for t in plan.tensors),
@@ -325,65 +325,14 @@ def _encode(data: np.ndarray, dtype: str) -> bytes:
     return quantize(f32, GGMLQuantizationType.BF16).tobytes()  # gguf's bf16 encoder; exact for bf16 values
 
 
-def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
-    for p in inputs:
-        if p.resolve().is_relative_to(out.resolve()):
-            raise OutputExistsError(f"{out}: holds {p.name}, an input of this export; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: is a file; give a folder for the PEFT adapter")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: already exists (pass --force to replace it)")
-    if out.exists():
-        others = sorted(p.name for p in out.iterdir() if p.name not in _PEFT_FILES)
-        if others:  # --force replaces a PEFT adapter folder, never a folder of other things
-            shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
-            raise OutputExistsError(f"{out}: holds files that are not a PEFT adapter's ({shown}); --force replaces "
-                                    "only an adapter folder: choose a new folder")
+def _only_an_adapter(out: Path) -> str | None:
+    """--force replaces a PEFT adapter folder, never a folder of other things."""
+    others = sorted(p.name for p in out.iterdir() if p.name not in _PEFT_FILES)
+    if not others:
+        return None
+    shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+    return f"holds files that are not a PEFT adapter's ({shown}); --force replaces only an adapter folder: choose a new folder"
 
 
 #: what an adapter folder --force may replace holds nothing but these
 _PEFT_FILES = {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md"}
-
-
-def _write_dir(out: Path, config: dict[str, object], tensors: list[ExportTensor], overwrite: bool) -> None:
-    """Write the directory beside ``out``, then rename it in; an old ``out`` is renamed away first
-    (``overwrite``) and removed only once the new one is in place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old: Path | None = None
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a plain mkdir's mode
-        _write_file(tmp / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
-        _write_file(tmp / WEIGHTS_FILE, safetensors_bytes(tensors, {"format": "pt"}))
-        if out.exists():
-            if not overwrite:  # it appeared while we wrote
-                raise OutputExistsError(f"{out}: already exists (pass --force to replace it)")
-            old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old")  # unique as tmp is
-            os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if old is not None:
-                os.replace(old, out)  # put the old one back
-                old = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

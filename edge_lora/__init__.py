@@ -19,6 +19,7 @@ from .errors import (
     NativeError,
     NonFiniteLogitsError,
     OutputExistsError,
+    OutputPathError,
     UnknownAdapterError,
 )
 from .runtime.memory import MemoryUsage
@@ -71,6 +72,7 @@ __all__ = [
     "IncompatibleAdapterError",
     "MissingDependencyError",
     "OutputExistsError",
+    "OutputPathError",
     "__version__",
     "engine_summary",
 ]

@@ -7,9 +7,9 @@ collector that reports every problem at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from .errors import EdgeLoraError
+from .errors import EdgeLoraError, IncompatibleAdapterError
 
 #: the largest finite float16 (IEEE 754 half precision): llama.cpp's f16 paths overflow beyond it
 F16_MAX = 65504.0
@@ -89,3 +89,17 @@ class Problems:
     def raise_if_any(self, cls: type[EdgeLoraError], message: str) -> None:
         if self.items:
             raise cls(message, self.items, **({"param": self.param} if self.param else {}))
+
+
+def combined_error(message: str, errors: Sequence[EdgeLoraError], more: Sequence[str] = (),
+                   default: type[EdgeLoraError] = IncompatibleAdapterError) -> EdgeLoraError:
+    """One error for the errors of several inputs (every message and problem listed, then ``more``):
+    of their class when they share one and nothing else was found (a missing file stays a
+    GGUFFileError), else ``default``."""
+    problems: list[str] = []
+    for e in errors:
+        problems.append(e.message)
+        problems += [f"  {p}" for p in e.problems]
+    kinds = {type(e) for e in errors}
+    cls = kinds.pop() if len(kinds) == 1 and not more else default
+    return cls(message, [*problems, *more])

@@ -3,6 +3,32 @@
 The library raises these; only the CLI and the server turn them into messages,
 exit codes and HTTP statuses. An error may carry several problems so
 that a user sees everything wrong with a file at once.
+
+One class per condition, whichever tool meets it:
+
+=====================================================================  ==========================
+condition                                                              class
+=====================================================================  ==========================
+a file missing, unreadable, not GGUF, truncated or malformed           GGUFFileError
+a GGUF file of the wrong kind (an adapter given as the base, a base    GGUFFileError
+given as the adapter)
+a base whose hyperparameters llama.cpp cannot run                      GGUFFileError
+a PEFT/MLX checkpoint missing, malformed or unsupported                CheckpointError
+a checkpoint that cannot be converted (every problem listed)           ConversionError
+an adapter that does not fit a base (architecture, names, shapes,      IncompatibleAdapterError
+non-finite values, types llama.cpp cannot multiply)
+an output that exists (without ``--force``), is an input, or is the    OutputExistsError
+wrong kind of path
+an output that cannot be written there                                 OutputPathError
+a bad argument or option, scales that overflow the f16 range           InvalidRequestError
+a prompt that does not fit the context                                 ContextOverflowError
+an adapter name that is not loaded                                     UnknownAdapterError
+logits that turn NaN or infinite while generating                      NonFiniteLogitsError
+an optional dependency (an extra) missing                              MissingDependencyError
+a call or load cancelled                                               CancelledError
+llama.cpp failing at run time (decode, context creation)               NativeError
+the native build failing its smoke test on this machine                EngineBuildError
+=====================================================================  ==========================
 """
 
 from __future__ import annotations
@@ -29,7 +55,8 @@ class EdgeLoraError(Exception):
 
 
 class GGUFFileError(EdgeLoraError):
-    """A file is missing, unreadable, truncated or not a GGUF file."""
+    """A file is missing, unreadable, truncated or not a GGUF file, or a GGUF file of the wrong
+    kind for its place (an adapter where a base goes, or the reverse)."""
 
     exit_code = 2
 
@@ -50,10 +77,15 @@ class IncompatibleAdapterError(EdgeLoraError):
     exit_code = 2
 
 
-class OutputExistsError(EdgeLoraError):
-    """The output path exists and overwriting was not asked for."""
+class OutputPathError(EdgeLoraError):
+    """The output path cannot be used: nothing is written (see :mod:`edge_lora.outputs`)."""
 
     exit_code = 2
+
+
+class OutputExistsError(OutputPathError):
+    """The output path exists (without overwriting asked for), is one of the inputs, or is the
+    wrong kind of path (a folder where a file goes, or the reverse)."""
 
 
 class MissingDependencyError(EdgeLoraError):

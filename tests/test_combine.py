@@ -251,7 +251,7 @@ def test_existing_output_needs_force(tmp_path, capsys):
 def test_output_equal_to_an_input_is_refused_even_with_force(tmp_path):
     x, y = _adapter(tmp_path / "x.gguf", seed=1), _adapter(tmp_path / "y.gguf", seed=2)
     before = x.read_bytes()
-    with pytest.raises(OutputExistsError, match="overwrite one of the adapters"):
+    with pytest.raises(OutputExistsError, match="is one of the inputs"):
         combine([x, y], x, overwrite=True)
     assert x.read_bytes() == before
 

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file as load_np
 from tiny_models import CASES, TOKENS, hf_logits, llama_logits, rel_err
 
 from edge_lora.cli import main as cli
-from edge_lora.errors import ConversionError, IncompatibleAdapterError, OutputExistsError
+from edge_lora.errors import ConversionError, GGUFFileError, IncompatibleAdapterError, OutputExistsError
 from edge_lora.formats.gguf_file import read_gguf
 from edge_lora_convert import export_peft
 from edge_lora_convert.export_peft import VLLM_MAX_LORA_RANKS, hf_module_names, vllm_notes
@@ -265,9 +265,18 @@ def test_llama_qk_without_base_refused(converted, tmp_path):
 
 def test_base_given_as_adapter_refused(tiny, tmp_path):
     base = tiny("qwen2").base_path
-    with pytest.raises(IncompatibleAdapterError, match="not 'adapter'"):
+    with pytest.raises(GGUFFileError, match="not 'adapter'"):
         export_peft(base, tmp_path / "peft")
+
     assert export(base, tmp_path / "peft", None) == 2
+    assert not (tmp_path / "peft").exists()
+
+
+def test_adapter_given_as_base_refused(converted, tmp_path):
+    """The same condition, the same class as convert, merge and the runtime: the wrong kind of GGUF file."""
+    _, _, gguf_path = converted("qwen2", "plain")
+    with pytest.raises(GGUFFileError, match="--base is a LoRA adapter, not a base model"):
+        export_peft(gguf_path, tmp_path / "peft", base=gguf_path)
     assert not (tmp_path / "peft").exists()
 
 

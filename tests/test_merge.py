@@ -286,7 +286,7 @@ def test_refusals(q8, tiny, tmp_path, capsys):
     with pytest.raises(OutputExistsError):
         merge(base, [lora], out)
     assert out.read_bytes() == b"keep me"
-    with pytest.raises(InvalidRequestError, match="inputs"):
+    with pytest.raises(OutputExistsError, match="is one of the inputs"):
         merge(base, [lora], base, overwrite=True)
     with pytest.raises(InvalidRequestError, match="recipe"):
         merge(base, [lora], tmp_path / "x.gguf", outtype="q4_k_m")

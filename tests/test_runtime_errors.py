@@ -47,7 +47,7 @@ def test_bad_adapter_files(setup, tmp_path):
         (junk, GGUFFileError, "not a GGUF file"),
         (tmp_path / "missing.gguf", GGUFFileError, "file not found"),
         (truncated, GGUFFileError, "truncated"),
-        (t.base_path, IncompatibleAdapterError, "not 'adapter'"),
+        (t.base_path, GGUFFileError, "not 'adapter'"),  # the wrong kind of GGUF file
         (tmp / "qwen.gguf", IncompatibleAdapterError, "architecture 'qwen3' does not match"),
         (tmp / "gqa.gguf", IncompatibleAdapterError, "blk.0.attn_k.weight"),
     ]

@@ -229,3 +229,19 @@ def read_string_array(path: str | os.PathLike[str], arr: ArrayLength) -> list[by
             out.append(mm[pos + 8 : pos + 8 + n])
             pos += 8 + n
         return out
+
+
+def require_base(info: GGUFInfo, what: str = "the base") -> GGUFInfo:
+    """``info`` when it is a base model; :class:`GGUFFileError` for an adapter given as one."""
+    if info.is_adapter:
+        raise GGUFFileError(f"{info.path}: {what} is a LoRA adapter, not a base model" if what != "the base"
+                            else f"{info.path}: is a LoRA adapter, not a base model")
+    return info
+
+
+def require_adapter(info: GGUFInfo) -> GGUFInfo:
+    """``info`` when it is a GGUF adapter; :class:`GGUFFileError` for a base model given as one."""
+    if not info.is_adapter:
+        kind = info.file_type or "model"
+        raise GGUFFileError(f"{info.path}: general.type is {kind!r}, not 'adapter': a base model, not a LoRA adapter")
+    return info

@@ -30,6 +30,7 @@ from ..formats.gguf_file import (
     GGUFInfo,
     TensorInfo,
     read_gguf,
+    require_adapter,
     tensor_data,
 )
 
@@ -90,10 +91,11 @@ def read_gguf_lora(path: str | os.PathLike[str], *, scale: float = 1.0, base: GG
     """Read a GGUF LoRA adapter into a :class:`LoraSource` at user scale ``scale``.
 
     Every problem llama.cpp would refuse the adapter for (on ``base`` when given), and any
-    NaN or infinite value, is raised at once as :class:`IncompatibleAdapterError`."""
+    NaN or infinite value, is raised at once as :class:`IncompatibleAdapterError`; a base model
+    given as the adapter is :class:`GGUFFileError`."""
     if not math.isfinite(scale):
         raise InvalidRequestError(f"{path}: scale {scale!r} is not a finite number")
-    info = read_gguf(path)
+    info = require_adapter(read_gguf(path))
     problems = adapter_problems(info, base)
     if problems:
         where = f" with the base {base.path.name}" if base is not None else ""

@@ -23,17 +23,18 @@ from gguf import GGMLQuantizationType, GGUFValueType, Keys
 from gguf.quants import dequantize
 
 from .. import __version__
-from ..outputs import atomic_path
+from ..outputs import atomic_path, check_output
 from ..families.base_check import base_problems
+from .._validate import combined_error
 from ..errors import (
+    EdgeLoraError,
     GGUFFileError,
     IncompatibleAdapterError,
     InvalidRequestError,
-    NonFiniteLogitsError,
-    OutputExistsError,
+    OutputPathError,
 )
 from ..formats.values import F16_MAX
-from ..formats.gguf_file import GGUFInfo, read_gguf
+from ..formats.gguf_file import GGUFInfo, read_gguf, require_base
 from ..formats.keys import EdgeLoraKeys
 from ..lora.dora import apply_dora
 from .gguf_copy import Replacement, write_model_copy
@@ -116,7 +117,7 @@ def merge(
     Raises, listing every problem at once: :class:`GGUFFileError` (unreadable base),
     :class:`IncompatibleAdapterError` (adapters that do not fit the base),
     :class:`InvalidRequestError` (bad options, a directory without the converter),
-    :class:`OutputExistsError`; :class:`NonFiniteLogitsError` when a merged weight
+    :class:`OutputExistsError` / :class:`OutputPathError`; :class:`InvalidRequestError` when a merged weight
     overflows its type (nothing is written)."""
     t0 = time.perf_counter()
     want = check_outtype(outtype)
@@ -129,8 +130,7 @@ def merge(
     if isinstance(adapters, (str, os.PathLike, LoraSource)):
         raise InvalidRequestError("adapters must be a list, e.g. [\"sql.gguf\", (\"tone.gguf\", 0.5)]")
     info = read_gguf(base)
-    if info.is_adapter:
-        raise GGUFFileError(f"{info.path}: is a LoRA adapter, not a base model")
+    require_base(info)
     bad = base_problems(info)
     align = info.metadata.get(Keys.General.ALIGNMENT, 32)
     if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
@@ -165,7 +165,7 @@ def merge(
                 with atomic_path(out_path) as tmp:
                     write_model_copy(info, tmp, replacements, fields, progress=progress)
             except OSError as exc:
-                raise InvalidRequestError(f"{out_path}: could not be written ({exc}); nothing was written") from exc
+                raise OutputPathError(f"{out_path}: could not be written ({exc}); nothing was written") from exc
             out_size = out_path.stat().st_size
     finally:
         if calib is not None:
@@ -193,6 +193,7 @@ def _read_sources(adapters: Sequence[AdapterArg], info: GGUFInfo) -> list[LoraSo
     if not adapters:
         raise InvalidRequestError("no adapters to merge")
     sources: list[LoraSource] = []
+    errors: list[EdgeLoraError] = []
     problems: list[str] = []
     for item in adapters:
         try:
@@ -209,9 +210,9 @@ def _read_sources(adapters: Sequence[AdapterArg], info: GGUFInfo) -> list[LoraSo
                 raise InvalidRequestError(f"{path}: scale {scale!r} is not a finite number")
             sources.append(read_gguf_lora(path, scale=float(scale), base=info, label=f"{Path(path).name}:{scale:g}"))
         except (IncompatibleAdapterError, GGUFFileError, InvalidRequestError) as exc:
-            problems += [str(exc).splitlines()[0]] + [f"  {p}" for p in exc.problems]
-    if problems:
-        raise IncompatibleAdapterError(f"cannot merge into {info.path.name}", problems)
+            errors.append(exc)
+    if errors or problems:
+        raise combined_error(f"cannot merge into {info.path.name}", errors, problems)
     for s in sources:  # a weight change beyond what f16 holds is no trained adapter's (and overflows)
         for name, w in s.weights.items():
             big = float(np.abs(w.b).max(initial=0.0)) * abs(w.scale) * float(np.abs(w.a).max(initial=0.0)) * w.rank
@@ -265,19 +266,7 @@ def _check_out(out: str | os.PathLike[str] | None, info: GGUFInfo, sources: list
         if dry_run:
             return None
         raise InvalidRequestError("no output path: pass out= (-o OUT.gguf)")
-    path = Path(out)
-    inputs = [info.path] + [s.path for s in sources]
-    if any(path.resolve() == p.resolve() for p in inputs):
-        raise InvalidRequestError(f"{path}: is one of the inputs; write the merged model to a new file")
-    if path.is_dir():
-        raise InvalidRequestError(f"{path}: is a directory; name the output file")
-    parent = path.parent if path.parent != Path("") else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidRequestError(f"{path}: cannot write there ({existing} is not a writable folder)")
-    if path.exists() and not overwrite and not dry_run:
-        raise OutputExistsError(f"{path} exists; pass --force (overwrite=True) to replace it")
-    return path
+    return check_output(out, inputs=[info.path] + [s.path for s in sources], overwrite=overwrite, dry_run=dry_run)
 
 
 def _n_bytes(info: GGUFInfo, name: str, t: GGMLQuantizationType) -> int:
@@ -303,9 +292,9 @@ def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[Lor
         # paths overflow beyond it whatever the storage: no trained model has such weights
         bad = ~(np.abs(w) <= F16_MAX)
         if bad.any():
-            raise NonFiniteLogitsError(
+            raise InvalidRequestError(
                 f"{name}: {int(bad.sum())} merged values are NaN, infinite or beyond ±65504: the adapters' "
-                "scales overflow the weight; lower them (nothing was written)")
+                "scales overflow the weight; lower the scale (nothing was written)")
         target = w.reshape(-1, shape[-1])
         calib, groups = gptq if gptq is not None else (None, [])
         h = calib.h_for(name, groups) if calib is not None else None

@@ -18,7 +18,7 @@ from gguf import Keys
 
 from ..lora.compat import adapter_problems, adapter_ranks
 from ..errors import IncompatibleAdapterError, InvalidRequestError, UnknownAdapterError
-from ..formats.gguf_file import GGUFInfo, read_gguf
+from ..formats.gguf_file import GGUFInfo, read_gguf, require_adapter
 from ..engine.native import NativeAdapter, NativeModel
 
 _uids = itertools.count(1)
@@ -88,7 +88,7 @@ class AdapterRegistry:
     def load(self, name: str, path: str | Path, scale: float = 1.0) -> AdapterInfo:
         check_name(name)
         scale = check_scale(name, scale)
-        info = read_gguf(path)
+        info = require_adapter(read_gguf(path))
         problems = adapter_problems(info, self._base)
         if problems:
             raise IncompatibleAdapterError(f"{info.path}: cannot be used with the base {self._base.path.name}", problems)

@@ -28,7 +28,7 @@ from ..errors import CancelledError, ContextOverflowError, GGUFFileError, Invali
 from .request import Completion, SamplingParams, TextStream, Timings
 from .decode import check_finite, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
-from ..formats.gguf_file import read_gguf
+from ..formats.gguf_file import read_gguf, require_base
 from ..engine.check import ensure_engine_ok
 from ..engine.native import ContextParams, NativeModel
 from .kv import SnapshotStore
@@ -79,8 +79,7 @@ class Runtime:
         if problems:
             raise InvalidRequestError("invalid Runtime options", problems)
         self.base_info = read_gguf(model_path)
-        if self.base_info.is_adapter:
-            raise GGUFFileError(f"{self.base_info.path}: is a LoRA adapter, not a base model")
+        require_base(self.base_info)
         bad = base_problems(self.base_info)
         if bad:
             raise GGUFFileError(f"{self.base_info.path}: hyperparameters llama.cpp cannot run with", bad)
