@@ -30,6 +30,7 @@ from ._version import __version__
 #: use: `import edge_lora` and `edge-lora doctor` work even where the libraries cannot load
 _NATIVE = {
     "engine_summary": ".engine.summary", "Completion": ".runtime.request", "SamplingParams": ".runtime.request",
+    "GenerationRequest": ".runtime.request",
     "Timings": ".runtime.request", "AdapterInfo": ".runtime.registry", "Runtime": ".runtime.runtime",
     "TextStream": ".runtime.request", "Session": ".runtime.session",
 }
@@ -54,6 +55,7 @@ __all__ = [
     "CancelledError",
     "MemoryUsage",
     "Completion",
+    "GenerationRequest",
     "ContextOverflowError",
     "InvalidRequestError",
     "NativeError",

@@ -16,6 +16,10 @@ The embedding layout is transposed because llama.cpp gathers A's rows by token
 factors as ``lora_embedding_A`` (r, vocab) and ``lora_embedding_B`` (hidden, r): see
 :meth:`LoraPair.from_peft` and :meth:`LoraPair.to_peft`. The layout is decided in one place,
 :func:`layout_for`, from the tensor's name and rank, never by comparing names elsewhere.
+
+Pairs combine exactly: :func:`concat` (ranks stacked: several adapters on one tensor),
+:func:`pack` / :func:`split` (the parts of a fused weight such as ``attn_qkv``, and back) and
+:func:`stack_experts` (per-expert LoRAs as one expert-layout pair).
 """
 
 from __future__ import annotations
@@ -158,3 +162,47 @@ def concat(pairs: Sequence[LoraPair]) -> LoraPair:
     a = np.concatenate([p.a for p in pairs], axis=a_axis)
     b = np.concatenate([p.b.astype(np.float64) * p.scale for p in pairs], axis=-1)
     return LoraPair(np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32), 1.0, layout)
+
+
+def pack(pairs: Sequence[LoraPair]) -> LoraPair:
+    """LoRAs of the parts of a fused weight (q, k, v into ``attn_qkv``; gate, up into a fused
+    ``ffn_up``), in the order of its rows, as one LoRA of the fused weight, exactly: the parts'
+    deltas stacked by rows are ``blockdiag(B_i) @ vstack(A_i)`` (each scale folded into its B;
+    the rank is the sum). Linear layout; every part has the same input width."""
+    if not pairs or any(p.layout != LINEAR for p in pairs):
+        raise ValueError("pack takes linear pairs")
+    if len({p.a.shape[1] for p in pairs}) != 1:
+        raise ValueError("the parts of a fused weight share its input width")
+    a = np.concatenate([p.a for p in pairs], axis=0)
+    b = np.zeros((sum(p.b.shape[0] for p in pairs), a.shape[0]), dtype=np.float64)
+    row = col = 0
+    for p in pairs:
+        b[row : row + p.b.shape[0], col : col + p.rank] = p.b.astype(np.float64) * p.scale
+        row, col = row + p.b.shape[0], col + p.rank
+    return LoraPair(np.ascontiguousarray(a, dtype=np.float32), b.astype(np.float32), 1.0, LINEAR)
+
+
+def split(pair: LoraPair, rows: Sequence[int]) -> list[LoraPair]:
+    """A fused weight's LoRA as the LoRAs of its parts of ``rows`` output rows each (the inverse
+    of :func:`pack` up to rank: each part keeps the whole A and its rows of B, so each part's
+    delta is exactly its rows of the fused delta)."""
+    if pair.layout != LINEAR or sum(rows) != pair.b.shape[0]:
+        raise ValueError(f"split {pair.b.shape[0]} rows of a linear pair into {list(rows)}")
+    out, start = [], 0
+    for n in rows:
+        mag = None if pair.magnitude is None else pair.magnitude[start : start + n]
+        out.append(LoraPair(pair.a, np.ascontiguousarray(pair.b[start : start + n]), pair.scale, LINEAR, mag))
+        start += n
+    return out
+
+
+def stack_experts(pairs: Sequence[LoraPair]) -> LoraPair:
+    """Per-expert linear LoRAs of one rank (expert 0 first) as one expert-layout pair: ``a``
+    (E, r, in), ``b`` (E, out, r), each scale folded into its B."""
+    if not pairs or any(p.layout != LINEAR for p in pairs):
+        raise ValueError("stack_experts takes linear pairs")
+    if len({(p.a.shape, p.b.shape) for p in pairs}) != 1:
+        raise ValueError("the experts' LoRAs must have one shape (and rank)")
+    a = np.stack([p.a for p in pairs])
+    b = np.stack([p.b.astype(np.float64) * p.scale for p in pairs])
+    return LoraPair(np.ascontiguousarray(a, dtype=np.float32), b.astype(np.float32), 1.0, EXPERTS)

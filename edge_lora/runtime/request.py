@@ -3,10 +3,12 @@ or a :class:`TextStream` of pieces that ends with one)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._validate import Problems, int_problem, number_problem
+from ..cancel import CancelToken
 from ..errors import InvalidRequestError
 
 
@@ -78,6 +80,34 @@ class SamplingParams:
             raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}", param="stop")
         stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
         return cls(stop=stops, **{k: v for k, v in kw.items() if v is not None})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One call, whatever asked for it (the library, the CLI, a server protocol): a ``prompt``
+    (raw text) or ``messages`` (a conversation, formatted with the base's chat template), the
+    ``adapters`` (name to scale; ``None`` a scale: the adapter's default; ``None`` or ``{}``: the
+    base alone), the ``params`` and a ``cancel`` token. Structured outputs and tools will be
+    fields of this request."""
+
+    prompt: str | None = None
+    messages: Sequence[Mapping[str, Any]] | None = None
+    adapters: Mapping[str, float | None] | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    cancel: CancelToken | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequestError("a generation takes a prompt or messages, not both or neither")
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise InvalidRequestError(f"prompt must be a string, got {type(self.prompt).__name__}", param="prompt")
+
+    @classmethod
+    def of(cls, *, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None,
+           adapters: Mapping[str, float | None] | None = None, cancel: CancelToken | None = None,
+           **options: Any) -> GenerationRequest:
+        """From the text APIs' keyword options (:meth:`SamplingParams.build`)."""
+        return cls(prompt, messages, adapters, SamplingParams.build(**options), cancel)
 
 
 @dataclass(frozen=True)

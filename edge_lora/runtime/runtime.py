@@ -25,7 +25,7 @@ from ..families.base_check import base_problems
 from .chat import ChatTemplate
 from ..cancel import CancelToken
 from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError
-from .request import Completion, SamplingParams, TextStream, Timings
+from .request import Completion, GenerationRequest, SamplingParams, TextStream, Timings
 from .decode import check_finite, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
 from ..formats.gguf_file import read_gguf, require_base
@@ -194,11 +194,7 @@ class Runtime:
     def stream(self, prompt: str, adapters: Adapters = None, *, cancel: CancelToken | None = None,
                **options: Any) -> TextStream:
         """Like :meth:`complete`, as an iterator of text pieces (``.result`` at the end)."""
-        params = SamplingParams.build(**options)
-        self.check_adapters(adapters)
-        ids = self.tokenize(prompt)
-        self._check_fits(ids)
-        return TextStream(self._run(ids, adapters, params, cancel))
+        return self.start(GenerationRequest.of(prompt=prompt, adapters=adapters, cancel=cancel, **options))
 
     def chat(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, *,
              cancel: CancelToken | None = None, **options: Any) -> Completion:
@@ -207,11 +203,17 @@ class Runtime:
 
     def chat_stream(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, *,
                     cancel: CancelToken | None = None, **options: Any) -> TextStream:
-        params = SamplingParams.build(**options)
-        self.check_adapters(adapters)
-        ids = self.chat_tokens(messages)
+        """Like :meth:`chat`, as an iterator of text pieces (``.result`` at the end)."""
+        return self.start(GenerationRequest.of(messages=messages, adapters=adapters, cancel=cancel, **options))
+
+    def start(self, request: GenerationRequest) -> TextStream:
+        """Run ``request`` (what :meth:`stream` and :meth:`chat_stream` build): everything is
+        checked now (adapters, options, the prompt's fit in the context), then the returned
+        stream generates lazily, in whichever thread iterates it."""
+        self.check_adapters(request.adapters)
+        ids = self.chat_tokens(request.messages) if request.messages is not None else self.tokenize(request.prompt)
         self._check_fits(ids)
-        return TextStream(self._run(ids, adapters, params, cancel))
+        return TextStream(self._run(ids, request.adapters, request.params, request.cancel))
 
     def memory(self) -> MemoryUsage:
         """Bytes held now: the mapped model (and its resident part), KV per context, adapters,

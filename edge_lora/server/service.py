@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cancel import CancelToken
-from ..runtime.request import Completion
+from ..runtime.request import Completion, GenerationRequest
 from .errors import ApiError
 
 if TYPE_CHECKING:  # the runtime loads the native engine; the service only calls it
@@ -153,8 +153,6 @@ class Service:
         """Validate the call (adapters, options, prompt length: errors raise here, before any
         response is sent) and return it ready to run, its :class:`CancelToken` wired in."""
         token = CancelToken()
-        if messages is not None:
-            stream = await self.call(self.rt.chat_stream, messages, dict(adapters), cancel=token, **options)
-        else:
-            stream = await self.call(self.rt.stream, prompt, dict(adapters), cancel=token, **options)
+        request = GenerationRequest.of(prompt=prompt, messages=messages, adapters=dict(adapters), cancel=token, **options)
+        stream = await self.call(self.rt.start, request)
         return Generation(stream, token, self.executor)

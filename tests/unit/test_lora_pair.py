@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 
 from edge_lora.formats.gguf_file import TOKEN_EMBD_TENSOR
-from edge_lora.lora.pair import EMBEDDING, EXPERTS, LINEAR, LoraPair, concat, layout_for, shape_problem
+from edge_lora.lora.pair import (
+    EMBEDDING,
+    EXPERTS,
+    LINEAR,
+    LoraPair,
+    concat,
+    layout_for,
+    pack,
+    shape_problem,
+    split,
+    stack_experts,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -90,3 +101,24 @@ def test_shape_problem_names_the_dimensions():
     assert "do not fit" in shape_problem("w", LINEAR, (3, 4), (5, 2), (5, 4))  # ranks differ
     dora = LoraPair(_f32(3, 4), _f32(5, 3), magnitude=np.ones(4, np.float32))
     assert "DoRA magnitude" in dora.fits("w", (5, 4))
+
+
+def test_pack_is_the_fused_weights_delta_and_split_undoes_it():
+    q, k, v = (LoraPair(_f32(r, 4), _f32(n, r), s, LINEAR) for r, n, s in ((2, 6, 0.5), (3, 2, 1.0), (1, 2, -2.0)))
+    fused = pack([q, k, v])
+    assert fused.rank == 6 and fused.weight_shape == (10, 4)
+    np.testing.assert_allclose(fused.delta(), np.vstack([_explicit(p) for p in (q, k, v)]), rtol=1e-5, atol=1e-6)
+    parts = split(fused, [6, 2, 2])
+    for part, orig in zip(parts, (q, k, v)):
+        np.testing.assert_allclose(part.delta(), _explicit(orig), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        split(fused, [6, 2])
+
+
+def test_stack_experts_is_each_experts_delta():
+    experts = [LoraPair(_f32(2, 4), _f32(5, 2), s, LINEAR) for s in (1.0, 0.25, -1.0)]
+    st = stack_experts(experts)
+    assert st.layout == EXPERTS and st.a.shape == (3, 2, 4) and st.b.shape == (3, 5, 2) and st.weight_shape == (3, 5, 4)
+    np.testing.assert_allclose(st.delta(), np.stack([_explicit(p) for p in experts]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        stack_experts([experts[0], LoraPair(_f32(3, 4), _f32(5, 3))])

@@ -23,7 +23,13 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from edge_lora.cancel import CancelToken  # noqa: E402
-from edge_lora.runtime.request import Completion, SamplingParams, TextStream, Timings  # noqa: E402
+from edge_lora.runtime.request import (  # noqa: E402
+    Completion,
+    GenerationRequest,
+    SamplingParams,
+    TextStream,
+    Timings,
+)
 from edge_lora.server import ServerSettings, create_app  # noqa: E402
 
 PROMPT_SECONDS = 20.0  # a prompt evaluation that nobody waits out
@@ -48,13 +54,10 @@ class SlowRuntime:
     def _note(self, what: str) -> None:
         self.events.append((what, time.monotonic()))
 
-    def stream(self, prompt: str, adapters: dict, *, cancel: CancelToken | None = None, **options: object) -> TextStream:
-        SamplingParams.build(**options)  # the server must send what the runtime accepts
-        self.tokens.append(cancel)
-        return TextStream(self._run(cancel))
-
-    def chat_stream(self, messages, adapters, *, cancel=None, **options) -> TextStream:
-        return self.stream("", adapters, cancel=cancel, **options)
+    def start(self, request: GenerationRequest) -> TextStream:
+        assert isinstance(request.params, SamplingParams)  # the server sends the runtime's one schema
+        self.tokens.append(request.cancel)
+        return TextStream(self._run(request.cancel))
 
     def _run(self, cancel: CancelToken | None) -> Iterator[str]:
         t = Timings(0.0, 0.0, 0.0, 0.0)
