@@ -130,3 +130,20 @@ def test_the_converter_uses_only_the_shared_rooms():
     bad = [i for i in CONVERTER if _top(i.module) == "edge_lora" and i.module != "edge_lora"
            and not any(_under(i.module, m) for m in CONVERTER_MAY_USE)]
     assert bad == []
+
+
+def test_the_pure_rooms_import_without_the_engine_or_torch():
+    """What the unit tier tests loads neither llama.cpp's bindings nor the training stack: it runs
+    in seconds on a machine without a built engine."""
+    import subprocess
+    import sys
+
+    mods = ["edge_lora", "edge_lora.runtime.request", "edge_lora.runtime.kv", "edge_lora.runtime.stops",
+            "edge_lora.cli.common", "edge_lora.lora.pair", "edge_lora.lora.adapter", "edge_lora.families",
+            "edge_lora.outputs", "edge_lora.formats.adapter_file", "edge_lora.inspect", "edge_lora_convert.peft_config"]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in mods)
+            + "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'torch', 'transformers', 'peft'))\n"
+            + "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
