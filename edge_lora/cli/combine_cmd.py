@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..formats.adapter_file import OUTTYPES
-from .common import parse_adapter_arg
+from .common import add_output_flags, parse_adapter_arg
 
 if TYPE_CHECKING:
     from edge_lora_convert.combine import CombineResult
@@ -42,10 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="cat (exact, ranks add up; default) or svd (truncated to --rank)")
     p.add_argument("--rank", type=int, metavar="R", help="svd: the rank of every combined tensor")
     p.add_argument("--outtype", choices=list(OUTTYPES), default="f16", help="storage type of the LoRA tensors (default f16)")
-    p.add_argument("--dry-run", action="store_true", help="compute and report everything, write nothing")
-    p.add_argument("--force", action="store_true", help="replace OUT.gguf if it exists")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    add_output_flags(p, dry_run="compute and report everything, write nothing")
     p.set_defaults(func=run)
     return p
 

@@ -78,3 +78,14 @@ def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.stop:
         opts["stop"] = args.stop
     return opts
+
+
+def add_output_flags(p: argparse.ArgumentParser, *, dry_run: str | None = "check and plan everything, write nothing",
+                     force: str = "replace OUT.gguf if it exists", quiet: str = "no progress bar, no summary") -> None:
+    """The flags of the commands that write: ``--dry-run`` (where the command has one), ``--force``,
+    ``--json`` and ``-q``; each command words what they mean for it."""
+    if dry_run is not None:
+        p.add_argument("--dry-run", action="store_true", help=dry_run)
+    p.add_argument("--force", action="store_true", help=force)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help=quiet)

@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..formats.adapter_file import OUTTYPES
+from .common import add_output_flags
 
 HELP = "convert a PEFT or MLX-LM LoRA checkpoint to a GGUF adapter"
 EPILOG = """examples:
@@ -31,10 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--adapter-name", metavar="NAME", help="the PEFT adapter to convert when the file holds several")
     p.add_argument("--text-only", action="store_true",
                    help="multimodal checkpoint: drop the vision/audio towers' LoRA, convert the text model's")
-    p.add_argument("--dry-run", action="store_true", help="check and plan everything, write nothing")
-    p.add_argument("--force", action="store_true", help="replace OUT.gguf if it exists")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    add_output_flags(p)
     p.set_defaults(func=run)
     return p
 

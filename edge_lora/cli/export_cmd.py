@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .common import add_output_flags
+
 HELP = "export a GGUF LoRA adapter as a PEFT directory (for PEFT, transformers and vLLM)"
 EPILOG = """examples:
   edge-lora export sql.gguf --peft ./sql-peft --base llama-3.2-1b-Q4_K_M.gguf
@@ -27,9 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
     p.add_argument("--base", metavar="BASE.gguf",
                    help="GGUF base model: checks the adapter and gives the head counts llama/mistral Q/K need")
-    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists (atomically)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    add_output_flags(p, dry_run=None, force="replace OUT_DIR if it exists (atomically)", quiet="no summary")
     p.set_defaults(func=run)
     return p
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MissingDependencyError
+from .common import add_output_flags
 
 HELP = "merge LoRA/DoRA adapters into a GGUF base, re-quantized, as a new GGUF model"
 EPILOG = """examples:
@@ -46,10 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--adapter-name", metavar="NAME", help="PEFT folders holding several adapters: the one to merge")
     p.add_argument("--text-only", action="store_true", help="PEFT/MLX folders of multimodal models: the text model's part")
     p.add_argument("--threads", type=int, metavar="N", help="threads for calibration and quantization (default: all cores)")
-    p.add_argument("--dry-run", action="store_true", help="check and plan everything, write nothing")
-    p.add_argument("--force", action="store_true", help="replace OUT.gguf if it exists")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    add_output_flags(p)
     p.set_defaults(func=run)
     return p
 
