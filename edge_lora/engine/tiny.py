@@ -42,9 +42,6 @@ MIXED_TYPES: dict[MODEL_TENSOR, QT] = {
     MODEL_TENSOR.FFN_DOWN: QT.Q6_K,
     MODEL_TENSOR.OUTPUT: QT.Q8_0,
 }
-_MATRICES = tuple(MIXED_TYPES)
-
-
 @dataclass(frozen=True)
 class TinyConfig:
     n_embd: int = 256

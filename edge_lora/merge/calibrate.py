@@ -46,7 +46,6 @@ DEFAULT_REQUESTS = (
 #: beginnings the hot model continues as plain text (no chat template), for inputs beyond chat turns
 DEFAULT_STARTS = ("The", "In 1887, the", "def main():", "Dear Sir or Madam,", "Il était une fois",
                   "The results show that", "import numpy as np", "Once upon a time")
-EXTRA = "continuations"
 
 #: tokens generated per default request; the cap on calibration tokens taken from a text
 GEN_TOKENS = 96
@@ -177,8 +176,7 @@ def _self_generated(rt, hot: dict[str, float], seed: int) -> list[list[int]]:
         messages = [{"role": "user", "content": request}]
         answer = rt.chat(messages, hot, temperature=0.8, seed=seed + i, max_tokens=GEN_TOKENS)
         seqs.append(rt.chat_tokens(messages) + rt.tokenize(answer.text, add_bos=False, special=False))
-    if EXTRA == "continuations":
-        for i, start in enumerate(DEFAULT_STARTS):
-            text = rt.complete(start, hot, temperature=1.0, seed=seed + 100 + i, max_tokens=GEN_TOKENS).text
-            seqs.append(rt.tokenize(start + text))
+    for i, start in enumerate(DEFAULT_STARTS):
+        text = rt.complete(start, hot, temperature=1.0, seed=seed + 100 + i, max_tokens=GEN_TOKENS).text
+        seqs.append(rt.tokenize(start + text))
     return seqs

@@ -90,7 +90,6 @@ class ChatTemplate:
 
     def __init__(self, source: str | None, *, bos_token: str, eos_token: str,
                  is_special_token: Callable[[str], bool] = lambda _t: False) -> None:
-        self.is_fallback = not source
         self.name = "model"
         if not source:
             source, self.name = fallback_template(is_special_token)

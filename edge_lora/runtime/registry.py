@@ -7,7 +7,6 @@ the last call using it ends.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from collections.abc import Callable, Mapping
@@ -21,9 +20,6 @@ from ..errors import IncompatibleAdapterError, InvalidRequestError, UnknownAdapt
 from ..formats.gguf_file import GGUFInfo, read_gguf, require_adapter
 from ..engine.native import NativeAdapter, NativeModel
 
-_uids = itertools.count(1)
-
-
 @dataclass(frozen=True)
 class AdapterInfo:
     """What is known of a loaded adapter."""
@@ -35,6 +31,7 @@ class AdapterInfo:
     targets: list[str]
     size_bytes: int
     scale: float  # default scale when a call names the adapter without one
+    #: the one identity of this load (llama.cpp's adapter, never reused): it keys the KV and contexts
     uid: int = field(repr=False)
 
 
@@ -83,7 +80,7 @@ class AdapterRegistry:
         self._detach = detach  # removes an adapter (and its KV snapshots) from every context before it is freed
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self._live: dict[int, _Entry] = {}  # by native serial: loaded, or unloaded but still in use
+        self._live: dict[int, _Entry] = {}  # by uid: loaded, or unloaded but still in use
 
     def load(self, name: str, path: str | Path, scale: float = 1.0) -> AdapterInfo:
         check_name(name)
@@ -93,11 +90,11 @@ class AdapterRegistry:
         if problems:
             raise IncompatibleAdapterError(f"{info.path}: cannot be used with the base {self._base.path.name}", problems)
         native = NativeAdapter(self._model, str(info.path))
-        entry = _Entry(_describe(name, info, scale), native)
+        entry = _Entry(_describe(name, info, scale, native.serial), native)
         with self._lock:
             old = self._entries.get(name)
             self._entries[name] = entry
-            self._live[native.serial] = entry
+            self._live[entry.info.uid] = entry
         if old is not None:
             self._retire(old)
         return entry.info
@@ -142,7 +139,7 @@ class AdapterRegistry:
         to_free: list[_Entry] = []
         with self._lock:
             for native, _ in aset.natives:
-                entry = self._live.get(native.serial)
+                entry = self._live.get(native.serial)  # the uid
                 if entry is None:
                     continue
                 entry.refs -= 1
@@ -170,7 +167,7 @@ class AdapterRegistry:
     def _free(self, entry: _Entry) -> None:
         self._detach(entry.native, entry.info.uid)
         with self._lock:
-            self._live.pop(entry.native.serial, None)
+            self._live.pop(entry.info.uid, None)
         entry.native.close()
 
     def _unknown(self, name: object) -> UnknownAdapterError:
@@ -178,7 +175,7 @@ class AdapterRegistry:
         return UnknownAdapterError(f"unknown adapter {name!r}; loaded adapters: {loaded}")
 
 
-def _describe(name: str, info: GGUFInfo, scale: float) -> AdapterInfo:
+def _describe(name: str, info: GGUFInfo, scale: float, uid: int) -> AdapterInfo:
     ranks = adapter_ranks(info)
     return AdapterInfo(
         name=name,
@@ -188,5 +185,5 @@ def _describe(name: str, info: GGUFInfo, scale: float) -> AdapterInfo:
         targets=sorted(ranks),
         size_bytes=info.file_size,
         scale=scale,
-        uid=next(_uids),
+        uid=uid,
     )
