@@ -20,7 +20,7 @@ from edge_lora.errors import CheckpointError, ConversionError
 from edge_lora.formats.values import F16_MAX
 from edge_lora.lora.pair import EMBEDDING, LINEAR, Layout
 
-from . import peft_config
+from .peft_config import PeftConfig
 from edge_lora.lora.scales import mlx_scale
 from .tensors import read_safetensors, read_torch_bin, safetensors_dtypes
 
@@ -194,8 +194,8 @@ _PEFT_MAGNITUDE = re.compile(
 
 def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: str | None,
                text_only: bool, base_vocab: int | None, allow_dora: bool = False) -> Checkpoint:
-    problems = peft_config.config_problems(cfg, allow_dora=allow_dora)
-    notes = [n for n in (peft_config.fan_in_fan_out_note(cfg),) if n]
+    config, problems = PeftConfig.from_dict(cfg, allow_dora=allow_dora)
+    notes = [n for n in (config.fan_in_fan_out_note() if config else None,) if n]
     tensors, dtypes = _read_weights(weights_file)
     problems += nonfinite_problems(tensors)
     parsed = []
@@ -244,28 +244,28 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
         else:
             problems.append(f"LoRA on the multimodal towers {what}: a text GGUF base has no such layers; "
                             "pass --text-only to convert the text model's part alone")
-    modules = _pair_up(pairs, cfg, problems)
-    if allow_dora:
-        if magnitudes and not cfg.get("use_dora"):
+    modules = _pair_up(pairs, config, problems)
+    if allow_dora and config is not None:
+        if magnitudes and not config.use_dora:
             problems.append(f"{len(magnitudes)} DoRA magnitudes (lora_magnitude_vector) but use_dora is not true in "
                             "adapter_config.json: PEFT would ignore them; fix the config or the file")
         else:
-            modules = attach_magnitudes(modules, magnitudes, bool(cfg.get("use_dora")), problems)
-    if problems:
+            modules = attach_magnitudes(modules, magnitudes, config.use_dora, problems)
+    if problems or config is None:
         raise ConversionError(f"{p}: cannot {'read' if allow_dora else 'convert'} this PEFT adapter", problems)
     return Checkpoint(
         path=p,
         format="peft",
         config=cfg,
         modules=modules,
-        alpha=float(cfg["lora_alpha"]),
+        alpha=config.lora_alpha,
         provenance={
             "source_format": "peft",
-            "base_model": cfg.get("base_model_name_or_path") or "",
-            "target_modules": peft_config.targets_text(cfg),
+            "base_model": config.base_model_name_or_path,
+            "target_modules": config.targets_text(),
             "weights_file": weights_file.name,
             "weights_dtypes": ",".join(dtypes),
-            "peft_version": cfg.get("peft_version") or "",
+            "peft_version": config.peft_version,
             "text_only": bool(towers) and text_only,
         },
         notes=notes,
@@ -335,7 +335,7 @@ def _classify_non_lora(name: str, arr: np.ndarray, base_vocab: int | None) -> st
 
 def _pair_up(
     pairs: dict[tuple[str, bool], dict[str, tuple[str, np.ndarray]]],
-    cfg: dict[str, Any],
+    config: PeftConfig | None,
     problems: list[str],
 ) -> list[LoraModule]:
     modules: list[LoraModule] = []
@@ -351,16 +351,16 @@ def _pair_up(
                 f"{module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not form a rank-r pair"
             )
             continue
-        if not peft_config.has_valid_rank_alpha(cfg):
-            continue  # already reported; pairing problems are still collected
-        r_cfg, alpha = peft_config.rank_and_alpha(cfg, module)
+        if config is None:
+            continue  # its problems are reported; pairing problems are still collected
+        r_cfg, alpha = config.rank_and_alpha(module)
         if a.shape[0] != r_cfg:
             problems.append(f"{module}: tensor rank {a.shape[0]} differs from the configured rank {r_cfg}")
             continue
-        if not peft_config.is_targeted(cfg, module):
+        if not config.is_targeted(module):
             problems.append(f"{module}: has LoRA weights but is not selected by target_modules/layers_to_transform")
             continue
-        scale = peft_config.module_scale(cfg, alpha, r_cfg)
+        scale = config.module_scale(module)
         kind: Layout = EMBEDDING if embedding else LINEAR
         modules.append(LoraModule(module, kind, a, b, scale, float(alpha), (a_name, b_name)))
     if not modules and not problems:

@@ -1,4 +1,5 @@
-"""PEFT ``adapter_config.json`` semantics: validation, per-module rank/alpha, targeting.
+"""PEFT ``adapter_config.json`` semantics: validation, then a typed :class:`PeftConfig` with the
+per-module rank/alpha and targeting rules.
 
 The matching rules mirror PEFT's own (``peft.utils.other.get_pattern_key`` and
 ``peft.tuners.tuners_utils.check_target_module_exists``).
@@ -6,10 +7,11 @@ The matching rules mirror PEFT's own (``peft.utils.other.get_pattern_key`` and
 
 from __future__ import annotations
 
-import math
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
+from edge_lora._validate import f16_problem, is_int, is_number
 from edge_lora.lora.scales import peft_scale
 
 # Config fields whose non-default value changes the math in a way llama.cpp cannot carry.
@@ -58,15 +60,6 @@ def init_problem(value: Any) -> str | None:
             "(it may change the base, as PiSSA does); convert with a PEFT save whose init_lora_weights is true")
 
 
-def _finite_number(v: Any) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except OverflowError:  # an int beyond a float's range
-        return False
-
-
 def _regex_ok(pattern: Any) -> bool:
     try:
         re.compile(pattern)
@@ -79,13 +72,13 @@ def type_problems(cfg: dict[str, Any]) -> list[str]:
     """Fields whose type or syntax PEFT itself would refuse (checked before they are used)."""
     out = []
     strs = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
-    ints = lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)  # noqa: E731
+    ints = lambda v: isinstance(v, list) and all(is_int(x) for x in v)  # noqa: E731
     for key in ("target_modules", "exclude_modules"):
         v = cfg.get(key)
         if v is not None and not (isinstance(v, str) and _regex_ok(v)) and not strs(v):
             out.append(f"adapter_config.json: '{key}' must be a list of names or a valid regular expression, found {v!r}")
     v = cfg.get("layers_to_transform")
-    if v is not None and not (isinstance(v, int) and not isinstance(v, bool)) and not ints(v):
+    if v is not None and not is_int(v) and not ints(v):
         out.append(f"adapter_config.json: 'layers_to_transform' must be an integer or a list of them, found {v!r}")
     v = cfg.get("layers_pattern")
     if v is not None and not (isinstance(v, str) and _regex_ok(v)) and not (strs(v) and all(_regex_ok(x) for x in v)):
@@ -105,22 +98,22 @@ def config_problems(cfg: dict[str, Any], *, allow_dora: bool = False) -> list[st
     if str(peft_type).upper() != "LORA":
         problems.append(f"adapter_config.json: peft_type={peft_type!r}; only LORA can be converted")
     r = cfg.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+    if not is_int(r) or r <= 0:
         problems.append(f"adapter_config.json: 'r' must be a positive integer, found {r!r}")
     alpha = cfg.get("lora_alpha")
-    if not _finite_number(alpha):
+    if not is_number(alpha):
         problems.append(f"adapter_config.json: 'lora_alpha' must be a finite number, found {alpha!r}")
-    elif abs(alpha) > 65504:
-        problems.append(f"adapter_config.json: 'lora_alpha'={alpha:g} is beyond ±65504: llama.cpp's f16 paths would overflow")
+    elif f16_problem("'lora_alpha'", alpha):
+        problems.append("adapter_config.json: " + str(f16_problem("'lora_alpha'", alpha)))
     for key in ("rank_pattern", "alpha_pattern"):
         pattern = cfg.get(key)
         if pattern is not None and not isinstance(pattern, dict):
             problems.append(f"adapter_config.json: '{key}' must be an object")
             continue
         for pat, v in (pattern or {}).items():
-            if key == "rank_pattern" and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            if key == "rank_pattern" and not (is_int(v) and v > 0):
                 problems.append(f"adapter_config.json: rank_pattern[{pat!r}] must be a positive integer, found {v!r}")
-            elif key == "alpha_pattern" and not _finite_number(v):
+            elif key == "alpha_pattern" and not is_number(v):
                 problems.append(f"adapter_config.json: alpha_pattern[{pat!r}] must be a finite number, found {v!r}")
     problems += type_problems(cfg)
     init = init_problem(cfg.get("init_lora_weights", True))
@@ -137,24 +130,118 @@ def config_problems(cfg: dict[str, Any], *, allow_dora: bool = False) -> list[st
     return problems
 
 
-def has_valid_rank_alpha(cfg: dict[str, Any]) -> bool:
-    r = cfg.get("r")
-    valid_r = isinstance(r, int) and not isinstance(r, bool) and r > 0
-    patterns = [cfg.get(k) or {} for k in ("rank_pattern", "alpha_pattern")]
-    if not all(isinstance(p, dict) for p in patterns):
-        return False
-    ranks_ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patterns[0].values())
-    alphas_ok = all(_finite_number(v) for v in patterns[1].values())
-    return valid_r and _finite_number(cfg.get("lora_alpha")) and ranks_ok and alphas_ok and not type_problems(cfg)
+@dataclass(frozen=True)
+class PeftConfig:
+    """``adapter_config.json`` read once (PEFT's ``LoraConfig`` field names), its fields typed:
+    everything after :meth:`from_dict` reads these, never the raw dict. The rules mirror PEFT's
+    own (``peft.utils.other.get_pattern_key``, ``peft.tuners.tuners_utils.check_target_module_exists``)."""
 
+    r: int
+    lora_alpha: float
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    #: None: PEFT filled in its per-architecture defaults (the tensors are the truth); a string
+    #: is a regular expression or ``all-linear``
+    target_modules: str | tuple[str, ...] | None = None
+    exclude_modules: str | tuple[str, ...] | None = None
+    layers_to_transform: int | tuple[int, ...] | None = None
+    layers_pattern: str | tuple[str, ...] | None = None
+    use_rslora: bool = False
+    use_dora: bool = False
+    fan_in_fan_out: bool = False
+    base_model_name_or_path: str = ""
+    peft_version: str = ""
 
-def fan_in_fan_out_note(cfg: dict[str, Any]) -> str | None:
-    """PEFT ignores ``fan_in_fan_out`` on ``nn.Linear`` layers (it warns and resets the flag),
-    and every architecture this converter supports is built of ``nn.Linear``: a note, not a refusal."""
-    if not cfg.get("fan_in_fan_out"):
-        return None
-    return ("fan_in_fan_out=true ignored: the supported architectures use nn.Linear layers, for which PEFT "
-            "resets the flag (it applies to GPT-2-style Conv1D only)")
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any], *, allow_dora: bool = False) -> tuple[PeftConfig | None, list[str]]:
+        """``(config, problems)``: every reason the config cannot be converted (:func:`config_problems`),
+        and the typed config, or None when its rank, alpha, patterns or targeting fields are
+        themselves invalid (nothing can be paired with them)."""
+        problems = config_problems(cfg, allow_dora=allow_dora)
+        r, alpha = cfg.get("r"), cfg.get("lora_alpha")
+        patterns = [cfg.get(k) or {} for k in ("rank_pattern", "alpha_pattern")]
+        usable = (is_int(r) and r > 0 and is_number(alpha) and all(isinstance(p, dict) for p in patterns)
+                  and all(is_int(v) and v > 0 for v in patterns[0].values())
+                  and all(is_number(v) for v in patterns[1].values()) and not type_problems(cfg))
+        if not usable:
+            return None, problems
+
+        def names(v: Any) -> str | tuple[str, ...] | None:
+            return v if v is None or isinstance(v, str) else tuple(v)
+
+        layers = cfg.get("layers_to_transform")
+        config = cls(
+            r=int(r), lora_alpha=float(alpha),
+            rank_pattern={k: int(v) for k, v in patterns[0].items()},
+            alpha_pattern={k: float(v) for k, v in patterns[1].items()},
+            target_modules=names(cfg.get("target_modules")), exclude_modules=names(cfg.get("exclude_modules")) or None,
+            layers_to_transform=None if layers is None or layers == [] else layers if isinstance(layers, int) else tuple(layers),
+            layers_pattern=names(cfg.get("layers_pattern")) or None,
+            use_rslora=bool(cfg.get("use_rslora", False)), use_dora=bool(cfg.get("use_dora", False)),
+            fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
+            base_model_name_or_path=str(cfg.get("base_model_name_or_path") or ""),
+            peft_version=str(cfg.get("peft_version") or ""),
+        )
+        return config, problems
+
+    def rank_and_alpha(self, module: str) -> tuple[int, float]:
+        """The rank and alpha PEFT gives ``module`` (rank_pattern / alpha_pattern first)."""
+        rk, ak = _pattern_key(self.rank_pattern, module), _pattern_key(self.alpha_pattern, module)
+        return (self.rank_pattern[rk] if rk is not None else self.r,
+                self.alpha_pattern[ak] if ak is not None else self.lora_alpha)
+
+    def module_scale(self, module: str) -> float:
+        """PEFT's multiplier of ``B @ A`` for ``module`` (:func:`~edge_lora.lora.scales.peft_scale`)."""
+        r, alpha = self.rank_and_alpha(module)
+        return peft_scale(alpha, r, self.use_rslora)
+
+    def is_targeted(self, module: str) -> bool:
+        """Whether PEFT's config selects ``module`` (target_modules, layers_to_transform, exclude_modules)."""
+        excl = self.exclude_modules
+        if excl:
+            if isinstance(excl, str) and re.fullmatch(excl, module):
+                return False
+            if not isinstance(excl, str) and (module in excl or any(module.endswith(f".{e}") for e in excl)):
+                return False
+        targets = self.target_modules
+        if targets is None:
+            return True  # PEFT filled in its per-architecture defaults; the tensors are the truth
+        if isinstance(targets, str):
+            return targets == "all-linear" or re.fullmatch(targets, module) is not None
+        if module in targets:
+            return True
+        if not any(module.endswith(f".{t}") for t in targets):
+            return False
+        if self.layers_to_transform is None:
+            return True
+        idx = self._layer_index(module)
+        if idx is None:
+            return False
+        layers = self.layers_to_transform
+        return idx == layers if isinstance(layers, int) else idx in layers
+
+    def _layer_index(self, module: str) -> int | None:
+        if not self.layers_pattern:
+            m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
+        else:
+            m = None
+            for pat in [self.layers_pattern] if isinstance(self.layers_pattern, str) else self.layers_pattern:
+                m = re.match(rf"(?:^|.*?\.){pat}\.(?P<idx>\d+)\.", module)
+                if m is not None:
+                    break
+        return int(m["idx"]) if m else None
+
+    def targets_text(self) -> str:
+        t = self.target_modules
+        return "" if t is None else t if isinstance(t, str) else ",".join(sorted(t))
+
+    def fan_in_fan_out_note(self) -> str | None:
+        """PEFT ignores ``fan_in_fan_out`` on ``nn.Linear`` layers (it warns and resets the flag),
+        and every architecture this converter supports is built of ``nn.Linear``: a note, not a refusal."""
+        if not self.fan_in_fan_out:
+            return None
+        return ("fan_in_fan_out=true ignored: the supported architectures use nn.Linear layers, for which PEFT "
+                "resets the flag (it applies to GPT-2-style Conv1D only)")
 
 
 def _pattern_key(patterns: dict[str, Any], key: str) -> str | None:
@@ -162,65 +249,3 @@ def _pattern_key(patterns: dict[str, Any], key: str) -> str | None:
         if re.match(rf"(.*\.)?({pat})$", key):
             return pat
     return None
-
-
-def rank_and_alpha(cfg: dict[str, Any], module: str) -> tuple[int, float]:
-    """The rank and alpha PEFT gives ``module`` (rank_pattern / alpha_pattern first)."""
-    ranks = cfg.get("rank_pattern") or {}
-    alphas = cfg.get("alpha_pattern") or {}
-    rk, ak = _pattern_key(ranks, module), _pattern_key(alphas, module)
-    r = ranks[rk] if rk is not None else cfg["r"]
-    alpha = alphas[ak] if ak is not None else cfg["lora_alpha"]
-    return int(r), float(alpha)
-
-
-def module_scale(cfg: dict[str, Any], alpha: float, rank: int) -> float:
-    return peft_scale(alpha, rank, bool(cfg.get("use_rslora", False)))
-
-
-def _layer_index(cfg: dict[str, Any], module: str) -> int | None:
-    patterns = cfg.get("layers_pattern")
-    if not patterns:
-        m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
-    else:
-        m = None
-        for pat in [patterns] if isinstance(patterns, str) else patterns:
-            m = re.match(rf"(?:^|.*?\.){pat}\.(?P<idx>\d+)\.", module)
-            if m is not None:
-                break
-    return int(m["idx"]) if m else None
-
-
-def is_targeted(cfg: dict[str, Any], module: str) -> bool:
-    """Whether PEFT's config selects ``module`` (target_modules, layers_to_transform, exclude_modules)."""
-    excl = cfg.get("exclude_modules")
-    if excl:
-        if isinstance(excl, str) and re.fullmatch(excl, module):
-            return False
-        if not isinstance(excl, str) and (module in excl or any(module.endswith(f".{e}") for e in excl)):
-            return False
-    targets = cfg.get("target_modules")
-    if targets is None:
-        return True  # PEFT filled in its per-architecture defaults; the tensors are the truth
-    if isinstance(targets, str):
-        if targets == "all-linear":
-            return True
-        return re.fullmatch(targets, module) is not None
-    if module in targets:
-        return True
-    if not any(module.endswith(f".{t}") for t in targets):
-        return False
-    layers = cfg.get("layers_to_transform")
-    if layers is None or (isinstance(layers, list) and not layers):
-        return True
-    idx = _layer_index(cfg, module)
-    if idx is None:
-        return False
-    return idx == layers if isinstance(layers, int) else idx in layers
-
-
-def targets_text(cfg: dict[str, Any]) -> str:
-    targets = cfg.get("target_modules")
-    if targets is None:
-        return ""
-    return targets if isinstance(targets, str) else ",".join(sorted(targets))
