@@ -8,7 +8,6 @@ with ``scale`` the effective multiplier the training framework used.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_lora.errors import CheckpointError, ConversionError
-from edge_lora.formats.values import F16_MAX
+from edge_lora._validate import F16_MAX, is_number
 from edge_lora.lora.pair import EMBEDDING, LINEAR, Layout
 
 from .peft_config import PeftConfig
@@ -402,7 +401,7 @@ def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path, allow_dora: bool
         problems.append("adapter_config.json: lora_parameters with 'rank' and 'scale' is required")
         raise ConversionError(f"{p}: cannot convert this MLX-LM adapter", problems)
     raw_scale = params["scale"]
-    if isinstance(raw_scale, bool) or not isinstance(raw_scale, (int, float)) or not math.isfinite(raw_scale):
+    if not is_number(raw_scale):
         problems.append(f"adapter_config.json: lora_parameters.scale must be a finite number, found {raw_scale!r}")
         raise ConversionError(f"{p}: cannot convert this MLX-LM adapter", problems)
     scale = mlx_scale(params)

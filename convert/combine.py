@@ -40,7 +40,7 @@ from edge_lora.formats.values import F16_MAX
 from edge_lora.lora.adapter import LoraSource, read_gguf_lora
 from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair, concat
 from edge_lora.outputs import check_output
-from edge_lora._validate import combined_error
+from edge_lora._validate import combined_error, int_problem, is_number
 
 from . import __version__
 
@@ -201,7 +201,7 @@ def _check_request(
     if not specs:
         problems.append("no adapters given")
     for path, scale in specs:
-        if not math.isfinite(scale):
+        if not is_number(scale):
             problems.append(f"{path}: scale {scale!r} is not a finite number")
     if method not in METHODS:
         problems.append(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -209,8 +209,8 @@ def _check_request(
         problems.append("svd needs a rank (--rank R): the rank each tensor is compressed to")
     elif method == "cat" and rank is not None:
         problems.append("--rank is for svd; cat keeps every adapter's rank (their sum)")
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
-        problems.append(f"rank must be a positive integer, got {rank!r}")
+    if rank is not None and int_problem("rank", rank, lo=1):
+        problems.append(str(int_problem("rank", rank, lo=1)))
     if outtype not in OUTTYPES:
         problems.append(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     if out is None and not dry_run:

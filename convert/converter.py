@@ -9,7 +9,7 @@ import numpy as np
 from gguf import MODEL_TENSOR, Keys, TensorNameMap
 
 from edge_lora.errors import ConversionError, IncompatibleAdapterError
-from edge_lora.formats.values import F16_MAX
+from edge_lora._validate import F16_MAX, f16_problem
 from edge_lora.formats.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo, read_gguf, require_base
 from edge_lora.formats.adapter_file import OUTTYPES, pair_tensors, write_adapter
 from edge_lora.formats.keys import EdgeLoraKeys
@@ -82,8 +82,9 @@ def convert(
     problems: list[str] = []
     notes: list[str] = list(ckpt.notes)
     out_tensors = pair_tensors(_plan(ckpt, shape, problems, notes))
-    if abs(ckpt.alpha) > F16_MAX:
-        problems.append(f"the file's alpha would be {ckpt.alpha:g}, beyond ±65504: the runtime refuses such adapters")
+    alpha_problem = f16_problem("the file's alpha", ckpt.alpha)
+    if alpha_problem:
+        problems.append(f"{alpha_problem}: the runtime refuses such adapters")
     for t in out_tensors:  # per-module scales folded into B can push it out of range
         big = int(np.count_nonzero(np.abs(t.data) > F16_MAX))
         if big:

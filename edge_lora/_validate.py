@@ -37,6 +37,8 @@ def int_problem(name: str, value: object, *, lo: int | None = None, hi: int | No
     ok = is_int(value) and (lo is None or value >= lo) and (hi is None or value <= hi)  # type: ignore[operator]
     if ok:
         return None
+    if lo == 1 and hi is None:
+        return f"{name} must be a positive integer, got {value!r}"
     return f"{name} must be an integer{_range(lo, hi)}, got {value!r}"
 
 

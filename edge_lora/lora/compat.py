@@ -6,12 +6,12 @@ so the runtime and ``edge-lora inspect --base`` can refuse with a complete repor
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 from gguf import Keys
 
-from ..formats.values import F16_MAX, nonfinite_tensors
+from .._validate import f16_problem, is_number
+from ..formats.values import nonfinite_tensors
 from ..formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo
 from .pair import EXPERTS, layout_for, shape_problem
 
@@ -47,11 +47,10 @@ def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bo
     if adapter_type != "lora":
         problems.append(f"adapter.type is {adapter_type!r}, only 'lora' is supported")
     alpha = adapter.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+    if not is_number(alpha):
         problems.append(f"{Keys.Adapter.LORA_ALPHA} must be a finite number, found {alpha!r}")
-    elif abs(alpha) > F16_MAX:
-        problems.append(f"{Keys.Adapter.LORA_ALPHA}={alpha:g} is beyond ±65504: no trained adapter has such a scale, "
-                        "and llama.cpp's f16 paths would overflow")
+    elif f16_problem(Keys.Adapter.LORA_ALPHA, alpha):
+        problems.append(f"{f16_problem(Keys.Adapter.LORA_ALPHA, alpha)} (no trained adapter has such a scale)")
     pairs, pair_problems = lora_pairs(adapter)
     problems += pair_problems
     if check_data:

@@ -25,7 +25,7 @@ from gguf.quants import dequantize
 from .. import __version__
 from ..outputs import atomic_path, check_output
 from ..families.base_check import base_problems
-from .._validate import combined_error
+from .._validate import combined_error, int_problem, is_int, is_number
 from ..errors import (
     EdgeLoraError,
     GGUFFileError,
@@ -125,15 +125,15 @@ def merge(
         raise InvalidRequestError(f"requant {requant!r}: one of {', '.join(REQUANT)}")
     if calibration is not None and requant != "gptq":
         raise InvalidRequestError("calibration text is only used by requant='gptq'")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 512):
-        raise InvalidRequestError(f"threads must be an integer from 1 to 512, got {threads!r}")
+    if threads is not None and int_problem("threads", threads, lo=1, hi=512):
+        raise InvalidRequestError(str(int_problem("threads", threads, lo=1, hi=512)), param="threads")
     if isinstance(adapters, (str, os.PathLike, LoraSource)):
         raise InvalidRequestError("adapters must be a list, e.g. [\"sql.gguf\", (\"tone.gguf\", 0.5)]")
     info = read_gguf(base)
     require_base(info)
     bad = base_problems(info)
     align = info.metadata.get(Keys.General.ALIGNMENT, 32)
-    if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
+    if not is_int(align) or align <= 0 or align & (align - 1):
         bad.append(f"general.alignment {align!r} is not a power of two (llama.cpp refuses the file)")
     if bad:
         raise GGUFFileError(f"{info.path}: a base llama.cpp cannot run; merging into it would not help", bad)
@@ -206,7 +206,7 @@ def _read_sources(adapters: Sequence[AdapterArg], info: GGUFInfo) -> list[LoraSo
                 raise InvalidRequestError(
                     f"{path}: not a GGUF adapter; read a PEFT/MLX checkpoint with "
                     "edge_lora_convert.lora_source(path, base=...) (the `edge-lora merge` command does this)")
-            if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+            if not is_number(scale):
                 raise InvalidRequestError(f"{path}: scale {scale!r} is not a finite number")
             sources.append(read_gguf_lora(path, scale=float(scale), base=info, label=f"{Path(path).name}:{scale:g}"))
         except (IncompatibleAdapterError, GGUFFileError, InvalidRequestError) as exc:

@@ -7,7 +7,6 @@ the last call using it ends.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from gguf import Keys
 
+from .._validate import is_number
 from ..lora.compat import adapter_problems, adapter_ranks
 from ..errors import IncompatibleAdapterError, InvalidRequestError, UnknownAdapterError
 from ..formats.gguf_file import GGUFInfo, read_gguf, require_adapter
@@ -66,7 +66,7 @@ def check_name(name: object) -> str:
 
 
 def check_scale(name: str, scale: object) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if not is_number(scale):
         raise InvalidRequestError(f"adapter {name!r}: scale must be a finite number, got {scale!r}")
     return float(scale)
 

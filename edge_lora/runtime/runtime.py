@@ -23,6 +23,7 @@ import numpy as np
 
 from ..families.base_check import base_problems
 from .chat import ChatTemplate
+from .._validate import Problems, int_problem, is_int, number_problem
 from ..cancel import CancelToken
 from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError
 from .request import Completion, GenerationRequest, SamplingParams, TextStream, Timings
@@ -66,18 +67,15 @@ class Runtime:
         (0.0 to 1.0, from its own progress reports); returning False cancels the load
         (:class:`CancelledError`). Raises :class:`GGUFFileError` for a bad file,
         :class:`EngineBuildError` when the native build cannot run on this machine."""
-        problems = []
+        problems = Problems()
         for name, v, lo in (("n_ctx", n_ctx, 16), ("n_parallel", n_parallel, 1), ("n_batch", n_batch, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                problems.append(f"{name} must be an integer >= {lo}, got {v!r}")
+            problems.add(int_problem(name, v, lo=lo), param=name)
         if kv_type not in ("f16", "f32", "q8_0"):
-            problems.append(f"kv_type must be f16, f32 or q8_0, got {kv_type!r}")
-        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
-            problems.append(f"n_threads must be an integer >= 1, got {n_threads!r}")
-        if not isinstance(snapshot_mb, (int, float)) or snapshot_mb < 0:
-            problems.append(f"snapshot_mb must be >= 0, got {snapshot_mb!r}")
-        if problems:
-            raise InvalidRequestError("invalid Runtime options", problems)
+            problems.add(f"kv_type must be f16, f32 or q8_0, got {kv_type!r}", param="kv_type")
+        if n_threads is not None:
+            problems.add(int_problem("n_threads", n_threads, lo=1), param="n_threads")
+        problems.add(number_problem("snapshot_mb", snapshot_mb, lo=0), param="snapshot_mb")
+        problems.raise_if_any(InvalidRequestError, "invalid Runtime options")
         self.base_info = read_gguf(model_path)
         require_base(self.base_info)
         bad = base_problems(self.base_info)
@@ -285,7 +283,7 @@ class Runtime:
             )
 
     def _check_ids(self, ids: Sequence[int]) -> None:
-        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < self.n_vocab]
+        bad = [t for t in ids if not is_int(t) or not 0 <= t < self.n_vocab]
         if bad:
             raise InvalidRequestError(f"token ids must be integers in [0, {self.n_vocab}); bad: {bad[:5]}")
 
