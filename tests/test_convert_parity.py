@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from adapters import linear_names, make_mlx_adapter, make_peft_adapter, peft_logits
-from tiny_models import CASES, TOKENS, hf_logits, llama_logits, rel_err
+from tiny_models import CASES, TOKENS, hf_logits, is_tied, llama_logits, rel_err
 
 from edge_lora.cli import main as cli
 from edge_lora.errors import ConversionError
@@ -66,7 +66,7 @@ def check_parity(base_path: Path, lora: Path, want, base_logits, rtol: float = P
 
 
 #: cases whose lm_head is tied to the token embedding (llama.cpp shares one tensor)
-TIED = ["llama3", "qwen2", "gemma2", "gemma3"]
+TIED = [c for c in CASES if is_tied(c)]
 
 
 @pytest.mark.parametrize(

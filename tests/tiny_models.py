@@ -29,7 +29,8 @@ from gguf import GGUFWriter, MODEL_TENSOR
 from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
-CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
+CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
+         "glm4", "exaone4"]
 
 #: 3 specials + 256 byte tokens (llama.cpp's SPM vocab looks up "<0x0A>") + a few plain ones
 VOCAB_SIZE = 320
@@ -123,12 +124,33 @@ _CASE_DEFS: dict[str, CaseDef] = {
             tie_word_embeddings=True,
         ),
     ),
+    # 4 layers: the 4th has no rope (SmolLM3's NoPE layers), tied as released
+    "smollm3": CaseDef("SmolLM3Config", "SmolLM3ForCausalLM", dict(num_hidden_layers=4, num_key_value_heads=2,
+                                                                rope_theta=2000000.0, tie_word_embeddings=True)),
+    # multipliers away from 1 so a missing or misplaced one shows
+    "granite": CaseDef("GraniteConfig", "GraniteForCausalLM", dict(
+        num_key_value_heads=2, attention_multiplier=0.2, embedding_multiplier=3.0, residual_multiplier=0.5,
+        logits_scaling=2.0)),
+    "olmo2": CaseDef("Olmo2Config", "Olmo2ForCausalLM", dict(num_key_value_heads=2)),
+    # GLM-4: fused gate_up_proj, half-rotary heads, q/k/v biases
+    "glm4": CaseDef("Glm4Config", "Glm4ForCausalLM", dict(num_key_value_heads=2, head_dim=16)),
+    # global attention on every layer, as EXAONE 4.0 1.2B: llama.cpp applies the sliding pattern (and
+    # no rope on the global layers) only to the 64-layer 32B model (src/models/exaone4.cpp)
+    "exaone4": CaseDef("Exaone4Config", "Exaone4ForCausalLM", dict(
+        num_key_value_heads=2, head_dim=16, sliding_window=None, layer_types=["full_attention"] * 2)),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",
         dict(num_key_value_heads=4, sliding_window=None, rope_scaling=None, original_max_position_embeddings=256),
     ),
 }
+
+
+def is_tied(case: str) -> bool:
+    """Whether the case's lm_head is tied to its token embedding (llama.cpp then has no output tensor)."""
+    spec = _CASE_DEFS[case]
+    config = getattr(transformers, spec.config_cls)(**{**_COMMON, **spec.overrides})
+    return bool(config.tie_word_embeddings)
 
 
 def make_tiny_model(case: str, seed: int = 0) -> transformers.PreTrainedModel:

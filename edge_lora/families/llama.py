@@ -38,3 +38,6 @@ class LlamaFamily(Family):
 
 
 LLAMA = LlamaFamily(MODEL_ARCH.LLAMA, ("llama", "mistral"), name_words=("llama", "mistral"))
+#: SmolLM3: llama's converter class (Q/K permuted on every layer, the NoPE ones too: llama.cpp
+#: skips rope on every 4th layer itself, ``n_no_rope_layer_step``)
+SMOLLM3 = LlamaFamily(MODEL_ARCH.SMOLLM3, ("smollm3",), name_words=("smollm3",))

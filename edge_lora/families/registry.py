@@ -7,12 +7,18 @@ family: one module in this package, one line in :data:`FAMILIES`, one parity cas
 from __future__ import annotations
 
 from .base import Family
+from .exaone import EXAONE4
 from .gemma import GEMMA2, GEMMA3
-from .llama import LLAMA
+from .glm import GLM4
+from .granite import GRANITE
+from .llama import LLAMA, SMOLLM3
+from .olmo import OLMO2
 from .phi3 import PHI3
 from .qwen import QWEN2, QWEN3
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3)}
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (LLAMA, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3, SMOLLM3, GRANITE, OLMO2, GLM4, EXAONE4)
+}
 
 #: model-name words of families edge-lora does not convert, for the wrong-base note
 OTHER_NAME_WORDS = {"mixtral": "mixtral", "gpt2": "gpt2", "gpt-j": "gptj", "falcon": "falcon"}

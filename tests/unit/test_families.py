@@ -13,7 +13,8 @@ N_LAYERS = 3
 
 
 def test_registry_by_arch_and_hf_model_type():
-    assert supported_names() == ["gemma2", "gemma3", "llama", "phi3", "qwen2", "qwen3"]
+    assert supported_names() == ["exaone4", "gemma2", "gemma3", "glm4", "granite", "llama", "olmo2", "phi3", "qwen2",
+                                 "qwen3", "smollm3"]
     assert family_for("mistral") is FAMILIES["llama"] and family_for("gemma3_text") is FAMILIES["gemma3"]
     assert family_for("gpt2") is None
 
@@ -29,16 +30,16 @@ def test_names_map_both_ways(name):
     modules = {m for _, m in back.values()}
     assert {f"model.layers.{N_LAYERS - 1}.self_attn.o_proj", "model.embed_tokens"} <= modules
     assert ("lm_head" in modules) == (MODEL_TENSOR.OUTPUT in MODEL_TENSORS[fam.arch])  # gemma2: always tied
-    fused = name == "phi3"
-    assert ("model.layers.0.self_attn.qkv_proj" in modules) == fused
-    assert ("model.layers.0.mlp.gate_up_proj" in modules) == fused
+    assert ("model.layers.0.self_attn.qkv_proj" in modules) == (MODEL_TENSOR.ATTN_QKV in MODEL_TENSORS[fam.arch])
+    assert ("model.layers.0.mlp.gate_up_proj" in modules) == (name in ("phi3", "glm4"))  # fused ffn_up
     # a path of another family's tree is not this family's, whatever gguf's union table says
     assert fam.tensor_for("transformer.h.0.attn.q_proj", N_LAYERS) is None
 
 
 def test_only_llama_permutes_q_and_k_and_the_inverse_undoes_it():
     for name, fam in FAMILIES.items():
-        assert (fam.row_transform(MODEL_TENSOR.ATTN_Q, 4, 2) is not None) == (name == "llama")
+        permuted = name in ("llama", "smollm3", "granite")  # llama's converter class
+        assert (fam.row_transform(MODEL_TENSOR.ATTN_Q, 4, 2) is not None) == permuted
         assert fam.row_transform(MODEL_TENSOR.ATTN_V, 4, 2) is None
     llama = FAMILIES["llama"]
     b = np.random.default_rng(0).standard_normal((4 * 8, 3))
