@@ -21,6 +21,7 @@ from edge_lora.outputs import check_output
 
 from . import __version__
 from .checkpoint import Checkpoint, LoraModule, read_checkpoint
+from .experts import expert_pairs
 
 
 #: every Hugging Face name gguf-py knows for an output (lm_head) layer
@@ -162,7 +163,14 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
     out: dict[str, LoraPair] = {}
     seen: dict[str, str] = {}
     unmapped: list[str] = []
+    spec = shape.spec
+    experts = [m for m in ckpt.modules if spec.expert_of(m.module) is not None]
+    for gname, (pair, modules) in expert_pairs(experts, spec, max(shape.n_layers, 1), ckpt.alpha, shape.tensors,
+                                               problems, notes).items():
+        seen[gname], out[gname] = modules[0], pair
     for mod in ckpt.modules:
+        if spec.expert_of(mod.module) is not None:
+            continue  # stacked above
         target = _target(ckpt, mod, shape, problems, unmapped)
         if target is None:
             continue

@@ -29,7 +29,7 @@ from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, GGUFInfo, 
 from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.families import Family, family_for, supported_names
 from edge_lora.lora.adapter import read_gguf_lora
-from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair
+from edge_lora.lora.pair import EMBEDDING, EXPERTS, LINEAR, LoraPair
 from edge_lora.outputs import atomic_dir, check_output
 
 
@@ -184,13 +184,14 @@ def _plan(
                 continue
             w = w.with_output_rows(lambda x, rows=rows: x[rows])
         dtypes = [_storage(info, gname + suffix, quantized) for suffix in (LORA_A_SUFFIX, LORA_B_SUFFIX)]
-        ranks[module] = w.rank
         if ttype in (MODEL_TENSOR.TOKEN_EMBD, MODEL_TENSOR.OUTPUT):
             vocab.append(module)
-        a, b = w.to_peft()
-        names_ab = _PEFT_FACTOR_NAMES[w.layout]
-        tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.{names_ab[0]}", a, dtypes[0]))
-        tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.{names_ab[1]}", b, dtypes[1]))
+        for mod, pair in _peft_modules(spec, module, w):
+            a, b = pair.to_peft()
+            names_ab = _PEFT_FACTOR_NAMES[pair.layout]
+            ranks[mod] = pair.rank
+            tensors.append(ExportTensor(f"{PEFT_PREFIX}{mod}.{names_ab[0]}", a, dtypes[0]))
+            tensors.append(ExportTensor(f"{PEFT_PREFIX}{mod}.{names_ab[1]}", b, dtypes[1]))
     if unmapped:
         problems.append(f"{len(unmapped)} tensors have no Hugging Face {spec.name} module: {', '.join(unmapped[:12])}"
                         + (f", ... ({len(unmapped) - 12} more)" if len(unmapped) > 12 else ""))
@@ -201,6 +202,19 @@ def _plan(
         notes.append(f"{sum(quantized.values())} factors stored as {', '.join(sorted(quantized))} were written as "
                      "F32 (safetensors has no such type)")
     return _Plan(tensors, ranks, vocab)
+
+
+def _peft_modules(spec: Family, module: str, w: LoraPair) -> list[tuple[str, LoraPair]]:
+    """The PEFT modules of one GGUF tensor's LoRA: itself, or for an expert tensor one linear LoRA
+    per expert (``mlp.experts.E.up_proj``, transformers 4's layout), zero factors included."""
+    if w.layout != EXPERTS:
+        return [(module, w)]
+    out = []
+    for e in range(w.a.shape[0]):
+        name = spec.expert_module(module, e)
+        assert name is not None  # the reverse table gives expert tensors only their stacked modules
+        out.append((name, LoraPair(w.a[e], w.b[e], w.scale, LINEAR)))
+    return out
 
 
 def _unpermuted_rows(

@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4"]
+         "glm4", "exaone4", "qwen3moe"]
 
 #: 3 specials + 256 byte tokens (llama.cpp's SPM vocab looks up "<0x0A>") + a few plain ones
 VOCAB_SIZE = 320
@@ -138,6 +138,11 @@ _CASE_DEFS: dict[str, CaseDef] = {
     # no rope on the global layers) only to the 64-layer 32B model (src/models/exaone4.cpp)
     "exaone4": CaseDef("Exaone4Config", "Exaone4ForCausalLM", dict(
         num_key_value_heads=2, head_dim=16, sliding_window=None, layer_types=["full_attention"] * 2)),
+    # 4 experts, top 2, ff 48 (hidden 64 != ff != 2 ff: the orientation of every factor is decidable);
+    # llama.cpp normalises the top-k weights for qwen3moe, as norm_topk_prob does
+    "qwen3moe": CaseDef("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
+        num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+        norm_topk_prob=True)),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",
@@ -307,9 +312,14 @@ def _base_tensors(model: transformers.PreTrainedModel, spec: Family) -> Iterator
     """(GGUF name, f32 array) for every parameter, transformed as the base converter does."""
     config = model.config
     n_layers = config.num_hidden_layers
+    experts: dict[str, dict[int, np.ndarray]] = {}  # stacked module -> expert -> weight
     # named_parameters() drops the tied lm_head alias, so a tied model gets no output tensor
     for hf_name, param in model.named_parameters():
         module, _, kind = hf_name.rpartition(".")
+        expert = spec.expert_of(module)
+        if expert is not None:  # stacked below, as the base converter does
+            experts.setdefault(expert[0], {})[expert[1]] = param.detach().to(torch.float32).numpy()
+            continue
         found = spec.tensor_for(module, n_layers)
         if found is None:
             raise KeyError(f"{spec.name}: no GGUF tensor for {hf_name}")
@@ -323,6 +333,11 @@ def _base_tensors(model: transformers.PreTrainedModel, spec: Family) -> Iterator
         if spec.norm_plus_one and hf_name.endswith("norm.weight"):
             data = data + 1.0
         yield gguf_name, np.ascontiguousarray(data, dtype=np.float32)
+    for stacked, by_expert in experts.items():
+        found = spec.tensor_for(stacked, n_layers)
+        if found is None:
+            raise KeyError(f"{spec.name}: no GGUF tensor for the experts of {stacked}")
+        yield found[1], np.ascontiguousarray(np.stack([by_expert[e] for e in sorted(by_expert)]), dtype=np.float32)
     yield from _extra_tensors(config)
 
 

@@ -40,9 +40,9 @@ HF_DECODER_TREE = re.compile(r"^(?:model\.layers\.\d+\.[A-Za-z0-9_.]+|model\.emb
 
 #: the modules LoRA targets in those decoder families, for the reverse mapping: gguf's table also
 #: maps ``self_attn.out_proj`` and ``mlp.c_proj`` to attn_output and ffn_down, so the way back
-#: keeps the names these families use
+#: keeps the names these families use (``mlp.gate`` is a MoE router: ``ffn_gate_inp``)
 HF_DECODER_LORA_MODULES = re.compile(
-    r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o|qkv)_proj|mlp\.(?:gate|up|down|gate_up)_proj)"
+    r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o|qkv)_proj|mlp\.(?:gate|up|down|gate_up)_proj|mlp\.gate)"
     r"|model\.embed_tokens|lm_head)$"
 )
 
@@ -69,6 +69,10 @@ class Family:
     #: hyperparameters the base converter writes beyond the common ones, as (GGUFWriter method,
     #: config attribute) pairs: ``writer.add_sliding_window(config.sliding_window)``
     extra_hparams: tuple[tuple[str, str], ...] = ()
+    #: per-expert module paths (transformers 4 MoE layers: one ``nn.Linear`` per expert), with
+    #: groups (stacked module, expert index, projection): the base converter stacks the experts of
+    #: ``<stacked module>.<projection>`` into one 3-D tensor (``ffn_*_exps``), expert 0 first
+    expert_modules: re.Pattern[str] | None = None
 
     @property
     def name(self) -> str:
@@ -92,7 +96,8 @@ class Family:
     def hf_module_names(self, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
         """GGUF tensor name (``blk.3.attn_q.weight``) -> its type and Hugging Face module path
         (``ATTN_Q``, ``model.layers.3.self_attn.q_proj``): :meth:`tensor_for` read backwards, over
-        the LoRA modules of the family. Raises :class:`ConversionError` if the table gives one
+        the LoRA modules of the family (an expert tensor gives its stacked module,
+        ``model.layers.3.mlp.experts.up_proj``: :meth:`expert_module` names each expert's). Raises :class:`ConversionError` if the table gives one
         tensor several modules (a table change would otherwise pick one silently)."""
         return _hf_module_names(self, n_layers)
 
@@ -104,6 +109,20 @@ class Family:
             fused_up = MODEL_TENSOR.FFN_GATE not in MODEL_TENSORS[self.arch]
             return hf_name.endswith(".gate_up_proj") == fused_up
         return True
+
+    def expert_of(self, module: str) -> tuple[str, int] | None:
+        """``(stacked module, expert index)`` of a per-expert module path
+        (``model.layers.1.mlp.experts.3.up_proj`` -> ``("model.layers.1.mlp.experts.up_proj", 3)``),
+        or None for any other module."""
+        m = self.expert_modules.match(module) if self.expert_modules is not None else None
+        return (f"{m.group(1)}.{m.group(3)}", int(m.group(2))) if m else None
+
+    def expert_module(self, stacked: str, expert: int) -> str | None:
+        """The per-expert module path of expert ``expert`` of a stacked module (the inverse of
+        :meth:`expert_of`), or None when ``stacked`` is not one of this family's expert modules."""
+        parent, _, proj = stacked.rpartition(".")
+        module = f"{parent}.{expert}.{proj}"
+        return module if self.expert_of(module) == (stacked, expert) else None
 
     def layer_of(self, module: str) -> int | None:
         """The block index of a module path of this family, or None (embedding, head)."""
@@ -146,7 +165,7 @@ def _name_map(arch: MODEL_ARCH, n_layers: int) -> TensorNameMap:
 def _hf_module_names(family: Family, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
     found: dict[str, list[tuple[MODEL_TENSOR, str]]] = {}
     for hf_name in _name_map(family.arch, n_layers).mapping:
-        if not family.lora_modules.match(hf_name):
+        if not family.lora_modules.match(hf_name) and family.expert_module(hf_name, 0) is None:
             continue
         forward = family.tensor_for(hf_name, n_layers)
         if forward is None:

@@ -1,6 +1,11 @@
-"""Qwen2, Qwen2.5 (GGUF ``qwen2``) and Qwen3 (``qwen3``): the decoder tree as it is."""
+"""Qwen2, Qwen2.5 (GGUF ``qwen2``), Qwen3 (``qwen3``) and Qwen3-MoE (``qwen3moe``): the decoder
+tree as it is. Qwen3-MoE's experts are one ``nn.Linear`` per expert in transformers 4
+(``mlp.experts.E.{gate,up,down}_proj``), stacked by the base converter into ``ffn_*_exps``
+(``conversion/qwen.py::Qwen2MoeModel``); the router ``mlp.gate`` is ``ffn_gate_inp``."""
 
 from __future__ import annotations
+
+import re
 
 from gguf import MODEL_ARCH
 
@@ -8,3 +13,10 @@ from .base import Family
 
 QWEN2 = Family(MODEL_ARCH.QWEN2, ("qwen2",), name_words=("qwen2",))
 QWEN3 = Family(MODEL_ARCH.QWEN3, ("qwen3",), name_words=("qwen3",))
+QWEN3MOE = Family(
+    MODEL_ARCH.QWEN3MOE, ("qwen3_moe",), name_words=("qwen3-moe", "qwen3_moe", "qwen3moe", "-a3b", "-a22b"),
+    expert_modules=re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)$"),
+    extra_hparams=(("add_expert_count", "num_experts"), ("add_expert_used_count", "num_experts_per_tok"),
+                   ("add_expert_feed_forward_length", "moe_intermediate_size")),
+    tree_example="model.layers.N.self_attn.q_proj, model.layers.N.mlp.experts.E.up_proj, model.layers.N.mlp.gate",
+)

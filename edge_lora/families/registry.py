@@ -14,10 +14,11 @@ from .granite import GRANITE
 from .llama import LLAMA, SMOLLM3
 from .olmo import OLMO2
 from .phi3 import PHI3
-from .qwen import QWEN2, QWEN3
+from .qwen import QWEN2, QWEN3, QWEN3MOE
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (LLAMA, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3, SMOLLM3, GRANITE, OLMO2, GLM4, EXAONE4)
+    # Qwen3-MoE before Qwen3: the first family whose name words a model name holds wins
+    f.name: f for f in (LLAMA, QWEN2, QWEN3MOE, QWEN3, GEMMA2, GEMMA3, PHI3, SMOLLM3, GRANITE, OLMO2, GLM4, EXAONE4)
 }
 
 #: model-name words of families edge-lora does not convert, for the wrong-base note

@@ -13,7 +13,7 @@ from gguf import Keys
 from .._validate import f16_problem, is_number
 from ..formats.values import nonfinite_tensors
 from ..formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo
-from .pair import EXPERTS, layout_for, shape_problem
+from .pair import layout_for, shape_problem
 
 
 def lora_pairs(adapter: GGUFInfo) -> tuple[dict[str, dict[str, tuple[int, ...]]], list[str]]:
@@ -89,10 +89,9 @@ def _shape_problems(name: str, a: tuple[int, ...], b: tuple[int, ...], base: GGU
     w = base.tensors.get(name)
     if w is None:
         return [f"{name}: the base has no such tensor"]
-    layout = layout_for(name, len(a))
-    if layout == EXPERTS:  # llama.cpp applies these (build_lora_mm_id); not proven here yet
-        return [f"{name}: expert LoRA (3-D factors a{a} b{b}) is not supported yet"]
-    problem = shape_problem(name, layout, a, b, w.shape)
+    # expert LoRA (3-D) included: llama.cpp applies it with build_lora_mm_id, and its loader checks
+    # neither the expert count nor the third dimension: shape_problem does
+    problem = shape_problem(name, layout_for(name, len(a)), a, b, w.shape)
     return [problem] if problem else []
 
 

@@ -20,9 +20,9 @@ import numpy as np
 def apply_dora(w_plus_delta: np.ndarray, magnitude: np.ndarray) -> np.ndarray:
     """``magnitude[:, None] / ||w_plus_delta||_row * w_plus_delta``.
 
-    ``w_plus_delta``: (out, in) float32, the weight with the LoRA update already added;
-    ``magnitude``: (out,). Norms are taken in float64. A row whose norm is 0 stays 0
+    ``w_plus_delta``: (out, in) float32, the weight with the LoRA update already added (experts:
+    (E, out, in), each expert's rows); ``magnitude``: (out,) (experts: (E, out)). Norms are taken in float64. A row whose norm is 0 stays 0
     (PEFT would divide by zero there)."""
-    norm = np.linalg.norm(w_plus_delta.astype(np.float64), axis=1)
+    norm = np.linalg.norm(w_plus_delta.astype(np.float64), axis=-1)
     factor = np.divide(magnitude.astype(np.float64), norm, out=np.zeros_like(norm), where=norm > 0)
-    return (w_plus_delta * factor[:, None].astype(np.float32)).astype(np.float32, copy=False)
+    return (w_plus_delta * factor[..., None].astype(np.float32)).astype(np.float32, copy=False)

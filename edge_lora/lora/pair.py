@@ -74,8 +74,8 @@ class LoraPair:
     """One base tensor's LoRA in GGUF adapter layout (see the module docstring), float32.
 
     ``scale`` is the effective multiplier of the product (the user's scale and llama.cpp's
-    ``alpha / rank`` included). ``magnitude`` is DoRA's ``m`` (out,), in GGUF row order, or None
-    for a plain LoRA (the DoRA variant; :mod:`.dora` has its merge rule)."""
+    ``alpha / rank`` included). ``magnitude`` is DoRA's ``m`` (out,) (experts: (E, out)), in GGUF
+    row order, or None for a plain LoRA (the DoRA variant; :mod:`.dora` has its merge rule)."""
 
     a: np.ndarray
     b: np.ndarray
@@ -96,7 +96,7 @@ class LoraPair:
         """Why this pair does not fit base tensor ``name`` of ``weight_shape``, or None."""
         problem = shape_problem(name, self.layout, self.a.shape, self.b.shape, weight_shape)
         if problem is None and self.magnitude is not None and (
-                self.layout != LINEAR or self.magnitude.shape != (int(weight_shape[0]),)):
+                self.layout == EMBEDDING or self.magnitude.shape != tuple(int(n) for n in weight_shape[:-1])):
             problem = f"{name}: DoRA magnitude {self.magnitude.shape} does not fit the base weight {tuple(weight_shape)}"
         return problem
 

@@ -14,7 +14,7 @@ N_LAYERS = 3
 
 def test_registry_by_arch_and_hf_model_type():
     assert supported_names() == ["exaone4", "gemma2", "gemma3", "glm4", "granite", "llama", "olmo2", "phi3", "qwen2",
-                                 "qwen3", "smollm3"]
+                                 "qwen3", "qwen3moe", "smollm3"]
     assert family_for("mistral") is FAMILIES["llama"] and family_for("gemma3_text") is FAMILIES["gemma3"]
     assert family_for("gpt2") is None
 
@@ -51,10 +51,22 @@ def test_only_llama_permutes_q_and_k_and_the_inverse_undoes_it():
     assert llama.needs_head_counts(MODEL_TENSOR.ATTN_K) and not llama.needs_head_counts(MODEL_TENSOR.FFN_UP)
 
 
+def test_expert_modules_both_ways():
+    moe = FAMILIES["qwen3moe"]
+    assert moe.expert_of("model.layers.1.mlp.experts.3.up_proj") == ("model.layers.1.mlp.experts.up_proj", 3)
+    assert moe.expert_module("model.layers.1.mlp.experts.up_proj", 3) == "model.layers.1.mlp.experts.3.up_proj"
+    assert moe.expert_of("model.layers.1.mlp.gate") is None and moe.expert_module("model.layers.1.mlp.gate", 0) is None
+    assert FAMILIES["qwen3"].expert_of("model.layers.1.mlp.experts.3.up_proj") is None
+    back = moe.hf_module_names(N_LAYERS)
+    assert back["blk.0.ffn_up_exps.weight"] == (MODEL_TENSOR.FFN_UP_EXP, "model.layers.0.mlp.experts.up_proj")
+    assert back["blk.0.ffn_gate_inp.weight"] == (MODEL_TENSOR.FFN_GATE_INP, "model.layers.0.mlp.gate")
+
+
 def test_family_named_in_a_model_name():
     assert family_named_in("meta-llama/llama-3.2-1b") == "llama"
     assert family_named_in("mistralai/mistral-7b") == "llama"
     assert family_named_in("google/gemma-3-270m") == "gemma3"
     assert family_named_in("mistralai/mixtral-8x7b") == "mixtral"
     assert family_named_in("/models/qwen2.5-7b-instruct/") == "qwen2"
+    assert family_named_in("qwen/qwen3-30b-a3b-instruct-2507") == "qwen3moe"
     assert family_named_in("my-own-model") is None
