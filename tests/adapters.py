@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 # Linear layer names per case, as transformers names them
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
-FUSED = {"phi3": (["qkv_proj", "o_proj"], ["gate_up_proj", "down_proj"]), "glm4": (ATTN, ["gate_up_proj", "down_proj"])}
+FUSED = {"phi3": (["qkv_proj", "o_proj"], ["gate_up_proj", "down_proj"]), "glm4": (ATTN, ["gate_up_proj", "down_proj"]),
+         "mixtral": (ATTN, ["w1", "w3", "w2"])}
 
 
 def linear_names(case: str) -> list[str]:

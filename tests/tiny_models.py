@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe"]
+         "glm4", "exaone4", "qwen3moe", "mixtral"]
 
 #: 3 specials + 256 byte tokens (llama.cpp's SPM vocab looks up "<0x0A>") + a few plain ones
 VOCAB_SIZE = 320
@@ -143,6 +143,10 @@ _CASE_DEFS: dict[str, CaseDef] = {
     "qwen3moe": CaseDef("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(
         num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
         norm_topk_prob=True)),
+    # Mixtral: GGUF llama (Q/K permuted) with 4 experts of ff 48, top 2
+    "mixtral": CaseDef("MixtralConfig", "MixtralForCausalLM", dict(
+        num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2, intermediate_size=48,
+        sliding_window=None)),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",

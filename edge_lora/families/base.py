@@ -40,9 +40,9 @@ HF_DECODER_TREE = re.compile(r"^(?:model\.layers\.\d+\.[A-Za-z0-9_.]+|model\.emb
 
 #: the modules LoRA targets in those decoder families, for the reverse mapping: gguf's table also
 #: maps ``self_attn.out_proj`` and ``mlp.c_proj`` to attn_output and ffn_down, so the way back
-#: keeps the names these families use (``mlp.gate`` is a MoE router: ``ffn_gate_inp``)
+#: keeps the names these families use (``mlp.gate``, ``block_sparse_moe.gate``: MoE routers, ``ffn_gate_inp``)
 HF_DECODER_LORA_MODULES = re.compile(
-    r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o|qkv)_proj|mlp\.(?:gate|up|down|gate_up)_proj|mlp\.gate)"
+    r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o|qkv)_proj|mlp\.(?:gate|up|down|gate_up)_proj|mlp\.gate|block_sparse_moe\.gate)"
     r"|model\.embed_tokens|lm_head)$"
 )
 
@@ -73,6 +73,8 @@ class Family:
     #: groups (stacked module, expert index, projection): the base converter stacks the experts of
     #: ``<stacked module>.<projection>`` into one 3-D tensor (``ffn_*_exps``), expert 0 first
     expert_modules: re.Pattern[str] | None = None
+    #: the MoE router's module (``ffn_gate_inp``) in this family's checkpoints, for the way back
+    router_module: str = "mlp.gate"
 
     @property
     def name(self) -> str:
@@ -104,10 +106,13 @@ class Family:
     def keeps_module(self, hf_name: str, ttype: MODEL_TENSOR) -> bool:
         """Of several Hugging Face names for one tensor type, whether ``hf_name`` is this family's.
         ``gate_up_proj`` and ``up_proj`` both map to ffn_up: the fused one is the family's
-        exactly when the architecture has no separate ffn_gate (Phi-3)."""
+        exactly when the architecture has no separate ffn_gate (Phi-3); of the routers' names, the
+        family's :attr:`router_module`."""
         if ttype == MODEL_TENSOR.FFN_UP:
             fused_up = MODEL_TENSOR.FFN_GATE not in MODEL_TENSORS[self.arch]
             return hf_name.endswith(".gate_up_proj") == fused_up
+        if ttype == MODEL_TENSOR.FFN_GATE_INP:
+            return hf_name.endswith("." + self.router_module)
         return True
 
     def expert_of(self, module: str) -> tuple[str, int] | None:

@@ -1,4 +1,4 @@
-"""Llama 2, Llama 3.x and Mistral: GGUF ``llama``.
+"""Llama 2, Llama 3.x, Mistral and Mixtral: GGUF ``llama``; SmolLM3: ``smollm3``.
 
 llama.cpp's base converter permutes the rows of Q and K for its rope layout
 (``convert_hf_to_gguf.LlamaModel.permute``); a LoRA on them must have B's rows permuted the
@@ -7,6 +7,7 @@ same way, and an export must undo it, both with the base's head counts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,14 @@ class LlamaFamily(Family):
         return ttype in _PERMUTED
 
 
-LLAMA = LlamaFamily(MODEL_ARCH.LLAMA, ("llama", "mistral"), name_words=("llama", "mistral"))
+#: Mixtral is GGUF llama with experts: ``block_sparse_moe.experts.E.w1/w2/w3`` stacked into
+#: ``ffn_gate/down/up_exps`` (``LlamaModel.modify_tensors``), the router ``block_sparse_moe.gate``
+LLAMA = LlamaFamily(
+    MODEL_ARCH.LLAMA, ("llama", "mistral", "mixtral"), name_words=("llama", "mistral", "mixtral"),
+    expert_modules=re.compile(r"^(model\.layers\.\d+\.block_sparse_moe\.experts)\.(\d+)\.(w1|w2|w3)$"),
+    extra_hparams=(("add_expert_count", "num_local_experts"), ("add_expert_used_count", "num_experts_per_tok")),
+    router_module="block_sparse_moe.gate",
+)
 #: SmolLM3: llama's converter class (Q/K permuted on every layer, the NoPE ones too: llama.cpp
 #: skips rope on every 4th layer itself, ``n_no_rope_layer_step``)
 SMOLLM3 = LlamaFamily(MODEL_ARCH.SMOLLM3, ("smollm3",), name_words=("smollm3",))

@@ -22,7 +22,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 #: model-name words of families edge-lora does not convert, for the wrong-base note
-OTHER_NAME_WORDS = {"mixtral": "mixtral", "gpt2": "gpt2", "gpt-j": "gptj", "falcon": "falcon"}
+OTHER_NAME_WORDS = {"gpt2": "gpt2", "gpt-j": "gptj", "falcon": "falcon"}
 
 
 def family_for(name: str) -> Family | None:

@@ -66,7 +66,7 @@ def test_family_named_in_a_model_name():
     assert family_named_in("meta-llama/llama-3.2-1b") == "llama"
     assert family_named_in("mistralai/mistral-7b") == "llama"
     assert family_named_in("google/gemma-3-270m") == "gemma3"
-    assert family_named_in("mistralai/mixtral-8x7b") == "mixtral"
+    assert family_named_in("mistralai/mixtral-8x7b") == "llama"  # Mixtral is GGUF llama with experts
     assert family_named_in("/models/qwen2.5-7b-instruct/") == "qwen2"
     assert family_named_in("qwen/qwen3-30b-a3b-instruct-2507") == "qwen3moe"
     assert family_named_in("my-own-model") is None
