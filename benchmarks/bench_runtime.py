@@ -13,8 +13,10 @@ Measured side by side in one run (2 threads, greedy decoding), printed as markdo
   3. time to first token when a 1,000-token session switches A -> B -> A, with and without
      KV snapshots, vs a turn with no switch
   4. resident memory of N = 1, 4, 8 loaded adapters (fresh process each) vs their file sizes
+A third base, ``moe`` (Qwen3-MoE's layout: hidden 1024, 8 layers, 16 experts of ff 512, 4 used), measures
+one thing: decode with an expert adapter (rank 16 on attention, router and every expert) against the base.
 
-    python benchmarks/bench_runtime.py [--base gemma|synthetic|all] [--quick]
+    python benchmarks/bench_runtime.py [--base gemma|synthetic|moe|all] [--quick]
 """
 
 from __future__ import annotations
@@ -89,10 +91,14 @@ def _synthetic_hparams(w: GGUFWriter) -> None:
     w.add_rope_dimension_count(S_HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(S_THETA)
+    _spm_vocab(w, S_VOCAB)
+
+
+def _spm_vocab(w: GGUFWriter, n_vocab: int) -> None:
     # a synthetic SentencePiece vocab that round-trips: specials, the 256 byte tokens llama.cpp needs,
     # printable ASCII, then "to", "tok", "tok0", "tok1", ... (each reachable by SPM merges of the previous)
     chars = ["\u2581"] + [chr(c) for c in range(0x21, 0x7F)] + ["to", "tok"]
-    n_plain = S_VOCAB - 3 - 256 - len(chars)
+    n_plain = n_vocab - 3 - 256 - len(chars)
     w.add_tokenizer_model("llama")
     w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + chars
                      + [f"tok{i}" for i in range(n_plain)])
@@ -105,27 +111,32 @@ def _synthetic_hparams(w: GGUFWriter) -> None:
     w.add_add_bos_token(True)
 
 
-def synthetic_base() -> Path:
-    """Write (once) the f16 synthetic base tensor by tensor, quantize it to Q4_K_M, drop the f16."""
-    dst = CACHE / "synthetic-llama-1b-v2-q4_k_m.gguf"
+def synthetic_base(kind: str = "synthetic") -> Path:
+    """Write (once) the f16 synthetic base (``synthetic``: Llama-3.2-1B-shaped; ``moe``:
+    Qwen3-MoE-shaped) tensor by tensor, quantize it to Q4_K_M, drop the f16."""
+    stem, arch, layout_of, hparams = {
+        "synthetic": ("synthetic-llama-1b-v2", "llama", _synthetic_layout, _synthetic_hparams),
+        "moe": ("synthetic-qwen3moe-16x512", "qwen3moe", _moe_layout, _moe_hparams),
+    }[kind]
+    dst = CACHE / f"{stem}-q4_k_m.gguf"
     if dst.exists():
         return dst
     CACHE.mkdir(parents=True, exist_ok=True)
-    f16 = CACHE / "synthetic-llama-1b-v2-f16.gguf.tmp"
+    f16 = CACHE / f"{stem}-f16.gguf.tmp"
     t0 = time.perf_counter()
     print(f"writing the synthetic f16 base to {f16} ...", flush=True)
-    layout = _synthetic_layout()
-    w = GGUFWriter(f16, "llama")
-    _synthetic_hparams(w)
+    layout = layout_of()
+    w = GGUFWriter(f16, arch)
+    hparams(w)
     for name, shape in layout:
-        dtype = np.float16 if len(shape) == 2 else np.float32
+        dtype = np.float16 if len(shape) >= 2 else np.float32
         w.add_tensor_info(name, shape, np.dtype(dtype), int(np.prod(shape)) * np.dtype(dtype).itemsize)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     rng = np.random.default_rng(1234)
     for name, shape in layout:  # streamed: one tensor in memory at a time
-        data = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16) if len(shape) == 2 \
+        data = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16) if len(shape) >= 2 \
             else np.ones(shape, dtype=np.float32)
         w.write_tensor_data(data)
         del data
@@ -143,8 +154,49 @@ def synthetic_base() -> Path:
     return dst
 
 
+# the synthetic MoE base: Qwen3-MoE's layout at a size this machine runs (16 experts, top 4)
+M_HIDDEN, M_LAYERS, M_HEADS, M_KV, M_HEAD_DIM, M_EXPERTS, M_USED, M_FF, M_VOCAB = 1024, 8, 16, 4, 64, 16, 4, 512, 32000
+
+
+def _moe_layout() -> list[tuple[str, tuple[int, ...]]]:
+    h, q, kv, e, f = M_HIDDEN, M_HEADS * M_HEAD_DIM, M_KV * M_HEAD_DIM, M_EXPERTS, M_FF
+    out: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (M_VOCAB, h)), ("output_norm.weight", (h,)),
+                                              ("output.weight", (M_VOCAB, h))]
+    for i in range(M_LAYERS):
+        p = f"blk.{i}."
+        out += [(p + "attn_norm.weight", (h,)), (p + "attn_q.weight", (q, h)), (p + "attn_k.weight", (kv, h)),
+                (p + "attn_v.weight", (kv, h)), (p + "attn_output.weight", (h, q)),
+                (p + "attn_q_norm.weight", (M_HEAD_DIM,)), (p + "attn_k_norm.weight", (M_HEAD_DIM,)),
+                (p + "ffn_norm.weight", (h,)), (p + "ffn_gate_inp.weight", (e, h)),
+                (p + "ffn_gate_exps.weight", (e, f, h)), (p + "ffn_up_exps.weight", (e, f, h)),
+                (p + "ffn_down_exps.weight", (e, h, f))]
+    return out
+
+
+def _moe_hparams(w: GGUFWriter) -> None:
+    w.add_name("edge-lora synthetic qwen3-moe shape")
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_vocab_size(M_VOCAB)
+    w.add_context_length(8192)
+    w.add_embedding_length(M_HIDDEN)
+    w.add_block_count(M_LAYERS)
+    w.add_feed_forward_length(M_FF)
+    w.add_expert_feed_forward_length(M_FF)
+    w.add_expert_count(M_EXPERTS)
+    w.add_expert_used_count(M_USED)
+    w.add_head_count(M_HEADS)
+    w.add_head_count_kv(M_KV)
+    w.add_key_length(M_HEAD_DIM)
+    w.add_value_length(M_HEAD_DIM)
+    w.add_rope_dimension_count(M_HEAD_DIM)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1e6)
+    _spm_vocab(w, M_VOCAB)
+
+
 def write_adapter(path: Path, base: Path, seed: int) -> None:
-    """A rank-16 LoRA GGUF on every 2-D ``blk.*.weight`` of ``base`` (A ~ N(0, 1/in), B ~ 0.01 N)."""
+    """A rank-16 LoRA GGUF on every ``blk.*.weight`` matrix of ``base`` (A ~ N(0, 1/in), B ~ 0.01 N);
+    on expert tensors (3-D) one pair per expert, stacked as llama.cpp reads them."""
     info = read_gguf(base)
     rng = np.random.default_rng(seed)
     tmp = path.with_suffix(".tmp")
@@ -153,10 +205,10 @@ def write_adapter(path: Path, base: Path, seed: int) -> None:
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, ALPHA)
     for name, t in info.tensors.items():
-        if name.startswith("blk.") and name.endswith(".weight") and len(t.shape) == 2:
-            out_f, in_f = t.shape
-            a = rng.standard_normal((RANK, in_f), dtype=np.float32) / np.sqrt(in_f)
-            b = rng.standard_normal((out_f, RANK), dtype=np.float32) * 0.01
+        if name.startswith("blk.") and name.endswith(".weight") and len(t.shape) in (2, 3):
+            *experts, out_f, in_f = t.shape
+            a = rng.standard_normal((*experts, RANK, in_f), dtype=np.float32) / np.sqrt(in_f)
+            b = rng.standard_normal((*experts, out_f, RANK), dtype=np.float32) * 0.01
             w.add_tensor(name + ".lora_a", a.astype(np.float16))
             w.add_tensor(name + ".lora_b", b.astype(np.float16))
     w.write_header_to_file()
@@ -166,9 +218,9 @@ def write_adapter(path: Path, base: Path, seed: int) -> None:
     tmp.rename(path)
 
 
-def adapters_for(key: str, base: Path) -> list[Path]:
+def adapters_for(key: str, base: Path, n: int = N_ADAPTERS) -> list[Path]:
     CACHE.mkdir(parents=True, exist_ok=True)
-    paths = [CACHE / f"{key}-lora-r{RANK}-{i}.gguf" for i in range(N_ADAPTERS)]
+    paths = [CACHE / f"{key}-lora-r{RANK}-{i}.gguf" for i in range(n)]
     for i, p in enumerate(paths):
         if not p.exists():
             write_adapter(p, base, seed=100 + i)
@@ -268,6 +320,32 @@ def bench_decode(base: Path, adapters: list[Path], n_tok: int, repeats: int) -> 
           "(flash_attn=False by default; mmap off whenever lora_path is set), and with flash_attn=True, which "
           "edge-lora gets from llama.cpp's auto. 'same text' (edge vs flash_attn=True llcpp): greedy paths can "
           "part at near-ties where a cached prompt re-decodes its last token alone.")
+
+
+def bench_moe_decode(base: Path, adapter: Path, n_tok: int, repeats: int) -> None:
+    """An expert adapter's decode cost: the same Runtime decoding with and without it, interleaved;
+    llama-cpp-python's Llama with and without the same file beside it."""
+    rt = edge_runtime(base, [adapter], 1024)
+    llms = [llama(base, fa=True), llama(base, adapter, fa=True)]
+    edge: list[list[float]] = [[], []]
+    ref: list[list[float]] = [[], []]
+    for k, mix in enumerate(({}, {"a0": 1.0})):  # warm-up
+        rt.complete(PROMPT, mix, max_tokens=4, temperature=0.0)
+        llcpp_decode(llms[k], PROMPT, 4)
+    for _ in range(repeats):
+        for k, mix in enumerate(({}, {"a0": 1.0})):
+            edge[k].append(rt.complete(PROMPT, mix, max_tokens=n_tok, temperature=0.0).tokens_per_second)
+            ref[k].append(llcpp_decode(llms[k], PROMPT, n_tok)[0])
+    rt.close()
+    for m in llms:
+        m.close()
+    e0, e1, r0, r1 = med(edge[0]), med(edge[1]), med(ref[0]), med(ref[1])
+    table(f"1b. MoE decode tokens/s with an expert adapter (greedy, {n_tok} tokens, median of {repeats}, interleaved)",
+          ["", "base", "expert adapter", "ratio adapter/base"],
+          [["edge-lora Runtime", f"{e0:.1f}", f"{e1:.1f}", f"**{e1 / e0:.2f}**"],
+           ["llama-cpp-python Llama (flash_attn=True)", f"{r0:.1f}", f"{r1:.1f}", f"{r1 / r0:.2f}"]])
+    print(f"\nThe adapter: rank {RANK} on every attention, router and expert tensor ({M_EXPERTS} experts, "
+          f"{M_USED} used per token; llama.cpp's build_lora_mm_id for the experts).")
 
 
 # --- 2. switch latency --------------------------------------------------------------------
@@ -418,15 +496,19 @@ def bench_memory(base: Path, adapters: list[Path], ns: Sequence[int]) -> None:
 
 def run_base(key: str, quick: bool) -> None:
     t0 = time.perf_counter()
-    base = gemma_base() if key == "gemma" else synthetic_base()
-    adapters = adapters_for(key, base)
+    base = gemma_base() if key == "gemma" else synthetic_base(key)
+    adapters = adapters_for(key, base, 1 if key == "moe" else N_ADAPTERS)
     info = read_gguf(base)
-    n_lin = sum(1 for n, t in info.tensors.items() if n.startswith("blk.") and len(t.shape) == 2)
+    n_lin = sum(1 for n, t in info.tensors.items() if n.startswith("blk.") and len(t.shape) in (2, 3))
     print(f"\n### Base: {key} -- {base.name} ({info.file_size / 2**20:.0f} MiB, arch {info.architecture}, "
           f"{info.arch_value(gguf.Keys.LLM.BLOCK_COUNT)} layers)")
-    print(f"Adapters: {N_ADAPTERS} x rank {RANK} on {n_lin} linear tensors, "
+    print(f"Adapters: {len(adapters)} x rank {RANK} on {n_lin} linear tensors, "
           f"{adapters[0].stat().st_size / 2**20:.1f} MiB each (f16)")
     n_tok, reps = (16, 1) if quick else (64, 3)
+    if key == "moe":  # the expert adapter's decode cost only
+        print(f"\n(measured in {timed(lambda: bench_moe_decode(base, adapters[0], n_tok, reps + 2)):.0f} s)")
+        print(f"\n({key}: {time.perf_counter() - t0:.0f} s)")
+        return
     for step in (lambda: bench_decode(base, adapters, n_tok, reps), lambda: bench_switch(base, adapters, 3 if quick else 6),
                  lambda: bench_history(base, adapters, 1 if quick else 2),
                  lambda: bench_memory(base, adapters, (1, 8) if quick else (1, 4, 8))):
@@ -439,7 +521,7 @@ def main() -> int:
         mem_child(sys.argv[2], sys.argv[3:])
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", choices=["gemma", "synthetic", "all"], default="all")
+    ap.add_argument("--base", choices=["gemma", "synthetic", "moe", "all"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats: a fast smoke run")
     args = ap.parse_args()
     logging.getLogger("edge_lora").setLevel(logging.ERROR)
@@ -449,7 +531,7 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores visible, {THREADS} threads used; "
           f"python {platform.python_version()}; llama-cpp-python {llama_cpp.__version__}; "
           f"load average at start {os.getloadavg()[0]:.2f} (ggml's OpenMP threads spin: other load skews absolutes)")
-    for key in (["gemma", "synthetic"] if args.base == "all" else [args.base]):
+    for key in (["gemma", "synthetic", "moe"] if args.base == "all" else [args.base]):
         run_base(key, args.quick)
     print(f"\ntotal: {time.perf_counter() - t0:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     return 0
