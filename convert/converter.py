@@ -22,6 +22,7 @@ from edge_lora.outputs import check_output
 from . import __version__
 from .checkpoint import Checkpoint, LoraModule, read_checkpoint
 from .experts import expert_pairs
+from .packing import pack_parts
 
 
 #: every Hugging Face name gguf-py knows for an output (lm_head) layer
@@ -164,6 +165,7 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
     seen: dict[str, str] = {}
     unmapped: list[str] = []
     spec = shape.spec
+    packs: dict[str, tuple[tuple[str, ...], dict[int, tuple[str, LoraPair]]]] = {}
     experts = [m for m in ckpt.modules if spec.expert_of(m.module) is not None]
     for gname, (pair, modules) in expert_pairs(experts, spec, max(shape.n_layers, 1), ckpt.alpha, shape.tensors,
                                                problems, notes).items():
@@ -179,13 +181,24 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
             problems.append(f"{mod.module}: maps to {gname}, already used by {seen[gname]}")
             continue
         seen[gname] = mod.module
-        pair = _pair(ckpt, mod, ttype, gname, shape, problems)
+        fused = spec.packed_into(ttype, gname, shape.tensors) if shape.tensors is not None else None
+        pair = _pair(ckpt, mod, ttype, gname, shape, problems, check_shape=fused is None)
         if pair is None:
+            continue
+        if fused is not None:  # a fused base (--fuse-qkv): packed below
+            packs.setdefault(fused[0], (fused[1], {}))[1][fused[2]] = (mod.module, pair)
             continue
         out[gname] = pair
         if shape.tensors is not None and mod.rank > min(shape.tensors[gname]):
             notes.append(f"{mod.module}: rank {mod.rank} exceeds min(in, out) = {min(shape.tensors[gname])} of {gname}; "
                          "the extra rank adds nothing")
+    for fused_name, (part_names, parts) in packs.items():
+        pair = pack_parts(fused_name, part_names, parts, shape.tensors, ckpt.alpha, problems)  # type: ignore[arg-type]
+        if pair is not None:
+            out[fused_name] = pair
+    if packs:
+        notes.append(f"the base fuses q, k and v (attn_qkv): {len(packs)} LoRAs packed onto it, exactly "
+                     "(A stacked, B block-diagonal)")
     if unmapped:
         shown = ", ".join(unmapped[:12]) + (f", ... ({len(unmapped) - 12} more)" if len(unmapped) > 12 else "")
         problems.append(
@@ -246,11 +259,12 @@ def _target(
 
 
 def _pair(
-    ckpt: Checkpoint, mod: LoraModule, ttype: MODEL_TENSOR, gname: str, shape: BaseShape, problems: list[str]
+    ckpt: Checkpoint, mod: LoraModule, ttype: MODEL_TENSOR, gname: str, shape: BaseShape, problems: list[str],
+    check_shape: bool = True,
 ) -> LoraPair | None:
     pair = LoraPair.from_peft(mod.a, mod.b, mod.kind, scale=b_fold_factor(mod.scale, ckpt.alpha, mod.rank),
                               magnitude=mod.magnitude)
-    if shape.tensors is not None:
+    if shape.tensors is not None and check_shape:
         have = shape.tensors.get(gname)
         if have is None:
             problems.append(f"{mod.module}: the base has no tensor {gname}")

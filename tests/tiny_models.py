@@ -274,14 +274,18 @@ def _spec_for(config: transformers.PretrainedConfig) -> Family:
     return spec
 
 
-def write_gguf_base(model: transformers.PreTrainedModel, path: str | Path) -> None:
-    """Write ``model`` as an all-f32 GGUF base that llama.cpp loads."""
+def write_gguf_base(model: transformers.PreTrainedModel, path: str | Path, *, fuse_qkv: bool = False) -> None:
+    """Write ``model`` as an all-f32 GGUF base that llama.cpp loads; ``fuse_qkv`` as llama.cpp's
+    converter does with ``--fuse-qkv`` (q, k, v concatenated by rows into ``attn_qkv``)."""
     config = model.config
     spec = _spec_for(config)
     writer = GGUFWriter(str(path), spec.name)
     _write_hparams(writer, config, spec)
     write_vocab(writer, config.vocab_size)  # the engine's own synthetic SPM vocabulary
-    for name, data in _base_tensors(model, spec):
+    tensors = dict(_base_tensors(model, spec))
+    if fuse_qkv:
+        tensors = _fused_qkv(tensors, config.num_hidden_layers)
+    for name, data in tensors.items():
         writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -343,6 +347,17 @@ def _base_tensors(model: transformers.PreTrainedModel, spec: Family) -> Iterator
             raise KeyError(f"{spec.name}: no GGUF tensor for the experts of {stacked}")
         yield found[1], np.ascontiguousarray(np.stack([by_expert[e] for e in sorted(by_expert)]), dtype=np.float32)
     yield from _extra_tensors(config)
+
+
+def _fused_qkv(tensors: dict[str, np.ndarray], n_layers: int) -> dict[str, np.ndarray]:
+    """``conversion/base.py``'s Q/K/V fusion: ``torch.cat([q, k, v], dim=0)`` per block, weights and biases."""
+    out = dict(tensors)
+    for i in range(n_layers):
+        for kind in ("weight", "bias"):
+            names = [f"blk.{i}.attn_{p}.{kind}" for p in "qkv"]
+            if all(n in out for n in names):
+                out[f"blk.{i}.attn_qkv.{kind}"] = np.concatenate([out.pop(n) for n in names], axis=0)
+    return out
 
 
 def _extra_tensors(config: transformers.PretrainedConfig) -> Iterator[tuple[str, np.ndarray]]:

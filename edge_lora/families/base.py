@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, MODEL_TENSORS, TensorNameMap
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, MODEL_TENSORS, TENSOR_NAMES, TensorNameMap
 
 from ..errors import ConversionError
 from ..formats.gguf_file import WEIGHT_SUFFIX
@@ -75,6 +75,10 @@ class Family:
     expert_modules: re.Pattern[str] | None = None
     #: the MoE router's module (``ffn_gate_inp``) in this family's checkpoints, for the way back
     router_module: str = "mlp.gate"
+    #: fused tensors a base may hold in place of their parts (llama.cpp's ``--fuse-qkv``: q, k and v
+    #: concatenated by rows, after the parts' own transforms), as (fused, parts in row order)
+    packed: tuple[tuple[MODEL_TENSOR, tuple[MODEL_TENSOR, ...]], ...] = (
+        (MODEL_TENSOR.ATTN_QKV, (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K, MODEL_TENSOR.ATTN_V)),)
 
     @property
     def name(self) -> str:
@@ -133,6 +137,22 @@ class Family:
         """The block index of a module path of this family, or None (embedding, head)."""
         m = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", module)
         return int(m.group(1)) if m else None
+
+    def packed_into(self, ttype: MODEL_TENSOR, gguf_name: str,
+                    base_tensors: Mapping[str, Any]) -> tuple[str, tuple[str, ...], int] | None:
+        """Where a part's tensor lives in a fused base: ``(fused name, the parts' names in row order,
+        this part's index)`` when ``base_tensors`` has no ``gguf_name`` but holds the fused tensor of
+        its block (``blk.3.attn_q.weight`` -> ``blk.3.attn_qkv.weight``); else None."""
+        if gguf_name in base_tensors:
+            return None
+        block = next((int(p) for p in gguf_name.split(".") if p.isdecimal()), None)
+        for fused, parts in self.packed:
+            if ttype in parts and block is not None:
+                fused_name = TENSOR_NAMES[fused].format(bid=block) + WEIGHT_SUFFIX
+                if fused_name in base_tensors:
+                    names = tuple(TENSOR_NAMES[t].format(bid=block) + WEIGHT_SUFFIX for t in parts)
+                    return fused_name, names, parts.index(ttype)
+        return None
 
     # -- weight transforms ------------------------------------------------------------------
     def row_transform(self, ttype: MODEL_TENSOR, n_head: int | None, n_head_kv: int | None) -> RowTransform | None:
