@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe"]
 
 #: 3 specials + 256 byte tokens (llama.cpp's SPM vocab looks up "<0x0A>") + a few plain ones
 VOCAB_SIZE = 320
@@ -147,6 +147,14 @@ _CASE_DEFS: dict[str, CaseDef] = {
     "mixtral": CaseDef("MixtralConfig", "MixtralForCausalLM", dict(
         num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2, intermediate_size=48,
         sliding_window=None)),
+    # OLMoE: MHA as released (llama.cpp sizes its K norm by n_embd); the converter writes rms eps 1e-5
+    # whatever the config says: the config says so too
+    "olmoe": CaseDef("OlmoeConfig", "OlmoeForCausalLM", dict(
+        num_key_value_heads=4, num_experts=4, num_experts_per_tok=2, intermediate_size=48, rms_norm_eps=1e-5)),
+    # Qwen2-MoE: 4 experts of ff 48, top 2, and a shared expert of ff 80 behind its sigmoid gate
+    "qwen2moe": CaseDef("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+        shared_expert_intermediate_size=80)),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",

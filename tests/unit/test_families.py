@@ -13,8 +13,8 @@ N_LAYERS = 3
 
 
 def test_registry_by_arch_and_hf_model_type():
-    assert supported_names() == ["exaone4", "gemma2", "gemma3", "glm4", "granite", "llama", "olmo2", "phi3", "qwen2",
-                                 "qwen3", "qwen3moe", "smollm3"]
+    assert supported_names() == ["exaone4", "gemma2", "gemma3", "glm4", "granite", "llama", "olmo2", "olmoe", "phi3",
+                                 "qwen2", "qwen2moe", "qwen3", "qwen3moe", "smollm3"]
     assert family_for("mistral") is FAMILIES["llama"] and family_for("gemma3_text") is FAMILIES["gemma3"]
     assert family_for("gpt2") is None
 
