@@ -9,6 +9,7 @@ from typing import Any
 from gguf import Keys, LlamaFileType
 
 from .lora.compat import adapter_problems, adapter_ranks
+from .families import adapter_archs
 from .families.base_check import base_problems
 from .formats.gguf_file import ArrayLength, GGUFInfo, read_gguf
 
@@ -20,7 +21,7 @@ def describe(path: str | Path, base: str | Path | None = None) -> dict[str, Any]
         report = describe_adapter(info)
         if base is not None:
             base_info = read_gguf(base)
-            problems = adapter_problems(info, base_info)
+            problems = adapter_problems(info, base_info, archs=adapter_archs(base_info.architecture))
             report["compatibility"] = {"base": str(base_info.path), "compatible": not problems, "problems": problems}
         return report
     report = describe_base(info)

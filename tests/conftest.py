@@ -27,7 +27,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyCase]:
     ``model``, when building a PEFT adapter.
     """
     # imported here: tests/unit runs without torch and transformers
-    from tiny_models import TinyCase, make_tiny_model, write_gguf_base
+    from tiny_models import BASE_ARCH, TinyCase, make_tiny_model, write_gguf_base
 
     cache: dict[str, TinyCase] = {}
 
@@ -35,7 +35,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyCase]:
         if case not in cache:
             model = make_tiny_model(case)
             base_path = tmp_path_factory.mktemp(f"tiny-{case}") / "base-f32.gguf"
-            write_gguf_base(model, base_path)
+            write_gguf_base(model, base_path, arch=BASE_ARCH.get(case))
             cache[case] = TinyCase(case, model, base_path)
         return cache[case]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from adapters import linear_names, make_mlx_adapter, make_peft_adapter, peft_logits
-from tiny_models import CASES, TOKENS, hf_logits, is_tied, llama_logits, rel_err
+from tiny_models import CASES, TOKENS, hf_logits, is_tied, llama_logits, rel_err, write_gguf_base
 
 from edge_lora.cli import main as cli
 from edge_lora.errors import ConversionError
@@ -154,3 +154,20 @@ def test_f16_safetensors_storage(tiny, tmp_path):
     ref = make_peft_adapter(t.model, tmp_path / "a", dict(r=8, lora_alpha=16, target_modules="all-linear"), storage="f16")
     convert(tmp_path / "a", t.base_path, tmp_path / "a.gguf")
     check_parity(t.base_path, tmp_path / "a.gguf", peft_logits(ref, TOKENS), hf_logits(t.model, TOKENS))
+
+
+def test_a_llama_adapter_runs_on_a_mistral3_base(tiny, tmp_path):
+    """llama.cpp writes Mistral Small 3.x as mistral3 now, as llama before: an adapter converted for
+    the llama base of the same model runs on the mistral3 one (same tensors, both Q/K permuted)."""
+    from edge_lora import Runtime
+
+    m3 = tiny("mistral3")
+    ref = make_peft_adapter(m3.model, tmp_path / "a", dict(r=8, lora_alpha=16, target_modules="all-linear"), seed=4)
+    write_gguf_base(m3.model, tmp_path / "llama-base.gguf", arch="llama")
+    convert(tmp_path / "a", tmp_path / "llama-base.gguf", tmp_path / "a.gguf")
+    with Runtime(m3.base_path, n_ctx=64, kv_type="f32") as rt:
+        rt.load_adapter("a", tmp_path / "a.gguf")
+        got = rt.logits(TOKENS, {"a": 1.0})
+    err = rel_err(got, peft_logits(ref, TOKENS))
+    print(f"parity mistral3 base / llama adapter: {err:.2e}")
+    assert err <= PARITY_RTOL

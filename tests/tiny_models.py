@@ -30,7 +30,11 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3"]
+
+#: cases whose GGUF base is written under another arch than the model type's family (llama.cpp
+#: writes Mistral Small 3.x, text model_type mistral, as mistral3)
+BASE_ARCH = {"mistral3": "mistral3"}
 
 #: 3 specials + 256 byte tokens (llama.cpp's SPM vocab looks up "<0x0A>") + a few plain ones
 VOCAB_SIZE = 320
@@ -155,6 +159,9 @@ _CASE_DEFS: dict[str, CaseDef] = {
     "qwen2moe": CaseDef("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
         num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
         shared_expert_intermediate_size=80)),
+    # the text model of Mistral Small 3.x / Ministral 3, written as a mistral3 base
+    "mistral3": CaseDef("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, head_dim=16,
+                                                                   sliding_window=None)),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",
@@ -282,11 +289,13 @@ def _spec_for(config: transformers.PretrainedConfig) -> Family:
     return spec
 
 
-def write_gguf_base(model: transformers.PreTrainedModel, path: str | Path, *, fuse_qkv: bool = False) -> None:
+def write_gguf_base(model: transformers.PreTrainedModel, path: str | Path, *, fuse_qkv: bool = False,
+                    arch: str | None = None) -> None:
     """Write ``model`` as an all-f32 GGUF base that llama.cpp loads; ``fuse_qkv`` as llama.cpp's
-    converter does with ``--fuse-qkv`` (q, k, v concatenated by rows into ``attn_qkv``)."""
+    converter does with ``--fuse-qkv`` (q, k, v concatenated by rows into ``attn_qkv``); ``arch``
+    another GGUF arch than the model type's family."""
     config = model.config
-    spec = _spec_for(config)
+    spec = _spec_for(config) if arch is None else family_for(arch)
     writer = GGUFWriter(str(path), spec.name)
     _write_hparams(writer, config, spec)
     write_vocab(writer, config.vocab_size)  # the engine's own synthetic SPM vocabulary

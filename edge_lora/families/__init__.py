@@ -3,6 +3,6 @@ base converter applies, both directions), the registry by GGUF arch and HF ``mod
 (:mod:`.registry`), and the checks of a base's hyperparameters (:mod:`.base_check`)."""
 
 from .base import Family
-from .registry import FAMILIES, family_for, supported_names
+from .registry import FAMILIES, adapter_archs, family_for, supported_names
 
-__all__ = ["FAMILIES", "Family", "family_for", "supported_names"]
+__all__ = ["FAMILIES", "Family", "adapter_archs", "family_for", "supported_names"]

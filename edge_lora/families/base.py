@@ -79,6 +79,9 @@ class Family:
     #: concatenated by rows, after the parts' own transforms), as (fused, parts in row order)
     packed: tuple[tuple[MODEL_TENSOR, tuple[MODEL_TENSOR, ...]], ...] = (
         (MODEL_TENSOR.ATTN_QKV, (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K, MODEL_TENSOR.ATTN_V)),)
+    #: GGUF archs of adapters that run unchanged on this family's bases (same tensors, same
+    #: transforms): a ``llama`` adapter on a ``mistral3`` base of the same model
+    adapter_archs: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

@@ -49,3 +49,7 @@ LLAMA = LlamaFamily(
 #: SmolLM3: llama's converter class (Q/K permuted on every layer, the NoPE ones too: llama.cpp
 #: skips rope on every 4th layer itself, ``n_no_rope_layer_step``)
 SMOLLM3 = LlamaFamily(MODEL_ARCH.SMOLLM3, ("smollm3",), name_words=("smollm3",))
+#: Ministral 3, Mistral Small 3.x, Magistral: llama's converter class (``conversion/mistral3.py``), so
+#: Q/K permuted; older conversions of the same models wrote ``llama``, and their adapters fit as they are
+MISTRAL3 = LlamaFamily(MODEL_ARCH.MISTRAL3, ("mistral3", "ministral3"),
+                       name_words=("ministral-3", "mistral-small-3", "magistral"), adapter_archs=("llama",))

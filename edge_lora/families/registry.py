@@ -11,14 +11,14 @@ from .exaone import EXAONE4
 from .gemma import GEMMA2, GEMMA3
 from .glm import GLM4
 from .granite import GRANITE
-from .llama import LLAMA, SMOLLM3
+from .llama import LLAMA, MISTRAL3, SMOLLM3
 from .olmo import OLMO2, OLMOE
 from .phi3 import PHI3
 from .qwen import QWEN2, QWEN2MOE, QWEN3, QWEN3MOE
 
 FAMILIES: dict[str, Family] = {
     # Qwen3-MoE before Qwen3: the first family whose name words a model name holds wins
-    f.name: f for f in (LLAMA, QWEN2MOE, QWEN2, QWEN3MOE, QWEN3, GEMMA2, GEMMA3, PHI3, SMOLLM3, GRANITE, OLMOE, OLMO2,
+    f.name: f for f in (MISTRAL3, LLAMA, QWEN2MOE, QWEN2, QWEN3MOE, QWEN3, GEMMA2, GEMMA3, PHI3, SMOLLM3, GRANITE, OLMOE, OLMO2,
                         GLM4, EXAONE4)
 }
 
@@ -31,6 +31,12 @@ def family_for(name: str) -> Family | None:
     if name in FAMILIES:
         return FAMILIES[name]
     return next((f for f in FAMILIES.values() if name in f.hf_model_types), None)
+
+
+def adapter_archs(base_arch: str) -> tuple[str, ...]:
+    """The GGUF archs whose adapters run on a ``base_arch`` base: its own, and those its family accepts."""
+    family = FAMILIES.get(base_arch)
+    return (base_arch, *(family.adapter_archs if family else ()))
 
 
 def supported_names() -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def dequantize_tensor(data: np.ndarray, ggml_type: GGMLQuantizationType) -> np.n
 
 
 def read_gguf_lora(path: str | os.PathLike[str], *, scale: float = 1.0, base: GGUFInfo | None = None,
-                   label: str | None = None) -> LoraSource:
+                   label: str | None = None, archs: Collection[str] = ()) -> LoraSource:
     """Read a GGUF LoRA adapter into a :class:`LoraSource` at user scale ``scale``.
 
     Every problem llama.cpp would refuse the adapter for (on ``base`` when given), and any
@@ -96,7 +97,7 @@ def read_gguf_lora(path: str | os.PathLike[str], *, scale: float = 1.0, base: GG
     if not math.isfinite(scale):
         raise InvalidRequestError(f"{path}: scale {scale!r} is not a finite number")
     info = require_adapter(read_gguf(path))
-    problems = adapter_problems(info, base)
+    problems = adapter_problems(info, base, archs=archs)
     if problems:
         where = f" with the base {base.path.name}" if base is not None else ""
         raise IncompatibleAdapterError(f"{info.path}: cannot be used{where}", problems)

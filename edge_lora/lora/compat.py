@@ -6,7 +6,7 @@ so the runtime and ``edge-lora inspect --base`` can refuse with a complete repor
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from gguf import Keys
 
@@ -35,9 +35,11 @@ def lora_pairs(adapter: GGUFInfo) -> tuple[dict[str, dict[str, tuple[int, ...]]]
     return pairs, problems
 
 
-def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bool = True) -> list[str]:
+def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bool = True,
+                     archs: Collection[str] = ()) -> list[str]:
     """Every reason llama.cpp would refuse ``adapter`` (on ``base`` when given), and every tensor
-    holding NaN or infinite values (``check_data``: reads the tensor data once)."""
+    holding NaN or infinite values (``check_data``: reads the tensor data once). ``archs``: the
+    adapter archs the base accepts besides its own (:func:`edge_lora.families.adapter_archs`)."""
     problems: list[str] = []
     if not adapter.is_adapter:
         kind = adapter.file_type or "model"
@@ -61,7 +63,7 @@ def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bo
         return problems
     if base.is_adapter:
         return problems + [f"{base.path} is an adapter, not a base model"]
-    if adapter.architecture != base.architecture:
+    if adapter.architecture != base.architecture and adapter.architecture not in archs:
         problems.append(f"architecture {adapter.architecture!r} does not match the base's {base.architecture!r}")
         return problems
     for name, ab in sorted(pairs.items()):

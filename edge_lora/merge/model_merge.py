@@ -34,10 +34,11 @@ from ..errors import (
     OutputPathError,
 )
 from ..formats.values import F16_MAX
+from ..families import adapter_archs
 from ..formats.gguf_file import GGUFInfo, read_gguf, require_base
 from ..formats.keys import EdgeLoraKeys
 from ..lora.dora import apply_dora
-from .gguf_copy import Replacement, write_model_copy
+from ..formats.gguf_copy import Replacement, write_model_copy
 from ..lora.adapter import LoraSource, read_gguf_lora, read_tensor_f32
 from ..lora.compat import tied_embedding_problem
 from .calibrate import Calibrator, layer_groups
@@ -208,7 +209,8 @@ def _read_sources(adapters: Sequence[AdapterArg], info: GGUFInfo) -> list[LoraSo
                     "edge_lora_convert.lora_source(path, base=...) (the `edge-lora merge` command does this)")
             if not is_number(scale):
                 raise InvalidRequestError(f"{path}: scale {scale!r} is not a finite number")
-            sources.append(read_gguf_lora(path, scale=float(scale), base=info, label=f"{Path(path).name}:{scale:g}"))
+            sources.append(read_gguf_lora(path, scale=float(scale), base=info, label=f"{Path(path).name}:{scale:g}",
+                                          archs=adapter_archs(info.architecture)))
         except (IncompatibleAdapterError, GGUFFileError, InvalidRequestError) as exc:
             errors.append(exc)
     if errors or problems:
@@ -225,7 +227,7 @@ def _read_sources(adapters: Sequence[AdapterArg], info: GGUFInfo) -> list[LoraSo
 
 def source_problems(src: LoraSource, info: GGUFInfo) -> list[str]:
     """Why a LoraSource does not fit the base ``info`` (shapes in numpy order)."""
-    if src.arch != info.architecture:
+    if src.arch not in adapter_archs(info.architecture):
         return [f"architecture {src.arch!r} does not match the base's {info.architecture!r}"]
     problems: list[str] = []
     for name, w in sorted(src.weights.items()):

@@ -7,16 +7,19 @@ the last call using it ends.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import Keys
+from gguf import GGUFValueType, Keys
 
 from .._validate import is_number
+from ..families import adapter_archs
 from ..lora.compat import adapter_problems, adapter_ranks
 from ..errors import IncompatibleAdapterError, InvalidRequestError, UnknownAdapterError
+from ..formats.gguf_copy import write_model_copy
 from ..formats.gguf_file import GGUFInfo, read_gguf, require_adapter
 from ..engine.native import NativeAdapter, NativeModel
 
@@ -86,10 +89,10 @@ class AdapterRegistry:
         check_name(name)
         scale = check_scale(name, scale)
         info = require_adapter(read_gguf(path))
-        problems = adapter_problems(info, self._base)
+        problems = adapter_problems(info, self._base, archs=adapter_archs(self._base.architecture))
         if problems:
             raise IncompatibleAdapterError(f"{info.path}: cannot be used with the base {self._base.path.name}", problems)
-        native = NativeAdapter(self._model, str(info.path))
+        native = self._native(info)
         entry = _Entry(_describe(name, info, scale, native.serial), native)
         with self._lock:
             old = self._entries.get(name)
@@ -157,6 +160,17 @@ class AdapterRegistry:
             e.native.close()
 
     # -- internals ---------------------------------------------------------------
+    def _native(self, info: GGUFInfo) -> NativeAdapter:
+        """llama.cpp's adapter for ``info``. llama.cpp refuses an adapter whose arch differs from the
+        model's even where the family accepts it (a llama adapter on a mistral3 base): it then loads
+        a copy relabelled with the base's arch (llama.cpp copies the tensors in; the copy is removed)."""
+        if info.architecture == self._base.architecture:
+            return NativeAdapter(self._model, str(info.path))
+        with tempfile.TemporaryDirectory(prefix="edge-lora-") as tmp:
+            copy = Path(tmp) / info.path.name
+            write_model_copy(info, copy, {}, {Keys.General.ARCHITECTURE: (self._base.architecture, GGUFValueType.STRING, None)})
+            return NativeAdapter(self._model, str(copy))
+
     def _retire(self, entry: _Entry) -> None:
         with self._lock:
             entry.retired = True

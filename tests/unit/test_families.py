@@ -13,7 +13,7 @@ N_LAYERS = 3
 
 
 def test_registry_by_arch_and_hf_model_type():
-    assert supported_names() == ["exaone4", "gemma2", "gemma3", "glm4", "granite", "llama", "olmo2", "olmoe", "phi3",
+    assert supported_names() == ["exaone4", "gemma2", "gemma3", "glm4", "granite", "llama", "mistral3", "olmo2", "olmoe", "phi3",
                                  "qwen2", "qwen2moe", "qwen3", "qwen3moe", "smollm3"]
     assert family_for("mistral") is FAMILIES["llama"] and family_for("gemma3_text") is FAMILIES["gemma3"]
     assert family_for("gpt2") is None
@@ -38,7 +38,7 @@ def test_names_map_both_ways(name):
 
 def test_only_llama_permutes_q_and_k_and_the_inverse_undoes_it():
     for name, fam in FAMILIES.items():
-        permuted = name in ("llama", "smollm3", "granite")  # llama's converter class
+        permuted = name in ("llama", "smollm3", "granite", "mistral3")  # llama's converter class
         assert (fam.row_transform(MODEL_TENSOR.ATTN_Q, 4, 2) is not None) == permuted
         assert fam.row_transform(MODEL_TENSOR.ATTN_V, 4, 2) is None
     llama = FAMILIES["llama"]

@@ -20,7 +20,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, Keys
 from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION
 
-from ..formats.gguf_file import SCALAR_FORMATS, GGUFInfo
+from .gguf_file import SCALAR_FORMATS, GGUFInfo
 
 #: copied in chunks of this many bytes (the base stays memory-mapped, not read into memory)
 _CHUNK = 64 << 20
