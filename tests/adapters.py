@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
 FUSED = {"phi3": (["qkv_proj", "o_proj"], ["gate_up_proj", "down_proj"]), "glm4": (ATTN, ["gate_up_proj", "down_proj"]),
-         "mixtral": (ATTN, ["w1", "w3", "w2"])}
+         "mixtral": (ATTN, ["w1", "w3", "w2"]),
+         "lfm2": (["q_proj", "k_proj", "v_proj", "out_proj", "in_proj"], ["w1", "w3", "w2"])}
 
 
 def linear_names(case: str) -> list[str]:

@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2"]
 
 #: cases whose GGUF base is written under another arch than the model type's family (llama.cpp
 #: writes Mistral Small 3.x, text model_type mistral, as mistral3)
@@ -162,6 +162,10 @@ _CASE_DEFS: dict[str, CaseDef] = {
     # the text model of Mistral Small 3.x / Ministral 3, written as a mistral3 base
     "mistral3": CaseDef("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, head_dim=16,
                                                                    sliding_window=None)),
+    # LFM2: a short-convolution layer, then an attention layer; tied as released
+    "lfm2": CaseDef("Lfm2Config", "Lfm2ForCausalLM", dict(
+        num_key_value_heads=2, layer_types=["conv", "full_attention"], block_auto_adjust_ff_dim=False,
+        norm_eps=1e-6, conv_L_cache=3, tie_word_embeddings=True)),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",
@@ -317,19 +321,17 @@ def _write_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig, sp
     # special tokens by text and fails on a vocab without "<|endoftext|>"
     writer.add_name("edge-lora tiny test model")
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(_n_head_kv(config))
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(config.rope_theta)
     rotary = getattr(config, "partial_rotary_factor", None) or 1.0
-    writer.add_rope_dimension_count(int(head_dim * rotary))
+    common = {
+        "add_vocab_size": config.vocab_size, "add_context_length": config.max_position_embeddings,
+        "add_embedding_length": config.hidden_size, "add_block_count": config.num_hidden_layers,
+        "add_feed_forward_length": config.intermediate_size, "add_head_count": config.num_attention_heads,
+        "add_head_count_kv": _n_head_kv(config), "add_key_length": head_dim, "add_value_length": head_dim,
+        "add_layer_norm_rms_eps": getattr(config, "rms_norm_eps", None), "add_rope_freq_base": config.rope_theta,
+        "add_rope_dimension_count": int(head_dim * rotary),
+    }
+    for method, value in {**common, **spec.hparam_overrides(config)}.items():
+        getattr(writer, method)(value)
     spec.write_hparams(writer, config)
 
 
@@ -357,6 +359,7 @@ def _base_tensors(model: transformers.PreTrainedModel, spec: Family) -> Iterator
             data = permute(data)
         if spec.norm_plus_one and hf_name.endswith("norm.weight"):
             data = data + 1.0
+        data = spec.base_tensor(hf_name, data)
         yield gguf_name, np.ascontiguousarray(data, dtype=np.float32)
     for stacked, by_expert in experts.items():
         found = spec.tensor_for(stacked, n_layers)

@@ -175,6 +175,16 @@ class Family:
         return None if forward is None else np.argsort(forward(np.arange(n_rows)))
 
     # -- the base converter ---------------------------------------------------------------
+    def hparam_overrides(self, config: Any) -> dict[str, Any]:
+        """Common hyperparameters this family's converter writes otherwise (GGUFWriter method ->
+        value; per-layer arrays included), applied in place of the common value."""
+        return {}
+
+    def base_tensor(self, hf_name: str, data: np.ndarray) -> np.ndarray:
+        """A base weight as the base converter stores it, for base-only transforms (no LoRA targets
+        it): as it is unless the family says otherwise."""
+        return data
+
     def write_hparams(self, writer: Any, config: Any) -> None:
         """The hyperparameters llama.cpp's converter writes for this family beyond the common ones
         (``set_gguf_parameters``), from a Hugging Face config (attribute access)."""
