@@ -14,8 +14,8 @@ from edge_lora.formats.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFIn
 from edge_lora.formats.adapter_file import OUTTYPES, pair_tensors, write_adapter
 from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.lora.pair import EMBEDDING, LoraPair
-from edge_lora.families import Family, family_for, supported_names
-from edge_lora.families.registry import family_named_in
+from edge_lora.families import Family, family_for
+from edge_lora.families.registry import family_named_in, unsupported_reason
 from edge_lora.lora.scales import b_fold_factor
 from edge_lora.outputs import check_output
 
@@ -145,9 +145,7 @@ def _base_shape(ckpt: Checkpoint, info: GGUFInfo | None, arch: str | None) -> Ba
 def _spec_or_error(name: str) -> Family:
     spec = family_for(name)
     if spec is None:
-        raise ConversionError(
-            f"architecture {name!r} is not supported; supported: {', '.join(supported_names())}"
-        )
+        raise ConversionError(unsupported_reason(name))
     return spec
 
 

@@ -27,6 +27,21 @@ FAMILIES: dict[str, Family] = {
 OTHER_NAME_WORDS = {"gpt2": "gpt2", "gpt-j": "gptj", "falcon": "falcon"}
 
 
+#: archs refused with a reason (not merely unsupported yet): llama.cpp multiplies their LoRA
+#: targets with a raw ggml_mul_mat, so an adapter would load and be ignored (src/models/deepseek2.cpp)
+REFUSED = {
+    "deepseek2": "DeepSeek-V2/V3-style multi-head latent attention: llama.cpp multiplies the attention projections "
+                 "(wq_a, wq_b, wkv_a_mqa, wkv_b) and the output without LoRA, so an adapter would load and change nothing",
+}
+
+
+def unsupported_reason(name: str) -> str:
+    """Why a GGUF arch or model type has no family: the reason it is refused, or the supported list."""
+    if name in REFUSED:
+        return f"architecture {name!r} is refused: {REFUSED[name]}"
+    return f"architecture {name!r} is not supported; supported: {', '.join(supported_names())}"
+
+
 def family_for(name: str) -> Family | None:
     """The family of a GGUF architecture name or a Hugging Face ``model_type``, if supported."""
     if name in FAMILIES:

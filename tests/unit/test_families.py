@@ -71,3 +71,10 @@ def test_family_named_in_a_model_name():
     assert family_named_in("/models/qwen2.5-7b-instruct/") == "qwen2"
     assert family_named_in("qwen/qwen3-30b-a3b-instruct-2507") == "qwen3moe"
     assert family_named_in("my-own-model") is None
+
+
+def test_refused_archs_say_why():
+    from edge_lora.families.registry import unsupported_reason
+
+    assert "without LoRA" in unsupported_reason("deepseek2") and family_for("deepseek2") is None
+    assert unsupported_reason("gpt2").startswith("architecture 'gpt2' is not supported; supported: exaone4")
