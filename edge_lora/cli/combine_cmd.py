@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from typing import TYPE_CHECKING
 
 from ..formats.adapter_file import OUTTYPES
-from .common import add_output_flags, parse_adapter_arg
+from .common import add_output_flags, parse_adapter_arg, report
 
 if TYPE_CHECKING:
     from edge_lora_convert.combine import CombineResult
@@ -60,14 +58,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.force,
         progress=not args.quiet,
     )
-    if args.json:
-        print(json.dumps(as_json(result), indent=2))
-        return 0
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if not args.quiet:
-        print(summary(result))
-    return 0
+    return report(args, lambda: as_json(result), result.notes, lambda: summary(result))
 
 
 def as_json(result: CombineResult) -> dict[str, object]:

@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..runtime.request import OPTIONS
@@ -89,3 +92,17 @@ def add_output_flags(p: argparse.ArgumentParser, *, dry_run: str | None = "check
     p.add_argument("--force", action="store_true", help=force)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help=quiet)
+
+
+def report(args: argparse.Namespace, as_json: Callable[[], dict[str, Any]], notes: Iterable[str],
+           summary: Callable[[], str]) -> int:
+    """How the writing commands end: ``--json`` prints ``as_json()``; otherwise each note goes to
+    stderr and, unless ``-q``, ``summary()`` to stdout. Returns the exit status (0)."""
+    if args.json:
+        print(json.dumps(as_json(), indent=2))
+        return 0
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not args.quiet:
+        print(summary())
+    return 0

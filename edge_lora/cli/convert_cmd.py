@@ -4,11 +4,9 @@ is imported when the command runs: the CLI works where only the runtime is insta
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from ..formats.adapter_file import OUTTYPES
-from .common import add_output_flags
+from .common import add_output_flags, report
 
 HELP = "convert a PEFT or MLX-LM LoRA checkpoint to a GGUF adapter"
 EPILOG = """examples:
@@ -52,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         adapter_name=args.adapter_name,
         text_only=args.text_only,
     )
-    if args.json:
-        print(json.dumps({
+    where = f"wrote {result.out_path}" if result.out_path else "dry run, nothing written"
+    return report(args, lambda: {
             "output": str(result.out_path) if result.out_path else None,
             "arch": result.arch,
             "alpha": result.alpha,
@@ -62,12 +60,5 @@ def run(args: argparse.Namespace) -> int:
             "tensors": len(result.tensors),
             "checked_against_base": result.checked_against_base,
             "notes": result.notes,
-        }, indent=2))
-        return 0
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if not args.quiet:
-        where = f"wrote {result.out_path}" if result.out_path else "dry run, nothing written"
-        print(f"{where}: {result.arch}, {result.modules} modules, {len(result.tensors)} tensors, "
-              f"alpha {result.alpha:g}, from {result.source_format}")
-    return 0
+        }, result.notes, lambda: f"{where}: {result.arch}, {result.modules} modules, {len(result.tensors)} tensors, "
+                                 f"alpha {result.alpha:g}, from {result.source_format}")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from .common import add_output_flags
+from .common import add_output_flags, report
 
 HELP = "export a GGUF LoRA adapter as a PEFT directory (for PEFT, transformers and vLLM)"
 EPILOG = """examples:
@@ -38,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_lora_convert.export_peft import export_peft
 
     result = export_peft(args.adapter, args.peft, base=args.base, overwrite=args.force)
-    if args.json:
-        print(json.dumps({
+    return report(args, lambda: {
             "output": str(result.out_dir),
             "arch": result.arch,
             "alpha": result.alpha,
@@ -50,11 +47,5 @@ def run(args: argparse.Namespace) -> int:
             "tensors": len(result.tensors),
             "base_model": result.base_model,
             "notes": list(result.notes),
-        }, indent=2))
-        return 0
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if not args.quiet:
-        print(f"wrote {result.out_dir}: {result.arch}, {result.modules} modules, {len(result.tensors)} tensors, "
-              f"r {result.r}, lora_alpha {result.lora_alpha:g}")
-    return 0
+        }, result.notes, lambda: f"wrote {result.out_dir}: {result.arch}, {result.modules} modules, "
+                                 f"{len(result.tensors)} tensors, r {result.r}, lora_alpha {result.lora_alpha:g}")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import sys
 from pathlib import Path
 
 from ..errors import MissingDependencyError
-from .common import add_output_flags
+from .common import add_output_flags, report
 
 HELP = "merge LoRA/DoRA adapters into a GGUF base, re-quantized, as a new GGUF model"
 EPILOG = """examples:
@@ -81,18 +79,16 @@ def run(args: argparse.Namespace) -> int:
         args.base, _sources(args), args.output, outtype=args.outtype, dry_run=args.dry_run, overwrite=args.force,
         progress=not args.quiet, threads=args.threads, requant=args.requant, calibration=calibration,
     )
-    if args.json:
-        print(json.dumps(as_json(result), indent=2))
-        return 0
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if not args.quiet:
-        where = f"wrote {result.out_path}" if result.out_path else "dry run, nothing written"
-        types = sorted({f"{t.base_type}->{t.out_type}" for t in result.tensors})
-        print(f"{where}: {len(result.tensors)} tensors merged ({', '.join(types)}), {result.copied} copied; "
-              f"{result.out_size / 1e6:.1f} MB (base {result.base_size / 1e6:.1f} MB), {result.seconds:.1f} s"
-              + (f"; calibrated on {result.calibration}" if result.calibration else ""))
-    return 0
+    return report(args, lambda: as_json(result), result.notes, lambda: _summary(result))
+
+
+def _summary(result: object) -> str:
+    r = result
+    where = f"wrote {r.out_path}" if r.out_path else "dry run, nothing written"  # type: ignore[attr-defined]
+    types = sorted({f"{t.base_type}->{t.out_type}" for t in r.tensors})  # type: ignore[attr-defined]
+    return (f"{where}: {len(r.tensors)} tensors merged ({', '.join(types)}), {r.copied} copied; "  # type: ignore[attr-defined]
+            f"{r.out_size / 1e6:.1f} MB (base {r.base_size / 1e6:.1f} MB), {r.seconds:.1f} s"  # type: ignore[attr-defined]
+            + (f"; calibrated on {r.calibration}" if r.calibration else ""))  # type: ignore[attr-defined]
 
 
 def as_json(result: object) -> dict[str, object]:
