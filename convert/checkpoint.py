@@ -25,9 +25,23 @@ from .tensors import read_safetensors, read_torch_bin, safetensors_dtypes
 
 
 
+@dataclass(frozen=True)
+class ParamTarget:
+    """One parameter a ``target_parameters`` LoRA may adapt, with PEFT's rank and scale for it."""
+
+    name: str  # "gate_up_proj"
+    rank: int
+    alpha: float
+    scale: float
+
+
 @dataclass
 class LoraModule:
-    """One adapted module in PEFT layout."""
+    """One adapted module in PEFT layout.
+
+    A ``target_parameters`` LoRA (PEFT's ``lora.ParamWrapper`` on a 3-D expert parameter) has
+    ``parameters``: the parameters of ``module`` it may adapt (several on one module are nested
+    wrappers, told apart by their shapes against the base), ``a`` (E r, x) and ``b`` (y, E r)."""
 
     module: str  # "model.layers.3.self_attn.q_proj"
     kind: Layout  # linear or embedding
@@ -38,10 +52,17 @@ class LoraModule:
     sources: tuple[str, str]
     #: DoRA's magnitude m (out,), read only for merging (read_checkpoint(allow_dora=True))
     magnitude: np.ndarray | None = None
+    parameters: tuple[ParamTarget, ...] = ()
 
     @property
     def rank(self) -> int:
+        """The rank (a ``target_parameters`` LoRA: of all experts together, E r)."""
         return int(self.a.shape[0])
+
+    @property
+    def configured_rank(self) -> int:
+        """The rank as configured (a ``target_parameters`` LoRA: each expert's, r)."""
+        return self.parameters[0].rank if self.parameters else self.rank
 
 
 @dataclass
@@ -352,6 +373,26 @@ def _pair_up(
             continue
         if config is None:
             continue  # its problems are reported; pairing problems are still collected
+        unwrapped = _BASE_LAYERS.sub("", module)
+        # a module target_modules selects is a module LoRA (PEFT refuses to wrap both ways); the
+        # parameter names of target_parameters are matched by suffix, as PEFT does, on the others
+        wrapped = module != unwrapped or not (config.target_modules and config.is_targeted(module))
+        params = config.parameters_of(unwrapped) if wrapped and not embedding else ()
+        if params:
+            targets = tuple(ParamTarget(n, *config.rank_and_alpha(f"{unwrapped}.{n}"),
+                                        config.module_scale(f"{unwrapped}.{n}")) for n in params)
+            fits = [t for t in targets if a.shape[0] % t.rank == 0]
+            if not fits:
+                problems.append(f"{module}: lora_A's {a.shape[0]} rows are no multiple of the configured rank of "
+                                f"{', '.join(params)} ({', '.join(str(t.rank) for t in targets)})")
+                continue
+            if [t.name for t in fits] == ["weight"] and a.shape[0] == fits[0].rank:
+                # a 2-D weight (a router's): PEFT multiplies it as lora.Linear does (one "expert")
+                modules.append(LoraModule(unwrapped, LINEAR, a, b, fits[0].scale, fits[0].alpha, (a_name, b_name)))
+                continue
+            modules.append(LoraModule(unwrapped, LINEAR, a, b, fits[0].scale, fits[0].alpha, (a_name, b_name),
+                                      parameters=tuple(fits)))
+            continue
         r_cfg, alpha = config.rank_and_alpha(module)
         if a.shape[0] != r_cfg:
             problems.append(f"{module}: tensor rank {a.shape[0]} differs from the configured rank {r_cfg}")
@@ -365,6 +406,10 @@ def _pair_up(
     if not modules and not problems:
         problems.append("no LoRA tensors found")
     return modules
+
+
+#: PEFT's wrapper segments of a nested ``ParamWrapper`` (several parameters of one module)
+_BASE_LAYERS = re.compile(r"(?:\.base_layer)+$")
 
 
 def attach_magnitudes(modules: list[LoraModule], magnitudes: dict[str, np.ndarray], dora: bool,

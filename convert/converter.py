@@ -21,6 +21,7 @@ from edge_lora.outputs import check_output
 
 from . import __version__
 from .checkpoint import Checkpoint, LoraModule, read_checkpoint
+from .expert_params import param_pairs
 from .experts import expert_pairs
 from .packing import pack_parts
 
@@ -165,11 +166,13 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
     spec = shape.spec
     packs: dict[str, tuple[tuple[str, ...], dict[int, tuple[str, LoraPair]]]] = {}
     experts = [m for m in ckpt.modules if spec.expert_of(m.module) is not None]
-    for gname, (pair, modules) in expert_pairs(experts, spec, max(shape.n_layers, 1), ckpt.alpha, shape.tensors,
-                                               problems, notes).items():
+    params = [m for m in ckpt.modules if m.parameters]
+    stacked = {**expert_pairs(experts, spec, max(shape.n_layers, 1), ckpt.alpha, shape.tensors, problems, notes),
+               **param_pairs(params, spec, max(shape.n_layers, 1), ckpt.alpha, shape.tensors, problems)}
+    for gname, (pair, modules) in stacked.items():
         seen[gname], out[gname] = modules[0], pair
     for mod in ckpt.modules:
-        if spec.expert_of(mod.module) is not None:
+        if mod.parameters or spec.expert_of(mod.module) is not None:
             continue  # stacked above
         target = _target(ckpt, mod, shape, problems, unmapped)
         if target is None:
@@ -283,8 +286,8 @@ def _pair(
 
 
 def _provenance(ckpt: Checkpoint, shape: BaseShape) -> dict[str, object]:
-    ranks = sorted({m.rank for m in ckpt.modules})
-    folded = any(abs(b_fold_factor(m.scale, ckpt.alpha, m.rank) - 1.0) > 1e-12 for m in ckpt.modules)
+    ranks = sorted({m.configured_rank for m in ckpt.modules})
+    folded = any(abs(b_fold_factor(m.scale, ckpt.alpha, m.configured_rank) - 1.0) > 1e-12 for m in ckpt.modules)
     p = ckpt.provenance
     meta: dict[str, object] = {
         Keys.General.NAME: ckpt.path.name,

@@ -23,7 +23,6 @@ _UNSUPPORTED: dict[str, str] = {
     "use_qalora": "QALoRA (use_qalora=True) is not supported",
     "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens) is not supported yet",
     "trainable_token_indices": "trainable token deltas (trainable_token_indices) are not supported",
-    "target_parameters": "LoRA on raw parameters (target_parameters) is not supported",
     "modules_to_save": "modules_to_save holds full trained weights, which a llama.cpp adapter cannot carry",
 }
 
@@ -77,6 +76,9 @@ def type_problems(cfg: dict[str, Any]) -> list[str]:
         v = cfg.get(key)
         if v is not None and not (isinstance(v, str) and _regex_ok(v)) and not strs(v):
             out.append(f"adapter_config.json: '{key}' must be a list of names or a valid regular expression, found {v!r}")
+    v = cfg.get("target_parameters")
+    if v is not None and not strs(v):
+        out.append(f"adapter_config.json: 'target_parameters' must be a list of parameter names, found {v!r}")
     v = cfg.get("layers_to_transform")
     if v is not None and not is_int(v) and not ints(v):
         out.append(f"adapter_config.json: 'layers_to_transform' must be an integer or a list of them, found {v!r}")
@@ -151,6 +153,9 @@ class PeftConfig:
     fan_in_fan_out: bool = False
     base_model_name_or_path: str = ""
     peft_version: str = ""
+    #: parameters adapted directly (``lora.ParamWrapper``: transformers 5's 3-D expert weights),
+    #: as configured: ``gate_up_proj`` or ``mlp.experts.gate_up_proj``
+    target_parameters: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any], *, allow_dora: bool = False) -> tuple[PeftConfig | None, list[str]]:
@@ -181,6 +186,7 @@ class PeftConfig:
             fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
             base_model_name_or_path=str(cfg.get("base_model_name_or_path") or ""),
             peft_version=str(cfg.get("peft_version") or ""),
+            target_parameters=tuple(cfg.get("target_parameters") or ()),
         )
         return config, problems
 
@@ -219,6 +225,18 @@ class PeftConfig:
             return False
         layers = self.layers_to_transform
         return idx == layers if isinstance(layers, int) else idx in layers
+
+    def parameters_of(self, module: str) -> tuple[str, ...]:
+        """The names of ``module``'s parameters that ``target_parameters`` selects, as PEFT matches
+        them (``BaseTuner._inject_parameters``: ``f"{module}.{name}"`` equal to a target or ending
+        in ``"." + target``); ``module`` is the unwrapped path (no ``base_layer``)."""
+        out = []
+        for target in self.target_parameters:
+            name = target.rpartition(".")[2]
+            key = f"{module}.{name}"
+            if (key == target or key.endswith("." + target)) and name not in out:
+                out.append(name)
+        return tuple(out)
 
     def _layer_index(self, module: str) -> int | None:
         if not self.layers_pattern:

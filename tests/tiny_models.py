@@ -278,6 +278,13 @@ class TinyCase:
 # --- GGUF base writing --------------------------------------------------------------
 
 
+def rope_parameters(config: transformers.PretrainedConfig) -> dict[str, Any]:
+    """The rope of the (full-attention) layers: transformers 5's ``rope_parameters`` (per layer type
+    for Gemma 3: ``full_attention``), with ``rope_theta`` and any scaling (``rope_type``, ``factor``...)."""
+    rope = dict(config.rope_parameters or {})
+    return dict(rope.get("full_attention", rope))
+
+
 def head_dim_of(config: transformers.PretrainedConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
@@ -321,13 +328,14 @@ def _write_hparams(writer: GGUFWriter, config: transformers.PretrainedConfig, sp
     # special tokens by text and fails on a vocab without "<|endoftext|>"
     writer.add_name("edge-lora tiny test model")
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    rotary = getattr(config, "partial_rotary_factor", None) or 1.0
+    rope = rope_parameters(config)
+    rotary = rope.get("partial_rotary_factor") or getattr(config, "partial_rotary_factor", None) or 1.0
     common = {
         "add_vocab_size": config.vocab_size, "add_context_length": config.max_position_embeddings,
         "add_embedding_length": config.hidden_size, "add_block_count": config.num_hidden_layers,
         "add_feed_forward_length": config.intermediate_size, "add_head_count": config.num_attention_heads,
         "add_head_count_kv": _n_head_kv(config), "add_key_length": head_dim, "add_value_length": head_dim,
-        "add_layer_norm_rms_eps": getattr(config, "rms_norm_eps", None), "add_rope_freq_base": config.rope_theta,
+        "add_layer_norm_rms_eps": getattr(config, "rms_norm_eps", None), "add_rope_freq_base": rope["rope_theta"],
         "add_rope_dimension_count": int(head_dim * rotary),
     }
     for method, value in {**common, **spec.hparam_overrides(config)}.items():
@@ -343,6 +351,14 @@ def _base_tensors(model: transformers.PreTrainedModel, spec: Family) -> Iterator
     # named_parameters() drops the tied lm_head alias, so a tied model gets no output tensor
     for hf_name, param in model.named_parameters():
         module, _, kind = hf_name.rpartition(".")
+        fused = spec.fused_expert(module, kind)
+        if fused is not None:  # transformers 5: every expert in one 3-D parameter, split into its parts
+            for part, data in zip(fused.parts, fused.split_weight(param.detach().to(torch.float32).numpy())):
+                found = spec.tensor_for(f"{module}.{part}", n_layers)
+                if found is None:
+                    raise KeyError(f"{spec.name}: no GGUF tensor for {hf_name}'s {part}")
+                yield found[1], np.ascontiguousarray(data, dtype=np.float32)
+            continue
         expert = spec.expert_of(module)
         if expert is not None:  # stacked below, as the base converter does
             experts.setdefault(expert[0], {})[expert[1]] = param.detach().to(torch.float32).numpy()
@@ -381,10 +397,10 @@ def _fused_qkv(tensors: dict[str, np.ndarray], n_layers: int) -> dict[str, np.nd
 
 
 def _extra_tensors(config: transformers.PretrainedConfig) -> Iterator[tuple[str, np.ndarray]]:
-    rope = getattr(config, "rope_scaling", None) or {}
-    if rope.get("rope_type", rope.get("type")) == "llama3":
+    rope = rope_parameters(config)
+    if rope.get("rope_type") == "llama3":
         name = gguf.TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS] + ".weight"
-        yield name, llama3_rope_factors(head_dim_of(config), config.rope_theta, rope)
+        yield name, llama3_rope_factors(head_dim_of(config), rope["rope_theta"], rope)
 
 
 def llama3_rope_factors(head_dim: int, theta: float, rope: dict[str, Any]) -> np.ndarray:

@@ -50,6 +50,44 @@ RowTransform = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
+class FusedExperts:
+    """A transformers-5 expert parameter: every expert's weight in one 3-D ``nn.Parameter`` of the
+    experts module (``mlp.experts.gate_up_proj``), which the base converter splits into the
+    stacked tensors of its parts (``ffn_gate_exps``, ``ffn_up_exps``; ``conversion/qwen.py``).
+
+    Its rows, in the model's (out, in) orientation, hold the parts one after the other
+    (``gate = W[:, :ff]``, transformers' ``chunk(2)``) or, ``interleaved``, row by row (gpt-oss:
+    ``gate = W[:, ::2]``). ``transposed``: stored (E, in, out), multiplied as ``x @ W[e]``
+    (gpt-oss), not (E, out, in) as ``F.linear(x, W[e])``.
+    """
+
+    param: str
+    parts: tuple[str, ...]
+    interleaved: bool = False
+    transposed: bool = False
+
+    def part_rows(self, n_rows: int) -> list[np.ndarray]:
+        """The (out, in)-orientation row indices of each part, in :attr:`parts` order."""
+        n = len(self.parts)
+        if n_rows % n:
+            raise ValueError(f"{self.param}: {n_rows} rows do not split into {n} parts")
+        if self.interleaved:
+            return [np.arange(i, n_rows, n) for i in range(n)]
+        size = n_rows // n
+        return [np.arange(i * size, (i + 1) * size) for i in range(n)]
+
+    def split_weight(self, data: np.ndarray) -> list[np.ndarray]:
+        """A base parameter (E, d1, d2) as each part's stacked weight (E, out, in)."""
+        w = np.swapaxes(data, 1, 2) if self.transposed else data
+        return [w[:, rows, :] for rows in self.part_rows(w.shape[1])]
+
+
+#: transformers 5's gated experts (Qwen-MoE, Mixtral, OLMoE...): ``gate_up_proj`` (E, 2 ff, hidden), gate
+#: rows first, and ``down_proj`` (E, hidden, ff)
+GATED_EXPERTS = (FusedExperts("gate_up_proj", ("gate_proj", "up_proj")), FusedExperts("down_proj", ("down_proj",)))
+
+
+@dataclass(frozen=True)
 class Family:
     """One GGUF architecture and the Hugging Face models that convert to it."""
 
@@ -67,7 +105,7 @@ class Family:
     #: the base converter stores RMSNorm weights as ``1 + w`` (Gemma computes ``x * (1 + w)``)
     norm_plus_one: bool = False
     #: hyperparameters the base converter writes beyond the common ones, as (GGUFWriter method,
-    #: config attribute) pairs: ``writer.add_sliding_window(config.sliding_window)``
+    #: config attribute or dotted path, :func:`config_value`) pairs: ``writer.add_sliding_window(config.sliding_window)``
     extra_hparams: tuple[tuple[str, str], ...] = ()
     #: per-expert module paths (transformers 4 MoE layers: one ``nn.Linear`` per expert), with
     #: groups (stacked module, expert index, projection): the base converter stacks the experts of
@@ -75,6 +113,11 @@ class Family:
     expert_modules: re.Pattern[str] | None = None
     #: the MoE router's module (``ffn_gate_inp``) in this family's checkpoints, for the way back
     router_module: str = "mlp.gate"
+    #: transformers 5's fused expert parameters (3-D ``nn.Parameter`` on the experts module, which
+    #: PEFT adapts with ``target_parameters``), under the experts module path of :attr:`experts_module`
+    fused_experts: tuple[FusedExperts, ...] = ()
+    #: the experts module path of transformers 5's MoE layers (``model.layers.N.mlp.experts``)
+    experts_module: re.Pattern[str] = re.compile(r"^model\.layers\.\d+\.mlp\.experts$")
     #: fused tensors a base may hold in place of their parts (llama.cpp's ``--fuse-qkv``: q, k and v
     #: concatenated by rows, after the parts' own transforms), as (fused, parts in row order)
     packed: tuple[tuple[MODEL_TENSOR, tuple[MODEL_TENSOR, ...]], ...] = (
@@ -136,6 +179,13 @@ class Family:
         module = f"{parent}.{expert}.{proj}"
         return module if self.expert_of(module) == (stacked, expert) else None
 
+    def fused_expert(self, module: str, param: str) -> FusedExperts | None:
+        """The fused expert parameter ``param`` of the experts module ``module``
+        (``model.layers.1.mlp.experts``, ``gate_up_proj``), or None when the family has no such parameter."""
+        if not self.experts_module.match(module):
+            return None
+        return next((f for f in self.fused_experts if f.param == param), None)
+
     def layer_of(self, module: str) -> int | None:
         """The block index of a module path of this family, or None (embedding, head)."""
         m = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", module)
@@ -189,9 +239,20 @@ class Family:
         """The hyperparameters llama.cpp's converter writes for this family beyond the common ones
         (``set_gguf_parameters``), from a Hugging Face config (attribute access)."""
         for method, attr in self.extra_hparams:
-            value = getattr(config, attr, None)
+            value = config_value(config, attr)
             if value is not None:
                 getattr(writer, method)(value)
+
+
+def config_value(config: Any, path: str) -> Any:
+    """A Hugging Face config value by attribute, or by a dotted path into its dicts
+    (``rope_parameters.sliding_attention.rope_theta``); None when absent."""
+    value: Any = config
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+        if value is None:
+            return None
+    return value
 
 
 @functools.lru_cache(maxsize=64)

@@ -17,9 +17,9 @@ GEMMA2 = Family(
                    ("add_sliding_window", "sliding_window")),
 )
 # without a sliding window llama.cpp builds Gemma3 with full attention everywhere and a single
-# rope base; the local layers use rope_local_base_freq
+# rope base; the local layers use their own (transformers 5: rope_parameters per layer type)
 GEMMA3 = Family(
     MODEL_ARCH.GEMMA3, ("gemma3", "gemma3_text"), name_words=("gemma-3", "gemma3"), norm_plus_one=True,
-    extra_hparams=(("add_sliding_window", "sliding_window"), ("add_rope_freq_base_swa", "rope_local_base_freq"),
+    extra_hparams=(("add_sliding_window", "sliding_window"), ("add_rope_freq_base_swa", "rope_parameters.sliding_attention.rope_theta"),
                    ("add_final_logit_softcapping", "final_logit_softcapping")),
 )

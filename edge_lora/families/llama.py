@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR
 
-from .base import Family, RowTransform
+from .base import GATED_EXPERTS, Family, RowTransform
 
 
 def permute_rows(w: np.ndarray, n_head: int, n_head_kv: int | None) -> np.ndarray:
@@ -38,13 +38,13 @@ class LlamaFamily(Family):
         return ttype in _PERMUTED
 
 
-#: Mixtral is GGUF llama with experts: ``block_sparse_moe.experts.E.w1/w2/w3`` stacked into
+#: Mixtral is GGUF llama with experts: transformers 4's ``block_sparse_moe.experts.E.w1/w2/w3`` stacked into
 #: ``ffn_gate/down/up_exps`` (``LlamaModel.modify_tensors``), the router ``block_sparse_moe.gate``
 LLAMA = LlamaFamily(
     MODEL_ARCH.LLAMA, ("llama", "mistral", "mixtral"), name_words=("llama", "mistral", "mixtral"),
     expert_modules=re.compile(r"^(model\.layers\.\d+\.block_sparse_moe\.experts)\.(\d+)\.(w1|w2|w3)$"),
     extra_hparams=(("add_expert_count", "num_local_experts"), ("add_expert_used_count", "num_experts_per_tok")),
-    router_module="block_sparse_moe.gate",
+    router_module="block_sparse_moe.gate", fused_experts=GATED_EXPERTS,
 )
 #: SmolLM3: llama's converter class (Q/K permuted on every layer, the NoPE ones too: llama.cpp
 #: skips rope on every 4th layer itself, ``n_no_rope_layer_step``)

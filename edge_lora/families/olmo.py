@@ -10,7 +10,7 @@ from typing import Any
 
 from gguf import MODEL_ARCH
 
-from .base import Family
+from .base import GATED_EXPERTS, Family
 
 OLMO2 = Family(MODEL_ARCH.OLMO2, ("olmo2",), name_words=("olmo-2", "olmo2"))
 
@@ -27,4 +27,5 @@ OLMOE = OlmoeFamily(
     MODEL_ARCH.OLMOE, ("olmoe",), name_words=("olmoe",),
     expert_modules=re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)$"),
     extra_hparams=(("add_expert_count", "num_experts"), ("add_expert_used_count", "num_experts_per_tok")),
+    fused_experts=GATED_EXPERTS,
 )

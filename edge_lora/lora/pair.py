@@ -143,6 +143,36 @@ class LoraPair:
         return cls(np.ascontiguousarray(a_gguf, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32),
                    scale, layout, magnitude)
 
+    @classmethod
+    def from_peft_experts(cls, a: np.ndarray, b: np.ndarray, n_experts: int, *, scale: float = 1.0) -> LoraPair:
+        """From PEFT's ``target_parameters`` layout of a 3-D expert parameter (``lora.ParamWrapper``):
+        ``lora_A`` (E r, x) with each expert's r rows together, ``lora_B`` (y, E r) with the
+        experts interleaved within each rank column group (PEFT's ``get_delta_weight``:
+        ``A.reshape(E, r, x)``, ``B.reshape(y, r, E)``). Gives a (E, r, x), b (E, y, r): expert
+        e's change is ``b[e] @ a[e]`` (y, x); which of x, y faces the input is the caller's to decide."""
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[0] % n_experts:
+            raise ValueError(f"lora_A {a.shape} and lora_B {b.shape} are not {n_experts} experts' factors")
+        r = a.shape[0] // n_experts
+        a3 = a.reshape(n_experts, r, a.shape[1])
+        b3 = b.reshape(b.shape[0], r, n_experts).transpose(2, 0, 1)
+        return cls(np.ascontiguousarray(a3, dtype=np.float32), np.ascontiguousarray(b3, dtype=np.float32),
+                   scale, EXPERTS)
+
+    def transposed(self) -> LoraPair:
+        """The LoRA of the transposed weight (experts: each expert's): ``(B A)^T = A^T B^T``, so
+        A becomes B^T and B becomes A^T."""
+        if self.layout == EMBEDDING or self.magnitude is not None:
+            raise ValueError("only plain linear or expert LoRA can be transposed")
+        a, b = np.swapaxes(self.b, -1, -2), np.swapaxes(self.a, -1, -2)
+        return replace(self, a=np.ascontiguousarray(a), b=np.ascontiguousarray(b))
+
+    def take_rows(self, rows: np.ndarray) -> LoraPair:
+        """The LoRA of the output rows ``rows`` of the weight (linear or experts: B's rows, A kept)."""
+        if self.layout == EMBEDDING:
+            raise ValueError("output rows of an embedding LoRA are not taken this way")
+        mag = None if self.magnitude is None else np.ascontiguousarray(self.magnitude[..., rows])
+        return replace(self, b=np.ascontiguousarray(self.b[..., rows, :]), magnitude=mag)
+
     def to_peft(self) -> tuple[np.ndarray, np.ndarray]:
         """``(A, B)`` in PEFT's layout (the inverse of :meth:`from_peft`); the scale is not applied."""
         if self.layout == EXPERTS:
