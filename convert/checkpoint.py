@@ -386,9 +386,11 @@ def _pair_up(
                 problems.append(f"{module}: lora_A's {a.shape[0]} rows are no multiple of the configured rank of "
                                 f"{', '.join(params)} ({', '.join(str(t.rank) for t in targets)})")
                 continue
-            if [t.name for t in fits] == ["weight"] and a.shape[0] == fits[0].rank:
-                # a 2-D weight (a router's): PEFT multiplies it as lora.Linear does (one "expert")
-                modules.append(LoraModule(unwrapped, LINEAR, a, b, fits[0].scale, fits[0].alpha, (a_name, b_name)))
+            weight = next((t for t in fits if t.name == "weight" and a.shape[0] == t.rank), None)
+            if weight is not None:
+                # a 2-D weight (a router's): PEFT multiplies it as lora.Linear does (one "expert");
+                # the other names matched only by suffix (PEFT matches the module's real parameters)
+                modules.append(LoraModule(unwrapped, LINEAR, a, b, weight.scale, weight.alpha, (a_name, b_name)))
                 continue
             modules.append(LoraModule(unwrapped, LINEAR, a, b, fits[0].scale, fits[0].alpha, (a_name, b_name),
                                       parameters=tuple(fits)))

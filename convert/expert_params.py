@@ -12,14 +12,16 @@ and a square weight whose orientation cannot be told apart is refused.
 
 The base converter splits a fused parameter into its parts (``ffn_gate_exps``, ``ffn_up_exps``:
 :class:`~edge_lora.families.base.FusedExperts`); the LoRA follows by B's rows, A shared: exact,
-each part at the same rank. The module's scale (PEFT's alpha / r of that parameter) is folded
+each part at the same rank, less the rank components whose B rows of that part are all zero. The module's scale (PEFT's alpha / r of that parameter) is folded
 into B for llama.cpp's file-wide ``alpha / rank``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from edge_lora.families import Family
 from edge_lora.families.base import FusedExperts
@@ -82,7 +84,7 @@ def param_pairs(modules: Sequence[LoraModule], spec: Family, n_layers: int, alph
             pair = pair.transposed()
         n_rows = pair.b.shape[1]
         for gname, rows in zip(fit.parts, fit.fused.part_rows(n_rows)):
-            out[gname] = (pair.take_rows(rows), [mod.module])
+            out[gname] = (_without_zero_ranks(pair.take_rows(rows)), [mod.module])
     return out
 
 
@@ -113,3 +115,13 @@ def _fit(mod: LoraModule, target: ParamTarget, spec: Family, n_layers: int,
     else:
         return None
     return _Fit(target, fused, tuple(parts), n_experts, faces)
+
+
+def _without_zero_ranks(pair: LoraPair) -> LoraPair:
+    """The pair without the rank components whose B is zero in every expert (exact: they add
+    nothing). PEFT writes ``gate_proj`` and ``up_proj`` targets as one ``gate_up_proj`` LoRA of rank
+    2 r, B block-diagonal: each part keeps its own r."""
+    live = np.flatnonzero(np.any(pair.b != 0, axis=(0, 1)))
+    if len(live) in (0, pair.rank):
+        return pair
+    return replace(pair, a=np.ascontiguousarray(pair.a[:, live, :]), b=np.ascontiguousarray(pair.b[:, :, live]))

@@ -30,6 +30,8 @@ from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.families import Family, family_for, supported_names
 from edge_lora.lora.adapter import read_gguf_lora
 from edge_lora.lora.pair import EMBEDDING, EXPERTS, LINEAR, LoraPair
+
+from .export_experts import EXPERT_LAYOUTS, fused_modules, per_expert_modules
 from edge_lora.outputs import atomic_dir, check_output
 
 
@@ -88,6 +90,7 @@ def export_peft(
     *,
     base: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    expert_layout: str = "fused",
 ) -> ExportResult:
     """Write the GGUF LoRA ``adapter`` as a PEFT directory ``out_dir``.
 
@@ -95,9 +98,14 @@ def export_peft(
     llama.cpp permuted (llama, mistral), gives the head counts needed to undo it.
     Every problem is raised at once (:class:`ConversionError`); a base given as the adapter or
     an adapter as the base is :class:`GGUFFileError`, an adapter that does not fit ``base``
+    :class:`IncompatibleAdapterError`. Expert LoRA is written in ``expert_layout``: ``fused``
+    (transformers 5's 3-D expert parameters, PEFT ``target_parameters``) or ``per-expert``
+    (transformers 4's modules; :mod:`.export_experts`). Also raised: an adapter that does not fit ``base``
     :class:`IncompatibleAdapterError`; an existing ``out_dir`` is replaced only with
     ``overwrite`` (atomically), else :class:`OutputExistsError`.
     """
+    if expert_layout not in EXPERT_LAYOUTS:
+        raise ConversionError(f"expert layout {expert_layout!r}: choose one of {', '.join(EXPERT_LAYOUTS)}")
     out = Path(out_dir)
     base_info = read_gguf(base) if base is not None else None
     if base_info is not None:
@@ -111,13 +119,13 @@ def export_peft(
     alpha = float(info.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0))
     problems: list[str] = []
     notes: list[str] = []
-    plan = _plan(info, spec, source.weights, base_info, problems, notes)
+    plan = _plan(info, spec, source.weights, base_info, problems, notes, alpha, expert_layout)
     if problems:
         raise ConversionError(f"{info.path}: cannot export to PEFT", problems)
     check_output(out, inputs=[source.path] + ([base_info.path] if base_info else []), overwrite=overwrite,
                  folder=True, replaceable=_only_an_adapter)
     base_model = str(info.metadata.get(EdgeLoraKeys.BASE_MODEL) or "") or None
-    config, r, lora_alpha = peft_config(plan.ranks, alpha, base_model)
+    config, r, lora_alpha = peft_config(plan.ranks, alpha, base_model, plan.parameters)
     notes += _scale_notes(plan.ranks, alpha, r) + vllm_notes(plan.ranks, r, plan.vocab_modules)
     atomic_dir(out, {CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode("utf-8"),
                      WEIGHTS_FILE: safetensors_bytes(plan.tensors, {"format": "pt"})}, overwrite=overwrite)
@@ -158,11 +166,12 @@ class _Plan:
     tensors: list[ExportTensor]
     ranks: dict[str, int]  # module path -> rank
     vocab_modules: list[str]  # the token embedding's and the output's modules, when adapted
+    parameters: list[str]  # the keys of ranks that are target_parameters (fused expert parameters)
 
 
 def _plan(
     info: GGUFInfo, spec: Family, weights: dict[str, LoraPair], base: GGUFInfo | None,
-    problems: list[str], notes: list[str],
+    problems: list[str], notes: list[str], alpha: float, expert_layout: str,
 ) -> _Plan:
     n_layers = _n_layers(info, base)
     names = hf_module_names(spec, n_layers)
@@ -172,6 +181,8 @@ def _plan(
     unmapped: list[str] = []
     no_heads: list[str] = []
     quantized: Counter[str] = Counter()
+    experts: dict[str, tuple[LoraPair, list[str]]] = {}  # GGUF name -> pair, storage types
+    parameters: list[str] = []  # the target_parameters entries among ranks
     for gname, w in sorted(weights.items()):
         if gname not in names:
             unmapped.append(gname)
@@ -186,12 +197,29 @@ def _plan(
         dtypes = [_storage(info, gname + suffix, quantized) for suffix in (LORA_A_SUFFIX, LORA_B_SUFFIX)]
         if ttype in (MODEL_TENSOR.TOKEN_EMBD, MODEL_TENSOR.OUTPUT):
             vocab.append(module)
-        for mod, pair in _peft_modules(spec, module, w):
-            a, b = pair.to_peft()
-            names_ab = _PEFT_FACTOR_NAMES[pair.layout]
-            ranks[mod] = pair.rank
-            tensors.append(ExportTensor(f"{PEFT_PREFIX}{mod}.{names_ab[0]}", a, dtypes[0]))
-            tensors.append(ExportTensor(f"{PEFT_PREFIX}{mod}.{names_ab[1]}", b, dtypes[1]))
+        if w.layout == EXPERTS:
+            experts[gname] = (w, dtypes)
+            continue
+        if expert_layout == "fused" and ttype == MODEL_TENSOR.FFN_GATE_INP:
+            parameters.append(f"{module}.weight")  # transformers 5's routers hold a raw weight, no nn.Linear
+            ranks[f"{module}.weight"] = w.rank
+            tensors += [ExportTensor(f"{PEFT_PREFIX}{module}.{k}", f, d) for k, f, d in
+                        zip(_PEFT_FACTOR_NAMES[LINEAR], w.to_peft(), dtypes)]
+            continue
+        a, b = w.to_peft()
+        names_ab = _PEFT_FACTOR_NAMES[w.layout]
+        ranks[module] = w.rank
+        tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.{names_ab[0]}", a, dtypes[0]))
+        tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.{names_ab[1]}", b, dtypes[1]))
+    fused, left = (fused_modules(spec, {g: w for g, (w, _) in experts.items()}, n_layers, alpha)
+                   if expert_layout == "fused" else ([], sorted(experts)))
+    for em in [*fused, *(em for g in left for em in per_expert_modules(spec, g, names[g][1], experts[g][0]))]:
+        dtypes = experts[em.source][1]
+        ranks[em.rank_key] = em.rank
+        if em.parameter:
+            parameters.append(em.rank_key)
+        tensors.append(ExportTensor(f"{PEFT_PREFIX}{em.module}.lora_A.weight", em.a, dtypes[0]))
+        tensors.append(ExportTensor(f"{PEFT_PREFIX}{em.module}.lora_B.weight", em.b, dtypes[1]))
     if unmapped:
         problems.append(f"{len(unmapped)} tensors have no Hugging Face {spec.name} module: {', '.join(unmapped[:12])}"
                         + (f", ... ({len(unmapped) - 12} more)" if len(unmapped) > 12 else ""))
@@ -201,20 +229,7 @@ def _plan(
     if quantized:
         notes.append(f"{sum(quantized.values())} factors stored as {', '.join(sorted(quantized))} were written as "
                      "F32 (safetensors has no such type)")
-    return _Plan(tensors, ranks, vocab)
-
-
-def _peft_modules(spec: Family, module: str, w: LoraPair) -> list[tuple[str, LoraPair]]:
-    """The PEFT modules of one GGUF tensor's LoRA: itself, or for an expert tensor one linear LoRA
-    per expert (``mlp.experts.E.up_proj``, transformers 4's layout), zero factors included."""
-    if w.layout != EXPERTS:
-        return [(module, w)]
-    out = []
-    for e in range(w.a.shape[0]):
-        name = spec.expert_module(module, e)
-        assert name is not None  # the reverse table gives expert tensors only their stacked modules
-        out.append((name, LoraPair(w.a[e], w.b[e], w.scale, LINEAR)))
-    return out
+    return _Plan(tensors, ranks, vocab, parameters)
 
 
 def _unpermuted_rows(
@@ -241,7 +256,8 @@ def _storage(info: GGUFInfo, name: str, quantized: Counter[str]) -> str:
 # --- scales and the config -----------------------------------------------------------
 
 
-def peft_config(ranks: Mapping[str, int], alpha: float, base_model: str | None) -> tuple[dict[str, object], int, float]:
+def peft_config(ranks: Mapping[str, int], alpha: float, base_model: str | None,
+                parameters: Sequence[str] = ()) -> tuple[dict[str, object], int, float]:
     """adapter_config.json for these module ranks and the GGUF file's alpha; returns (config, r, lora_alpha).
 
     llama.cpp scales a tensor of rank ``r_t`` by ``alpha / r_t`` (1 when alpha is 0); PEFT a
@@ -262,7 +278,9 @@ def peft_config(ranks: Mapping[str, int], alpha: float, base_model: str | None) 
         "rank_pattern": others,
         "alpha_pattern": {} if alpha else dict(others),
         # full module paths: PEFT matches list entries by equality or a ".name" suffix
-        "target_modules": sorted(ranks),
+        "target_modules": sorted(set(ranks) - set(parameters)),
+        # fused expert parameters (lora.ParamWrapper), by full path likewise
+        "target_parameters": sorted(parameters) or None,
         "lora_dropout": 0.0,
         "bias": "none",
         "modules_to_save": None,

@@ -146,3 +146,49 @@ def peft_mix(base_model: torch.nn.Module, adapters: dict[str, tuple[Path, float]
                     module.scaling[name] *= adapters[name][1]
     model.eval()
     return model
+
+
+#: transformers 4's per-expert module names, by case: (experts module under a layer, gate, up, down)
+PER_EXPERT_NAMES = {"mixtral": ("block_sparse_moe.experts", "w1", "w3", "w2")}
+
+
+def per_expert_save(src: Path, dst: Path, case: str, n_experts: int, hidden: int,
+                    keep_experts: set[int] | None = None) -> None:
+    """Rewrite a PEFT ``target_parameters`` save of transformers 5's fused experts
+    (``mlp.experts.gate_up_proj``, ``mlp.experts.down_proj``) as transformers 4 saved it: one
+    linear LoRA per expert and projection (``mlp.experts.E.gate_proj.lora_A.weight``), with
+    ``target_modules`` naming them, as PEFT's own layout rules give (``lora.ParamWrapper``:
+    ``A.reshape(E, r, in)``, ``B.reshape(out, r, E)``; gate rows first), from a save with one
+    rank (explicit ``target_parameters``, no rank_pattern on them). ``keep_experts`` drops
+    the others' LoRA. PEFT loads the result onto the transformers 5 model again
+    (``peft.utils.transformers_weight_conversion``), which is the reference for such saves."""
+    experts, gate, up, down = PER_EXPERT_NAMES.get(case, ("mlp.experts", "gate_proj", "up_proj", "down_proj"))
+    tensors = load_file(src / "adapter_model.safetensors")
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    out: dict[str, torch.Tensor] = {}
+    for key, v in tensors.items():
+        if ".mlp.experts." not in key:
+            out[key] = v
+            continue
+        layer = key.split(".mlp.experts.")[0]
+        side = "lora_A" if ".lora_A." in key else "lora_B"
+        a_key = key.replace("lora_B", "lora_A")
+        fused = tensors[a_key].shape[1] == hidden  # gate_up_proj's A faces the hidden state (PEFT 0.21)
+        r = tensors[a_key].shape[0] // n_experts
+        projs = [gate, up] if fused else [down]
+        for e in range(n_experts):
+            if keep_experts is not None and e not in keep_experts:
+                continue
+            if side == "lora_A":
+                parts = [v.reshape(n_experts, r, -1)[e]] * len(projs)
+            else:
+                b = v.reshape(v.shape[0], r, n_experts)[:, :, e]
+                parts = list(b.chunk(len(projs), dim=0))
+            for proj, part in zip(projs, parts):
+                out[f"{layer}.{experts}.{e}.{proj}.{side}.weight"] = part.contiguous().clone()
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(out, dst / "adapter_model.safetensors", metadata={"format": "pt"})
+    cfg["target_modules"] = sorted(set(cfg.get("target_modules") or []) | {gate, up, down})
+    # 2-D parameters (a router's weight) stay targeted as such
+    cfg["target_parameters"] = [p for p in cfg.get("target_parameters") or [] if p.endswith(".weight")] or None
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))

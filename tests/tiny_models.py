@@ -181,6 +181,12 @@ def is_tied(case: str) -> bool:
     return bool(config.tie_word_embeddings)
 
 
+def is_moe(case: str) -> bool:
+    """Whether the case's MLP is a mixture of experts (transformers 5: fused 3-D expert parameters)."""
+    overrides = _CASE_DEFS[case].overrides
+    return bool(overrides.get("num_experts") or overrides.get("num_local_experts"))
+
+
 def make_tiny_model(case: str, seed: int = 0) -> transformers.PreTrainedModel:
     """A tiny float32 eval-mode model with random (non-default) weights."""
     spec = _CASE_DEFS[case]

@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
     p.add_argument("--base", metavar="BASE.gguf",
                    help="GGUF base model: checks the adapter and gives the head counts llama/mistral Q/K need")
+    p.add_argument("--expert-layout", choices=("fused", "per-expert"), default="fused",
+                   help="MoE expert LoRA as transformers 5 holds experts (fused 3-D parameters, PEFT "
+                        "target_parameters; the default) or as transformers 4 did (one module per expert)")
     add_output_flags(p, dry_run=None, force="replace OUT_DIR if it exists (atomically)", quiet="no summary")
     p.set_defaults(func=run)
     return p
@@ -35,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from edge_lora_convert.export_peft import export_peft
 
-    result = export_peft(args.adapter, args.peft, base=args.base, overwrite=args.force)
+    result = export_peft(args.adapter, args.peft, base=args.base, overwrite=args.force,
+                         expert_layout=args.expert_layout)
     return report(args, lambda: {
             "output": str(result.out_dir),
             "arch": result.arch,

@@ -114,10 +114,11 @@ class Family:
     #: the MoE router's module (``ffn_gate_inp``) in this family's checkpoints, for the way back
     router_module: str = "mlp.gate"
     #: transformers 5's fused expert parameters (3-D ``nn.Parameter`` on the experts module, which
-    #: PEFT adapts with ``target_parameters``), under the experts module path of :attr:`experts_module`
+    #: PEFT adapts with ``target_parameters``), in the module of :attr:`experts_path`, in the module's
+    #: parameter order (PEFT nests the wrappers of several in that order)
     fused_experts: tuple[FusedExperts, ...] = ()
-    #: the experts module path of transformers 5's MoE layers (``model.layers.N.mlp.experts``)
-    experts_module: re.Pattern[str] = re.compile(r"^model\.layers\.\d+\.mlp\.experts$")
+    #: the experts module of transformers 5's MoE layers, by block index ``bid``
+    experts_path: str = "model.layers.{bid}.mlp.experts"
     #: fused tensors a base may hold in place of their parts (llama.cpp's ``--fuse-qkv``: q, k and v
     #: concatenated by rows, after the parts' own transforms), as (fused, parts in row order)
     packed: tuple[tuple[MODEL_TENSOR, tuple[MODEL_TENSOR, ...]], ...] = (
@@ -182,7 +183,8 @@ class Family:
     def fused_expert(self, module: str, param: str) -> FusedExperts | None:
         """The fused expert parameter ``param`` of the experts module ``module``
         (``model.layers.1.mlp.experts``, ``gate_up_proj``), or None when the family has no such parameter."""
-        if not self.experts_module.match(module):
+        bid = self.layer_of(module + ".")
+        if bid is None or module != self.experts_path.format(bid=bid):
             return None
         return next((f for f in self.fused_experts if f.param == param), None)
 

@@ -39,12 +39,13 @@ class LlamaFamily(Family):
 
 
 #: Mixtral is GGUF llama with experts: transformers 4's ``block_sparse_moe.experts.E.w1/w2/w3`` stacked into
-#: ``ffn_gate/down/up_exps`` (``LlamaModel.modify_tensors``), the router ``block_sparse_moe.gate``
+#: ``ffn_gate/down/up_exps`` (``LlamaModel.modify_tensors``), the router ``block_sparse_moe.gate`` (both read);
+#: transformers 5's ``mlp.experts.gate_up_proj``/``down_proj`` and router ``mlp.gate`` (written back)
 LLAMA = LlamaFamily(
     MODEL_ARCH.LLAMA, ("llama", "mistral", "mixtral"), name_words=("llama", "mistral", "mixtral"),
     expert_modules=re.compile(r"^(model\.layers\.\d+\.block_sparse_moe\.experts)\.(\d+)\.(w1|w2|w3)$"),
     extra_hparams=(("add_expert_count", "num_local_experts"), ("add_expert_used_count", "num_experts_per_tok")),
-    router_module="block_sparse_moe.gate", fused_experts=GATED_EXPERTS,
+    router_module="mlp.gate", fused_experts=GATED_EXPERTS,
 )
 #: SmolLM3: llama's converter class (Q/K permuted on every layer, the NoPE ones too: llama.cpp
 #: skips rope on every 4th layer itself, ``n_no_rope_layer_step``)
