@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gguf import MODEL_TENSOR, Keys, TensorNameMap
@@ -40,6 +42,8 @@ class BaseShape:
     n_head_kv: int | None
     n_embd: int | None
     tensors: dict[str, tuple[int, ...]] | None  # None: unchecked (--arch without --base)
+    #: the base's arch hyperparameter by key template (``Keys.SSM.GROUP_COUNT``); None without a base
+    value: Callable[[str], Any] | None = None
 
 
 @dataclass
@@ -140,6 +144,7 @@ def _base_shape(ckpt: Checkpoint, info: GGUFInfo | None, arch: str | None) -> Ba
         _first_int(info.arch_value(Keys.Attention.HEAD_COUNT_KV)),
         _first_int(info.arch_value(Keys.LLM.EMBEDDING_LENGTH)),
         {name: t.shape for name, t in info.tensors.items()},
+        info.arch_value,
     )
 
 
@@ -282,6 +287,14 @@ def _pair(
     elif shape.spec.needs_head_counts(ttype):
         problems.append(f"{mod.module}: {shape.spec.name} Q/K rows must be permuted with the head counts: pass --base")
         return None
+    if shape.spec.needs_base_values(ttype):
+        if shape.value is None:
+            problems.append(f"{mod.module}: {shape.spec.name} reorders this weight by the base's head counts: pass --base")
+            return None
+        index = shape.spec.base_transform(ttype, shape.value, pair.weight_shape)
+        if index is not None:
+            pair = pair.with_output_rows(lambda b: b[index.rows]) if index.rows is not None else pair
+            pair = pair.with_input_columns(index.cols) if index.cols is not None else pair
     return pair
 
 

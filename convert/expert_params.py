@@ -92,7 +92,7 @@ def _fit(mod: LoraModule, target: ParamTarget, spec: Family, n_layers: int,
          base_tensors: dict[str, tuple[int, ...]]) -> _Fit | None:
     """How ``mod``'s factors fit parameter ``target`` of the base, or None when they do not."""
     fused = spec.fused_expert(mod.module, target.name)
-    if fused is None:
+    if fused is None or fused.bias:
         return None
     parts = []
     for part in fused.parts:

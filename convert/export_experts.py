@@ -60,7 +60,7 @@ def fused_modules(spec: Family, pairs: dict[str, LoraPair], n_layers: int,
     for bid in range(n_layers):
         parent = spec.experts_path.format(bid=bid)
         present = []
-        for fx in spec.fused_experts:
+        for fx in (f for f in spec.fused_experts if not f.bias):
             names = {part: found[1] for part in fx.parts
                      if (found := spec.tensor_for(f"{parent}.{part}", n_layers)) is not None and found[1] in pairs}
             if names:

@@ -188,6 +188,15 @@ def _plan(
             unmapped.append(gname)
             continue
         ttype, module = names[gname]
+        if spec.needs_base_values(ttype):
+            if base is None:
+                no_heads.append(gname)
+                continue
+            index = spec.base_transform(ttype, base.arch_value, w.weight_shape)
+            if index is not None:
+                back = index.inverse()
+                w = w.with_output_rows(lambda x, rows=back.rows: x[rows]) if back.rows is not None else w
+                w = w.with_input_columns(back.cols) if back.cols is not None else w
         if spec.needs_head_counts(ttype):
             rows = _unpermuted_rows(spec, ttype, gname, base, w.b.shape[0])
             if rows is None:
@@ -211,6 +220,10 @@ def _plan(
         ranks[module] = w.rank
         tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.{names_ab[0]}", a, dtypes[0]))
         tensors.append(ExportTensor(f"{PEFT_PREFIX}{module}.{names_ab[1]}", b, dtypes[1]))
+    if experts and expert_layout == "per-expert" and spec.expert_modules is None:
+        problems.append(f"{spec.name} has experts only as fused parameters (no per-expert modules): export with "
+                        "--expert-layout fused")
+        return _Plan(tensors, ranks, vocab, parameters)
     fused, left = (fused_modules(spec, {g: w for g, (w, _) in experts.items()}, n_layers, alpha)
                    if expert_layout == "fused" else ([], sorted(experts)))
     for em in [*fused, *(em for g in left for em in per_expert_modules(spec, g, names[g][1], experts[g][0]))]:
@@ -224,8 +237,8 @@ def _plan(
         problems.append(f"{len(unmapped)} tensors have no Hugging Face {spec.name} module: {', '.join(unmapped[:12])}"
                         + (f", ... ({len(unmapped) - 12} more)" if len(unmapped) > 12 else ""))
     if no_heads:
-        problems.append(f"{', '.join(no_heads)}: llama.cpp permuted the {spec.name} Q/K rows; undoing it needs the "
-                        "head counts: pass --base BASE.gguf")
+        problems.append(f"{', '.join(no_heads)}: llama.cpp permuted the {spec.name} rows or columns of these by the "
+                        "head counts; undoing it needs them: pass --base BASE.gguf")
     if quantized:
         notes.append(f"{sum(quantized.values())} factors stored as {', '.join(sorted(quantized))} were written as "
                      "F32 (safetensors has no such type)")

@@ -27,15 +27,26 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyCase]:
     ``model``, when building a PEFT adapter.
     """
     # imported here: tests/unit runs without torch and transformers
-    from tiny_models import BASE_ARCH, TinyCase, make_tiny_model, write_gguf_base
+    from llama_cpp_base import vendored_llama_cpp, write_llama_cpp_base
+    from tiny_models import BASE_ARCH, TinyCase, make_tiny_model, uses_llama_cpp_base, write_gguf_base
 
     cache: dict[str, TinyCase] = {}
 
     def get(case: str) -> TinyCase:
         if case not in cache:
             model = make_tiny_model(case)
-            base_path = tmp_path_factory.mktemp(f"tiny-{case}") / "base-f32.gguf"
-            write_gguf_base(model, base_path, arch=BASE_ARCH.get(case))
+            folder = tmp_path_factory.mktemp(f"tiny-{case}")
+            base_path = folder / "base-f32.gguf"
+            if uses_llama_cpp_base(case):
+                vendor = vendored_llama_cpp()
+                if vendor is None:
+                    if os.environ.get("CI"):
+                        pytest.fail("the engine build tree (build/engine-*/_src) is missing: make builds it")
+                    pytest.skip(f"{case}: no engine build tree with llama.cpp's converter")
+                model.save_pretrained(folder / "hf")
+                write_llama_cpp_base(folder / "hf", base_path, vendor)
+            else:
+                write_gguf_base(model, base_path, arch=BASE_ARCH.get(case))
             cache[case] = TinyCase(case, model, base_path)
         return cache[case]
 

@@ -28,6 +28,7 @@ from edge_lora.formats.adapter_file import OutTensor, write_adapter
 from edge_lora.formats.gguf_file import read_gguf
 from edge_lora.lora.adapter import read_gguf_lora
 from edge_lora_convert import combine, convert
+from edge_lora_convert.export_peft import export_peft
 
 RTOL = 1e-3
 MIN_EFFECT = 0.05
@@ -90,9 +91,15 @@ def fused(tiny, tmp_path_factory):
     return t, d, ref
 
 
-def test_target_parameters_with_the_router_match_peft(tiny, tmp_path):
-    t = tiny("qwen3moe")
-    ref = make_peft_adapter(t.model, tmp_path / "fused", {**FUSED, "use_rslora": True}, seed=6)
+#: gpt-oss stores its experts (E, in, out) with gate and up interleaved; its router is mlp.router
+ROUTERS = {"qwen3moe": "mlp.gate.weight", "gptoss": "mlp.router.weight"}
+
+
+@pytest.mark.parametrize("case", sorted(ROUTERS))
+def test_target_parameters_with_the_router_match_peft(tiny, case, tmp_path):
+    t = tiny(case)
+    cfg = {**FUSED, "use_rslora": True, "target_parameters": FUSED["target_parameters"][:2] + [ROUTERS[case]]}
+    ref = make_peft_adapter(t.model, tmp_path / "fused", cfg, seed=6)
     res = convert(tmp_path / "fused", base=t.base_path, out=tmp_path / "f.gguf", outtype="f32")
     shapes = dict(res.tensors)
     assert shapes["blk.1.ffn_gate_inp.weight.lora_a"] == (4, 64)
@@ -100,7 +107,14 @@ def test_target_parameters_with_the_router_match_peft(tiny, tmp_path):
     want = peft_logits(ref, TOKENS)
     assert rel_err(want, hf_logits(t.model, TOKENS)) > MIN_EFFECT
     err = rel_err(_logits(t.base_path, {tmp_path / "f.gguf": 1.0}), want)
-    print(f"parity moe target_parameters (router, rsLoRA): {err:.2e}")
+    print(f"parity {case} target_parameters (router, rsLoRA): {err:.2e}")
+    assert err <= RTOL
+    # and back: export writes transformers 5's fused parameters, which PEFT loads to the same logits
+    export_peft(tmp_path / "f.gguf", tmp_path / "back", base=t.base_path)
+    cfg_back = json.loads((tmp_path / "back" / "adapter_config.json").read_text())
+    assert any(p.endswith(".mlp.experts.gate_up_proj") for p in cfg_back["target_parameters"])
+    err = rel_err(peft_logits(_peft_from(t.model, tmp_path / "back"), TOKENS), want)
+    print(f"parity {case} export of target_parameters: {err:.2e}")
     assert err <= RTOL
 
 

@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35"]
 
 #: cases whose GGUF base is written under another arch than the model type's family (llama.cpp
 #: writes Mistral Small 3.x, text model_type mistral, as mistral3)
@@ -69,6 +69,10 @@ class CaseDef:
     config_cls: str
     model_cls: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: the GGUF base is written by llama.cpp's own converter (tests/llama_cpp_base.py), not from the
+    #: family table: families whose base converter does more than the table knows (Qwen3.5's linear
+    #: attention: A_log, conv1d, norms, the V-head reorder of base-only weights)
+    llama_cpp_base: bool = False
 
 
 _CASE_DEFS: dict[str, CaseDef] = {
@@ -166,6 +170,17 @@ _CASE_DEFS: dict[str, CaseDef] = {
     "lfm2": CaseDef("Lfm2Config", "Lfm2ForCausalLM", dict(
         num_key_value_heads=2, layer_types=["conv", "full_attention"], block_auto_adjust_ff_dim=False,
         norm_eps=1e-6, conv_L_cache=3, tie_word_embeddings=True)),
+    # gpt-oss: 4 experts of ff 48 (fused, transposed, gate and up interleaved), top 2, attention sinks,
+    # sliding and full layers alternating; the default rope (the released models use yarn)
+    "gptoss": CaseDef("GptOssConfig", "GptOssForCausalLM", dict(
+        num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2, intermediate_size=48,
+        sliding_window=512, rope_parameters={"rope_type": "default", "rope_theta": 150000.0})),
+    # Qwen3.5: 3 linear-attention layers then a full-attention one; 4 value heads on 2 key heads, so
+    # llama.cpp reorders the V heads (dk = dv = 32: its gated-delta-net kernels' smallest tested width)
+    "qwen35": CaseDef("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", dict(
+        num_hidden_layers=4, num_key_value_heads=2, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        layer_types=["linear_attention"] * 3 + ["full_attention"]), llama_cpp_base=True),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",
@@ -179,6 +194,11 @@ def is_tied(case: str) -> bool:
     spec = _CASE_DEFS[case]
     config = getattr(transformers, spec.config_cls)(**{**_COMMON, **spec.overrides})
     return bool(config.tie_word_embeddings)
+
+
+def uses_llama_cpp_base(case: str) -> bool:
+    """Whether the case's base is written by llama.cpp's own converter (:attr:`CaseDef.llama_cpp_base`)."""
+    return _CASE_DEFS[case].llama_cpp_base
 
 
 def is_moe(case: str) -> bool:
@@ -363,13 +383,16 @@ def _base_tensors(model: transformers.PreTrainedModel, spec: Family) -> Iterator
                 found = spec.tensor_for(f"{module}.{part}", n_layers)
                 if found is None:
                     raise KeyError(f"{spec.name}: no GGUF tensor for {hf_name}'s {part}")
-                yield found[1], np.ascontiguousarray(data, dtype=np.float32)
+                name = found[1].removesuffix(".weight") + ".bias" if fused.bias else found[1]
+                yield name, np.ascontiguousarray(data, dtype=np.float32)
             continue
         expert = spec.expert_of(module)
         if expert is not None:  # stacked below, as the base converter does
             experts.setdefault(expert[0], {})[expert[1]] = param.detach().to(torch.float32).numpy()
             continue
         found = spec.tensor_for(module, n_layers)
+        if found is None and spec.tensor_for(hf_name, n_layers) is not None:  # a raw parameter (gpt-oss's sinks)
+            module, kind, found = hf_name, "weight", spec.tensor_for(hf_name, n_layers)
         if found is None:
             raise KeyError(f"{spec.name}: no GGUF tensor for {hf_name}")
         ttype, gguf_name = found

@@ -65,6 +65,8 @@ class FusedExperts:
     parts: tuple[str, ...]
     interleaved: bool = False
     transposed: bool = False
+    #: a bias (E, out) of the parts (``gate_up_proj_bias``): base-only, no LoRA adapts it
+    bias: bool = False
 
     def part_rows(self, n_rows: int) -> list[np.ndarray]:
         """The (out, in)-orientation row indices of each part, in :attr:`parts` order."""
@@ -77,9 +79,28 @@ class FusedExperts:
         return [np.arange(i * size, (i + 1) * size) for i in range(n)]
 
     def split_weight(self, data: np.ndarray) -> list[np.ndarray]:
-        """A base parameter (E, d1, d2) as each part's stacked weight (E, out, in)."""
+        """A base parameter (E, d1, d2) as each part's stacked weight (E, out, in); a bias (E, out)
+        as each part's (E, out_part)."""
+        if self.bias:
+            return [data[:, rows] for rows in self.part_rows(data.shape[1])]
         w = np.swapaxes(data, 1, 2) if self.transposed else data
         return [w[:, rows, :] for rows in self.part_rows(w.shape[1])]
+
+
+_EXPERT_TENSORS = (MODEL_TENSOR.FFN_GATE_EXP, MODEL_TENSOR.FFN_UP_EXP, MODEL_TENSOR.FFN_DOWN_EXP)
+
+@dataclass(frozen=True)
+class IndexTransform:
+    """A weight's rows and columns permuted by the base converter (:meth:`Family.base_transform`):
+    the converted weight is ``W[rows][:, cols]``; None leaves that axis alone."""
+
+    rows: np.ndarray | None = None
+    cols: np.ndarray | None = None
+
+    def inverse(self) -> IndexTransform:
+        """The permutation that undoes this one (for the way back to PEFT)."""
+        return IndexTransform(None if self.rows is None else np.argsort(self.rows),
+                              None if self.cols is None else np.argsort(self.cols))
 
 
 #: transformers 5's gated experts (Qwen-MoE, Mixtral, OLMoE...): ``gate_up_proj`` (E, 2 ff, hidden), gate
@@ -164,7 +185,16 @@ class Family:
             return hf_name.endswith(".gate_up_proj") == fused_up
         if ttype == MODEL_TENSOR.FFN_GATE_INP:
             return hf_name.endswith("." + self.router_module)
+        if ttype in _EXPERT_TENSORS and self.fused_experts:
+            return self.is_fused_part(hf_name)
         return True
+
+    def is_fused_part(self, module: str) -> bool:
+        """Whether ``module`` is a part of a fused expert parameter under the experts module
+        (``model.layers.1.mlp.experts.up_proj`` of ``gate_up_proj``): the stacked modules export names."""
+        parent, _, part = module.rpartition(".")
+        return any(part in f.parts and self.fused_expert(parent, f.param) is not None
+                   for f in self.fused_experts if not f.bias)
 
     def expert_of(self, module: str) -> tuple[str, int] | None:
         """``(stacked module, expert index)`` of a per-expert module path
@@ -226,6 +256,18 @@ class Family:
         forward = self.row_transform(ttype, n_head, n_head_kv)
         return None if forward is None else np.argsort(forward(np.arange(n_rows)))
 
+    def base_transform(self, ttype: MODEL_TENSOR, value: Callable[[str], Any],
+                       weight_shape: tuple[int, ...]) -> IndexTransform | None:
+        """The permutation llama.cpp's base converter applied to this (out, in) weight that depends on
+        the base's hyperparameters (``value(Keys.SSM.GROUP_COUNT)`` reads ``{arch}.ssm.group_count``
+        of the base), as index arrays: the converted weight is ``W[rows][:, cols]``, so its LoRA is
+        ``B[rows]``, ``A[:, cols]``. None when there is none."""
+        return None
+
+    def needs_base_values(self, ttype: MODEL_TENSOR) -> bool:
+        """Whether :meth:`base_transform` of this tensor may permute it (a base is then required)."""
+        return False
+
     # -- the base converter ---------------------------------------------------------------
     def hparam_overrides(self, config: Any) -> dict[str, Any]:
         """Common hyperparameters this family's converter writes otherwise (GGUFWriter method ->
@@ -266,7 +308,8 @@ def _name_map(arch: MODEL_ARCH, n_layers: int) -> TensorNameMap:
 def _hf_module_names(family: Family, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
     found: dict[str, list[tuple[MODEL_TENSOR, str]]] = {}
     for hf_name in _name_map(family.arch, n_layers).mapping:
-        if not family.lora_modules.match(hf_name) and family.expert_module(hf_name, 0) is None:
+        if (not family.lora_modules.match(hf_name) and family.expert_module(hf_name, 0) is None
+                and not family.is_fused_part(hf_name)):
             continue
         forward = family.tensor_for(hf_name, n_layers)
         if forward is None:

@@ -43,7 +43,7 @@ class LlamaFamily(Family):
 #: transformers 5's ``mlp.experts.gate_up_proj``/``down_proj`` and router ``mlp.gate`` (written back)
 LLAMA = LlamaFamily(
     MODEL_ARCH.LLAMA, ("llama", "mistral", "mixtral"), name_words=("llama", "mistral", "mixtral"),
-    expert_modules=re.compile(r"^(model\.layers\.\d+\.block_sparse_moe\.experts)\.(\d+)\.(w1|w2|w3)$"),
+    expert_modules=re.compile(r"^(model\.layers\.\d+\.(?:block_sparse_moe|mlp)\.experts)\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)$"),
     extra_hparams=(("add_expert_count", "num_local_experts"), ("add_expert_used_count", "num_experts_per_tok")),
     router_module="mlp.gate", fused_experts=GATED_EXPERTS,
 )

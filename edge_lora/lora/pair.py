@@ -123,6 +123,13 @@ class LoraPair:
         """The same pair with its scale multiplied by ``k``."""
         return replace(self, scale=self.scale * k)
 
+    def with_input_columns(self, cols: np.ndarray) -> LoraPair:
+        """The LoRA of the weight with its input columns reordered, ``W[:, cols]``: A's columns
+        (``delta = B @ A``); the row norms DoRA's magnitude divides by do not change."""
+        if self.layout != LINEAR:
+            raise ValueError(f"an input-column permutation applies to linear LoRA, not {self.layout}")
+        return replace(self, a=np.ascontiguousarray(self.a[:, cols]))
+
     def with_output_rows(self, transform: Callable[[np.ndarray], np.ndarray]) -> LoraPair:
         """Output rows transformed (a row permutation the base converter applied to the weight,
         e.g. llama's Q/K): B's rows and the magnitude's, since ``delta = B @ A``'s rows are B's."""

@@ -1,0 +1,55 @@
+"""Write a tiny Hugging Face model's GGUF base with llama.cpp's own converter (``convert_hf_to_gguf.py``
+and its ``conversion/`` classes, from the pinned sdist the engine was built from), replacing only the
+vocabulary by the engine's synthetic one: the base is then independent of edge-lora's family table.
+
+Run as a script (the vendored converter imports its own gguf-py, which must not meet the installed
+one in the test process): ``python llama_cpp_base.py VENDOR_DIR HF_DIR OUT.gguf``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def vendored_llama_cpp() -> Path | None:
+    """The llama.cpp source tree of the engine build (``build/engine-*/_src/.../vendor/llama.cpp``)."""
+    found = sorted(ROOT.glob("build/engine-*/_src/llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    return found[0].parent if found else None
+
+
+def write_llama_cpp_base(hf_dir: Path, out: Path, vendor: Path) -> None:
+    """Convert ``hf_dir`` (a ``save_pretrained`` folder) to an f32 GGUF base at ``out``."""
+    proc = subprocess.run([sys.executable, __file__, str(vendor), str(hf_dir), str(out)],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llama.cpp's converter failed for {hf_dir}:\n{proc.stderr[-3000:]}")
+
+
+def _main(vendor: Path, hf_dir: Path, out: Path) -> None:
+    sys.path[:0] = [str(vendor), str(vendor / "gguf-py")]
+    import convert_hf_to_gguf as conv  # noqa: E402  (the vendored one)
+
+    from edge_lora.engine.tiny import write_vocab
+
+    config = json.loads((hf_dir / "config.json").read_text())
+    n_vocab = config.get("vocab_size") or config["text_config"]["vocab_size"]
+    original = conv.get_model_class
+
+    def get_model_class(*args, **kwargs):
+        cls = original(*args, **kwargs)
+        cls.set_vocab = lambda self: write_vocab(self.gguf_writer, n_vocab)  # this process converts one model
+        return cls
+
+    conv.get_model_class = get_model_class
+    # --no-mtp: the tiny models have no multi-token-prediction layers
+    sys.argv = ["convert_hf_to_gguf.py", str(hf_dir), "--outfile", str(out), "--outtype", "f32", "--no-mtp"]
+    conv.main()
+
+
+if __name__ == "__main__":
+    _main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
