@@ -25,7 +25,7 @@ from . import __version__
 from .checkpoint import Checkpoint, LoraModule, read_checkpoint
 from .expert_params import param_pairs
 from .experts import expert_pairs
-from .packing import pack_parts
+from .packing import fused_expert_part_shapes, pack_parts
 
 
 #: every Hugging Face name gguf-py knows for an output (lm_head) layer
@@ -172,10 +172,16 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
     packs: dict[str, tuple[tuple[str, ...], dict[int, tuple[str, LoraPair]]]] = {}
     experts = [m for m in ckpt.modules if spec.expert_of(m.module) is not None]
     params = [m for m in ckpt.modules if m.parameters]
-    stacked = {**expert_pairs(experts, spec, max(shape.n_layers, 1), ckpt.alpha, shape.tensors, problems, notes),
-               **param_pairs(params, spec, max(shape.n_layers, 1), ckpt.alpha, shape.tensors, problems)}
+    parts = fused_expert_part_shapes(shape.tensors) if shape.tensors is not None else None
+    stacked = {**expert_pairs(experts, spec, max(shape.n_layers, 1), ckpt.alpha, parts, problems, notes),
+               **param_pairs(params, spec, max(shape.n_layers, 1), ckpt.alpha, parts, problems)}
     for gname, (pair, modules) in stacked.items():
-        seen[gname], out[gname] = modules[0], pair
+        seen[gname] = modules[0]
+        fused = spec.packed_into(gname, shape.tensors) if shape.tensors is not None else None
+        if fused is not None:  # a fused base (--fuse-gate-up-exps): packed below, at llama.cpp's scale
+            packs.setdefault(fused[0], (fused[1], {}))[1][fused[2]] = (modules[0], pair)
+            continue
+        out[gname] = pair
     for mod in ckpt.modules:
         if mod.parameters or spec.expert_of(mod.module) is not None:
             continue  # stacked above
@@ -187,7 +193,7 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
             problems.append(f"{mod.module}: maps to {gname}, already used by {seen[gname]}")
             continue
         seen[gname] = mod.module
-        fused = spec.packed_into(ttype, gname, shape.tensors) if shape.tensors is not None else None
+        fused = spec.packed_into(gname, shape.tensors) if shape.tensors is not None else None
         pair = _pair(ckpt, mod, ttype, gname, shape, problems, check_shape=fused is None)
         if pair is None:
             continue
@@ -203,7 +209,8 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
         if pair is not None:
             out[fused_name] = pair
     if packs:
-        notes.append(f"the base fuses q, k and v (attn_qkv): {len(packs)} LoRAs packed onto it, exactly "
+        fused_kinds = sorted({name.split(".")[2] for name in packs})
+        notes.append(f"the base fuses {' and '.join(fused_kinds)}: {len(packs)} LoRAs packed onto them, exactly "
                      "(A stacked, B block-diagonal)")
     if unmapped:
         shown = ", ".join(unmapped[:12]) + (f", ... ({len(unmapped) - 12} more)" if len(unmapped) > 12 else "")

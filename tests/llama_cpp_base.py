@@ -3,7 +3,7 @@ and its ``conversion/`` classes, from the pinned sdist the engine was built from
 vocabulary by the engine's synthetic one: the base is then independent of edge-lora's family table.
 
 Run as a script (the vendored converter imports its own gguf-py, which must not meet the installed
-one in the test process): ``python llama_cpp_base.py VENDOR_DIR HF_DIR OUT.gguf``.
+one in the test process): ``python llama_cpp_base.py VENDOR_DIR HF_DIR OUT.gguf [CONVERTER OPTIONS]``.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ def vendored_llama_cpp() -> Path | None:
     return found[0].parent if found else None
 
 
-def write_llama_cpp_base(hf_dir: Path, out: Path, vendor: Path) -> None:
-    """Convert ``hf_dir`` (a ``save_pretrained`` folder) to an f32 GGUF base at ``out``."""
-    proc = subprocess.run([sys.executable, __file__, str(vendor), str(hf_dir), str(out)],
+def write_llama_cpp_base(hf_dir: Path, out: Path, vendor: Path, *extra: str) -> None:
+    """Convert ``hf_dir`` (a ``save_pretrained`` folder) to an f32 GGUF base at ``out``; ``extra``:
+    more converter options (``--fuse-gate-up-exps``)."""
+    proc = subprocess.run([sys.executable, __file__, str(vendor), str(hf_dir), str(out), *extra],
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"llama.cpp's converter failed for {hf_dir}:\n{proc.stderr[-3000:]}")
 
 
-def _main(vendor: Path, hf_dir: Path, out: Path) -> None:
+def _main(vendor: Path, hf_dir: Path, out: Path, extra: list[str]) -> None:
     sys.path[:0] = [str(vendor), str(vendor / "gguf-py")]
     import convert_hf_to_gguf as conv  # noqa: E402  (the vendored one)
 
@@ -47,9 +48,9 @@ def _main(vendor: Path, hf_dir: Path, out: Path) -> None:
 
     conv.get_model_class = get_model_class
     # --no-mtp: the tiny models have no multi-token-prediction layers
-    sys.argv = ["convert_hf_to_gguf.py", str(hf_dir), "--outfile", str(out), "--outtype", "f32", "--no-mtp"]
+    sys.argv = ["convert_hf_to_gguf.py", str(hf_dir), "--outfile", str(out), "--outtype", "f32", "--no-mtp", *extra]
     conv.main()
 
 
 if __name__ == "__main__":
-    _main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    _main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])

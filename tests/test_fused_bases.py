@@ -1,12 +1,16 @@
-"""Bases converted with llama.cpp's ``--fuse-qkv`` (q, k and v concatenated into ``attn_qkv``):
-separate q/k/v LoRA converts exactly onto the fused tensor (A stacked, B block-diagonal), decided
-from the base's tensor list. Against transformers + PEFT (relative error <= 1e-3, the adapter
-moving the logits by > 0.05)."""
+"""Bases converted with llama.cpp's ``--fuse-qkv`` (q, k and v concatenated into ``attn_qkv``) and
+``--fuse-gate-up-exps`` (each expert's gate and up rows in ``ffn_gate_up_exps``; written by llama.cpp's
+own converter): separate LoRA converts exactly onto the fused tensor (A stacked, B block-diagonal,
+or one shared A), decided from the base's tensor list. Against transformers + PEFT (relative error
+<= 1e-3, the adapter moving the logits by > 0.05)."""
 
 from __future__ import annotations
 
 import pytest
-from adapters import make_peft_adapter, peft_logits
+import os
+
+from adapters import make_peft_adapter, peft_logits, per_expert_save
+from llama_cpp_base import vendored_llama_cpp, write_llama_cpp_base
 from tiny_models import TOKENS, hf_logits, llama_logits, rel_err, write_gguf_base
 
 from edge_lora.errors import ConversionError
@@ -53,7 +57,7 @@ def test_separate_qkv_lora_packs_onto_the_fused_tensor(fused, case, targets, tmp
     res = convert(tmp_path / "a", base=base, out=tmp_path / "a.gguf", outtype="f32")
     shapes = dict(res.tensors)
     assert "blk.0.attn_qkv.weight.lora_a" in shapes and "blk.0.attn_q.weight.lora_a" not in shapes
-    assert any("packed onto it" in n for n in res.notes)
+    assert any("packed onto them" in n for n in res.notes)
     want = peft_logits(ref, TOKENS)
     assert rel_err(want, hf_logits(t.model, TOKENS)) > 0.05
     err = rel_err(llama_logits(base, TOKENS, lora_path=tmp_path / "a.gguf"), want)
@@ -66,3 +70,36 @@ def test_dora_on_a_fused_base_is_refused(fused, tmp_path):
     make_peft_adapter(t.model, tmp_path / "d", dict(r=4, lora_alpha=8, target_modules=["q_proj"], use_dora=True))
     with pytest.raises(ConversionError, match="DoRA .* of a fused base"):
         lora_source(tmp_path / "d", base)
+
+
+@pytest.mark.parametrize("layout", ["target_parameters", "per-expert"])
+def test_expert_lora_packs_onto_fused_gate_up_experts(tiny, layout, tmp_path):
+    """Qwen3.5-MoE converted with --fuse-gate-up-exps: gate and up expert LoRA (one fused
+    target_parameters LoRA, or transformers 4's per-expert gate_proj and up_proj) onto ffn_gate_up_exps."""
+    vendor = vendored_llama_cpp()
+    if vendor is None:
+        if os.environ.get("CI"):
+            pytest.fail("the engine build tree (build/engine-*/_src) is missing: make builds it")
+        pytest.skip("no engine build tree with llama.cpp's converter")
+    t = tiny("qwen35moe")
+    t.model.save_pretrained(tmp_path / "hf")
+    base = tmp_path / "fused.gguf"
+    write_llama_cpp_base(tmp_path / "hf", base, vendor, "--fuse-gate-up-exps")
+    names = read_gguf(base).tensors
+    assert "blk.0.ffn_gate_up_exps.weight" in names and "blk.0.ffn_gate_exps.weight" not in names
+    cfg = dict(r=4, lora_alpha=8, target_modules=["q_proj", "in_proj_qkv"],
+               target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+    ref = make_peft_adapter(t.model, tmp_path / "a", cfg, seed=8)
+    adapter = tmp_path / "a"
+    if layout == "per-expert":
+        per_expert_save(tmp_path / "a", tmp_path / "e", "qwen35moe", 4, t.model.config.hidden_size)
+        adapter = tmp_path / "e"
+    res = convert(adapter, base=base, out=tmp_path / "a.gguf", outtype="f32")
+    shapes = dict(res.tensors)
+    # the parts share PEFT's A (the per-expert rewrite copies it to gate and up): rank 4 kept
+    assert shapes["blk.0.ffn_gate_up_exps.weight.lora_a"] == (4, 4, 64)
+    want = peft_logits(ref, TOKENS)
+    assert rel_err(want, hf_logits(t.model, TOKENS)) > 0.05
+    err = rel_err(llama_logits(base, TOKENS, lora_path=tmp_path / "a.gguf"), want)
+    print(f"parity fused gate_up_exps qwen35moe/{layout}: {err:.2e}")
+    assert err <= RTOL

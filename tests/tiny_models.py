@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe"]
 
 #: cases whose GGUF base is written under another arch than the model type's family (llama.cpp
 #: writes Mistral Small 3.x, text model_type mistral, as mistral3)
@@ -180,6 +180,12 @@ _CASE_DEFS: dict[str, CaseDef] = {
     "qwen35": CaseDef("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", dict(
         num_hidden_layers=4, num_key_value_heads=2, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
         linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        layer_types=["linear_attention"] * 3 + ["full_attention"]), llama_cpp_base=True),
+    # Qwen3.5-MoE: Qwen3.5's layers with 4 experts of ff 48 (top 2) and a shared expert of ff 80
+    "qwen35moe": CaseDef("Qwen3_5MoeTextConfig", "Qwen3_5MoeForCausalLM", dict(
+        num_hidden_layers=4, num_key_value_heads=2, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=48, shared_expert_intermediate_size=80,
         layer_types=["linear_attention"] * 3 + ["full_attention"]), llama_cpp_base=True),
     "phi3": CaseDef(
         "Phi3Config",

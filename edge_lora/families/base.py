@@ -141,9 +141,11 @@ class Family:
     #: the experts module of transformers 5's MoE layers, by block index ``bid``
     experts_path: str = "model.layers.{bid}.mlp.experts"
     #: fused tensors a base may hold in place of their parts (llama.cpp's ``--fuse-qkv``: q, k and v
-    #: concatenated by rows, after the parts' own transforms), as (fused, parts in row order)
+    #: concatenated by rows, after the parts' own transforms; ``--fuse-gate-up-exps``: each expert's
+    #: gate and up rows), as (fused, parts in row order)
     packed: tuple[tuple[MODEL_TENSOR, tuple[MODEL_TENSOR, ...]], ...] = (
-        (MODEL_TENSOR.ATTN_QKV, (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K, MODEL_TENSOR.ATTN_V)),)
+        (MODEL_TENSOR.ATTN_QKV, (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K, MODEL_TENSOR.ATTN_V)),
+        (MODEL_TENSOR.FFN_GATE_UP_EXP, (MODEL_TENSOR.FFN_GATE_EXP, MODEL_TENSOR.FFN_UP_EXP)))
     #: GGUF archs of adapters that run unchanged on this family's bases (same tensors, same
     #: transforms): a ``llama`` adapter on a ``mistral3`` base of the same model
     adapter_archs: tuple[str, ...] = ()
@@ -223,20 +225,21 @@ class Family:
         m = re.search(r"\.(?:layers|h|blocks)\.(\d+)\.", module)
         return int(m.group(1)) if m else None
 
-    def packed_into(self, ttype: MODEL_TENSOR, gguf_name: str,
-                    base_tensors: Mapping[str, Any]) -> tuple[str, tuple[str, ...], int] | None:
+    def packed_into(self, gguf_name: str, base_tensors: Mapping[str, Any]) -> tuple[str, tuple[str, ...], int] | None:
         """Where a part's tensor lives in a fused base: ``(fused name, the parts' names in row order,
         this part's index)`` when ``base_tensors`` has no ``gguf_name`` but holds the fused tensor of
-        its block (``blk.3.attn_q.weight`` -> ``blk.3.attn_qkv.weight``); else None."""
+        its block (``blk.3.attn_q.weight`` -> ``blk.3.attn_qkv.weight``; ``blk.3.ffn_gate_exps.weight``
+        -> ``blk.3.ffn_gate_up_exps.weight``); else None."""
         if gguf_name in base_tensors:
             return None
         block = next((int(p) for p in gguf_name.split(".") if p.isdecimal()), None)
+        if block is None:
+            return None
         for fused, parts in self.packed:
-            if ttype in parts and block is not None:
-                fused_name = TENSOR_NAMES[fused].format(bid=block) + WEIGHT_SUFFIX
-                if fused_name in base_tensors:
-                    names = tuple(TENSOR_NAMES[t].format(bid=block) + WEIGHT_SUFFIX for t in parts)
-                    return fused_name, names, parts.index(ttype)
+            names = tuple(TENSOR_NAMES[t].format(bid=block) + WEIGHT_SUFFIX for t in parts)
+            fused_name = TENSOR_NAMES[fused].format(bid=block) + WEIGHT_SUFFIX
+            if gguf_name in names and fused_name in base_tensors:
+                return fused_name, names, names.index(gguf_name)
         return None
 
     # -- weight transforms ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Qwen3.5 / Qwen3.6 dense (GGUF ``qwen35``; Qwen/Qwen3.5-0.8B ... 27B): three gated-delta-net
+"""Qwen3.5 / Qwen3.6 dense (GGUF ``qwen35``; Qwen/Qwen3.5-0.8B ... 27B) and MoE (``qwen35moe``;
+Qwen3.5-35B-A3B, -122B-A10B): three gated-delta-net
 (linear attention) layers, then one full-attention layer, repeated.
 
 The linear-attention projections map to ``attn_qkv`` (``in_proj_qkv``, rows ``[q | k | v]``),
@@ -10,7 +11,9 @@ in the V rows of ``in_proj_qkv`` (d = dv), all rows of ``in_proj_z`` (dv), of ``
 ``in_proj_a`` (1), and the input columns of ``out_proj`` (dv): the LoRA follows (B's rows, A's
 columns), from K, V, dk and V dv in the base (``{arch}.ssm.group_count``, ``time_step_rank``,
 ``state_size``, ``inner_size``). Full attention (its ``q_proj`` is twice as wide: query and gate
-per head, split by llama.cpp) and the MLP are as named. ``conv1d`` is a convolution: no LoRA."""
+per head, split by llama.cpp) and the MLP are as named. ``conv1d`` is a convolution: no LoRA.
+The MoE layers are Qwen2-MoE's: experts (transformers 5's fused ``gate_up_proj``/``down_proj``, or
+per-expert modules), the router ``mlp.gate``, a shared expert and its sigmoid gate."""
 
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from typing import Any
 import numpy as np
 from gguf import MODEL_ARCH, MODEL_TENSOR, Keys
 
-from .base import Family, IndexTransform
+from .base import GATED_EXPERTS, Family, IndexTransform
+from .qwen import QWEN2MOE
 
 #: rows (or columns) llama.cpp reorders per tensor, and the head width d of each V head there
 _V_HEADS = {MODEL_TENSOR.ATTN_QKV: "dv", MODEL_TENSOR.ATTN_GATE: "dv", MODEL_TENSOR.SSM_BETA: 1,
@@ -65,4 +69,15 @@ QWEN35 = Qwen35Family(
     MODEL_ARCH.QWEN35, ("qwen3_5", "qwen3_5_text"), name_words=("qwen3.5", "qwen3_5", "qwen3.6", "qwen3_6"),
     lora_modules=_LORA_MODULES,
     tree_example="model.layers.N.linear_attn.in_proj_qkv, model.layers.N.self_attn.q_proj, model.layers.N.mlp.up_proj",
+)
+
+QWEN35MOE = Qwen35Family(
+    MODEL_ARCH.QWEN35MOE, ("qwen3_5_moe", "qwen3_5_moe_text"),
+    name_words=("qwen3.5-moe", "qwen3_5_moe", "qwen3.5-35b-a3b", "qwen3.5-122b", "qwen3.6-35b-a3b"),
+    lora_modules=re.compile(
+        r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|linear_attn\.(?:in_proj_qkv|in_proj_z|in_proj_a"
+        r"|in_proj_b|out_proj)|mlp\.gate|mlp\.shared_expert\.(?:gate|up|down)_proj|mlp\.shared_expert_gate)"
+        r"|model\.embed_tokens|lm_head)$"),
+    expert_modules=QWEN2MOE.expert_modules, fused_experts=GATED_EXPERTS, extra_hparams=QWEN2MOE.extra_hparams,
+    tree_example="model.layers.N.linear_attn.in_proj_qkv, model.layers.N.mlp.experts (gate_up_proj), model.layers.N.mlp.gate",
 )

@@ -203,20 +203,27 @@ def concat(pairs: Sequence[LoraPair]) -> LoraPair:
 
 def pack(pairs: Sequence[LoraPair]) -> LoraPair:
     """LoRAs of the parts of a fused weight (q, k, v into ``attn_qkv``; gate, up into a fused
-    ``ffn_up``), in the order of its rows, as one LoRA of the fused weight, exactly: the parts'
-    deltas stacked by rows are ``blockdiag(B_i) @ vstack(A_i)`` (each scale folded into its B;
-    the rank is the sum). Linear layout; every part has the same input width."""
-    if not pairs or any(p.layout != LINEAR for p in pairs):
-        raise ValueError("pack takes linear pairs")
-    if len({p.a.shape[1] for p in pairs}) != 1:
+    ``ffn_up`` or, per expert, ``ffn_gate_up_exps``), in the order of its rows, as one LoRA of the
+    fused weight, exactly: the parts' deltas stacked by rows are ``blockdiag(B_i) @ vstack(A_i)``
+    (each scale folded into its B; the rank is the sum), or, when the parts share one A, that A
+    and their B stacked (the rank kept). Linear or expert layout, one for all;
+    every part has the same input width (and expert count)."""
+    if not pairs or pairs[0].layout not in (LINEAR, EXPERTS) or any(p.layout != pairs[0].layout for p in pairs):
+        raise ValueError("pack takes linear pairs or expert pairs")
+    if len({p.a.shape[:-2] + p.a.shape[-1:] for p in pairs}) != 1:
         raise ValueError("the parts of a fused weight share its input width")
-    a = np.concatenate([p.a for p in pairs], axis=0)
-    b = np.zeros((sum(p.b.shape[0] for p in pairs), a.shape[0]), dtype=np.float64)
+    if all(p.a.shape == pairs[0].a.shape and np.array_equal(p.a, pairs[0].a) for p in pairs):
+        # one A for all parts (PEFT's fused gate_up_proj LoRA, split by convert): B stacked by rows
+        b = np.concatenate([p.b.astype(np.float64) * p.scale for p in pairs], axis=-2)
+        return LoraPair(pairs[0].a, b.astype(np.float32), 1.0, pairs[0].layout)
+    a = np.concatenate([p.a for p in pairs], axis=-2)
+    lead = pairs[0].b.shape[:-2]  # () or (E,)
+    b = np.zeros((*lead, sum(p.b.shape[-2] for p in pairs), a.shape[-2]), dtype=np.float64)
     row = col = 0
     for p in pairs:
-        b[row : row + p.b.shape[0], col : col + p.rank] = p.b.astype(np.float64) * p.scale
-        row, col = row + p.b.shape[0], col + p.rank
-    return LoraPair(np.ascontiguousarray(a, dtype=np.float32), b.astype(np.float32), 1.0, LINEAR)
+        b[..., row : row + p.b.shape[-2], col : col + p.rank] = p.b.astype(np.float64) * p.scale
+        row, col = row + p.b.shape[-2], col + p.rank
+    return LoraPair(np.ascontiguousarray(a, dtype=np.float32), b.astype(np.float32), 1.0, pairs[0].layout)
 
 
 def split(pair: LoraPair, rows: Sequence[int]) -> list[LoraPair]:

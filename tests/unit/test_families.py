@@ -31,7 +31,7 @@ def test_names_map_both_ways(name):
     assert back[f"blk.{N_LAYERS - 1}.attn_output.weight"][1].startswith(f"model.layers.{N_LAYERS - 1}.self_attn.")
     assert "model.embed_tokens" in modules
     assert ("lm_head" in modules) == (MODEL_TENSOR.OUTPUT in MODEL_TENSORS[fam.arch])  # gemma2: always tied
-    qkv = "model.layers.0.linear_attn.in_proj_qkv" if name == "qwen35" else "model.layers.0.self_attn.qkv_proj"
+    qkv = "model.layers.0.linear_attn.in_proj_qkv" if name.startswith("qwen35") else "model.layers.0.self_attn.qkv_proj"
     assert (qkv in modules) == (MODEL_TENSOR.ATTN_QKV in MODEL_TENSORS[fam.arch])
     assert ("model.layers.0.mlp.gate_up_proj" in modules) == (name in ("phi3", "glm4"))  # fused ffn_up
     # a path of another family's tree is not this family's, whatever gguf's union table says
