@@ -20,8 +20,8 @@ from .qwen import QWEN2, QWEN2MOE, QWEN3, QWEN3MOE
 from .qwen35 import QWEN35, QWEN35MOE
 
 FAMILIES: dict[str, Family] = {
-    # Qwen3-MoE before Qwen3: the first family whose name words a model name holds wins
-    f.name: f for f in (MISTRAL3, LLAMA, QWEN2MOE, QWEN2, QWEN3MOE, QWEN35MOE, QWEN35, QWEN3, GEMMA2, GEMMA3, PHI3, SMOLLM3, GRANITE, OLMOE, OLMO2,
+    # MoE before dense, Qwen3.5 before Qwen3: the first family whose name words a model name holds wins
+    f.name: f for f in (MISTRAL3, LLAMA, QWEN2MOE, QWEN2, QWEN35MOE, QWEN3MOE, QWEN35, QWEN3, GEMMA2, GEMMA3, PHI3, SMOLLM3, GRANITE, OLMOE, OLMO2,
                         GLM4, EXAONE4, LFM2, GPT_OSS)
 }
 

@@ -13,8 +13,11 @@ N_LAYERS = 3
 
 
 def test_registry_by_arch_and_hf_model_type():
-    assert supported_names() == ["exaone4", "gemma2", "gemma3", "glm4", "granite", "lfm2", "llama", "mistral3", "olmo2",
-                                 "olmoe", "phi3", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "smollm3"]
+    assert supported_names() == ["exaone4", "gemma2", "gemma3", "glm4", "gpt-oss", "granite", "lfm2", "llama", "mistral3",
+                                 "olmo2", "olmoe", "phi3", "qwen2", "qwen2moe", "qwen3", "qwen35", "qwen35moe", "qwen3moe",
+                                 "smollm3"]
+    assert family_for("qwen3_5_moe_text") is FAMILIES["qwen35moe"] and family_for("gpt_oss") is FAMILIES["gpt-oss"]
+    assert family_named_in("qwen/qwen3.5-35b-a3b") == "qwen35moe" and family_named_in("qwen/qwen3.5-9b") == "qwen35"
     assert family_for("mistral") is FAMILIES["llama"] and family_for("gemma3_text") is FAMILIES["gemma3"]
     assert family_for("gpt2") is None
 
