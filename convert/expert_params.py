@@ -7,8 +7,9 @@ gpt-oss stores them (E, in, out)), which PEFT adapts with ``lora.ParamWrapper``:
 lora_B (y, E r), expert e's change ``B_e @ A_e`` (:meth:`LoraPair.from_peft_experts`). Two
 parameters of one module are nested wrappers (``experts.base_layer.lora_A``), and which factor
 faces the input changed between PEFT versions (0.21 swaps in and out for (E, out, in)
-parameters so that A faces the input): both are decided here from the shapes against the base,
-and a square weight whose orientation cannot be told apart is refused.
+parameters so that A faces the input): both are decided here from the shapes against the base.
+A square weight takes the orientation the adapter's other expert parameters show (one PEFT
+version wrote them all); with none to show it, it is refused.
 
 The base converter splits a fused parameter into its parts (``ffn_gate_exps``, ``ffn_up_exps``:
 :class:`~edge_lora.families.base.FusedExperts`); the LoRA follows by B's rows, A shared: exact,
@@ -55,6 +56,7 @@ def param_pairs(modules: Sequence[LoraModule], spec: Family, n_layers: int, alph
         return {}
     out: dict[str, tuple[LoraPair, list[str]]] = {}
     taken: set[tuple[str, str]] = set()
+    chosen: list[tuple[LoraModule, _Fit, str]] = []
     for mod in modules:
         fits = [f for t in mod.parameters if (f := _fit(mod, t, spec, n_layers, base_tensors)) is not None]
         named = ", ".join(t.name for t in mod.parameters)
@@ -64,23 +66,28 @@ def param_pairs(modules: Sequence[LoraModule], spec: Family, n_layers: int, alph
             problems.append(f"{where}: its LoRA ({tuple(mod.a.shape)}, {tuple(mod.b.shape)}) fits none of the base's "
                             f"expert tensors for {named}" + ("" if known else f" ({spec.name} has no fused expert "
                                                                                 "parameters)"))
-            continue
-        if len(fits) > 1:
+        elif len(fits) > 1:
             problems.append(f"{where}: its LoRA fits several of {named} (same shapes): cannot tell which it adapts")
-            continue
-        fit = fits[0]
-        if fit.faces_input is None:
+        elif (mod.module, fits[0].target.name) in taken:
+            problems.append(f"{where}: a second LoRA on {fits[0].target.name}")
+        else:
+            taken.add((mod.module, fits[0].target.name))
+            chosen.append((mod, fits[0], where))
+    # one PEFT version wrote the file: a square weight takes the orientation its other parameters show
+    # (gpt-oss-20b's down_proj is 2880 x 2880, its gate_up_proj is not)
+    shown = {f.faces_input for _, f, _ in chosen if f.faces_input is not None}
+    for mod, fit, where in chosen:
+        faces = fit.faces_input if fit.faces_input is not None else (next(iter(shown)) if len(shown) == 1 else None)
+        if faces is None:
             problems.append(f"{where}: {fit.target.name}'s experts are square, so whether lora_A faces their input "
-                            "or output (PEFT changed this between versions) cannot be told from the shapes")
+                            "or output (PEFT changed this between versions) cannot be told from the shapes"
+                            + (", and the adapter's other parameters disagree" if shown else
+                               " (no other expert parameter of the adapter shows it)"))
             continue
-        if (mod.module, fit.target.name) in taken:
-            problems.append(f"{where}: a second LoRA on {fit.target.name}")
-            continue
-        taken.add((mod.module, fit.target.name))
         r = mod.rank // fit.n_experts
         pair = LoraPair.from_peft_experts(mod.a, mod.b, fit.n_experts,
                                           scale=b_fold_factor(fit.target.scale, alpha, r)).folded()
-        if not fit.faces_input:
+        if not faces:
             pair = pair.transposed()
         n_rows = pair.b.shape[1]
         for gname, rows in zip(fit.parts, fit.fused.part_rows(n_rows)):

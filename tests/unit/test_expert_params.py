@@ -63,3 +63,21 @@ def test_without_expert_tensors_it_is_refused(base):
     assert param_pairs(mods, QWEN3MOE, 1, alpha=R, base_tensors=tensors, problems=problems) == {}
     assert len(problems) == 1
     assert ("pass --base" if base is None else "fits none of the base's expert tensors") in problems[0]
+
+
+@pytest.mark.parametrize("faces_input", [True, False])
+def test_a_square_weight_takes_the_orientation_the_other_parameter_shows(faces_input):
+    """gpt-oss-20b: down_proj is square (hidden = ff = 2880), gate_up_proj is not."""
+    rng = np.random.default_rng(3)
+    ff = HIDDEN
+    a_gu, b_gu = rng.normal(size=(E * R, HIDDEN)), rng.normal(size=(2 * ff, E * R))
+    a_d, b_d = rng.normal(size=(E * R, ff)), rng.normal(size=(HIDDEN, E * R))
+    if not faces_input:  # older PEFT: lora_A faces the parameter's first axis (the output of (E, out, in))
+        a_gu, b_gu = rng.normal(size=(E * R, 2 * ff)), rng.normal(size=(HIDDEN, E * R))
+    problems: list[str] = []
+    mods = [_module(a_gu, b_gu, "gate_up_proj"), _module(a_d, b_d, "down_proj")]
+    out = param_pairs(mods, QWEN3MOE, 1, alpha=R, base_tensors=_base(ff), problems=problems)
+    assert problems == []
+    down = _peft_delta(a_d, b_d)  # (E, y, x) as B_e A_e
+    want = down if faces_input else np.swapaxes(down, 1, 2)
+    np.testing.assert_allclose(out["blk.0.ffn_down_exps.weight"][0].delta(), want, rtol=1e-5)
