@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.lora.pair import EMBEDDING, LoraPair
 from edge_lora.families import Family, family_for
 from edge_lora.families.registry import family_named_in, unsupported_reason
+from edge_lora.lora.adapter import read_tensor_f32
 from edge_lora.lora.scales import b_fold_factor
 from edge_lora.outputs import check_output
 
@@ -44,6 +45,8 @@ class BaseShape:
     tensors: dict[str, tuple[int, ...]] | None  # None: unchecked (--arch without --base)
     #: the base's arch hyperparameter by key template (``Keys.SSM.GROUP_COUNT``); None without a base
     value: Callable[[str], Any] | None = None
+    #: a base tensor's values, float32 (for the few transforms that need them); None without a base
+    read: Callable[[str], np.ndarray] | None = None
 
 
 @dataclass
@@ -145,6 +148,7 @@ def _base_shape(ckpt: Checkpoint, info: GGUFInfo | None, arch: str | None) -> Ba
         _first_int(info.arch_value(Keys.LLM.EMBEDDING_LENGTH)),
         {name: t.shape for name, t in info.tensors.items()},
         info.arch_value,
+        lambda name: read_tensor_f32(np.memmap(info.path, dtype=np.uint8, mode="r"), info.tensors[name]),
     )
 
 
@@ -177,6 +181,7 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
                **param_pairs(params, spec, max(shape.n_layers, 1), ckpt.alpha, parts, problems)}
     for gname, (pair, modules) in stacked.items():
         seen[gname] = modules[0]
+        pair = _after_output_scale(spec, gname, pair, shape, problems)
         fused = spec.packed_into(gname, shape.tensors) if shape.tensors is not None else None
         if fused is not None:  # a fused base (--fuse-gate-up-exps): packed below, at llama.cpp's scale
             packs.setdefault(fused[0], (fused[1], {}))[1][fused[2]] = (modules[0], pair)
@@ -225,6 +230,19 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
     return out
 
 
+def _after_output_scale(spec: Family, gname: str, pair: LoraPair, shape: BaseShape, problems: list[str]) -> LoraPair:
+    """An expert pair whose LoRA llama.cpp adds after a per-expert scale of the base product
+    (:meth:`Family.lora_output_scale`) that transformers applies to the sum: B multiplied by it."""
+    scale_name = spec.lora_output_scale(gname)
+    if scale_name is None or shape.tensors is None or scale_name not in shape.tensors or shape.read is None:
+        return pair
+    scale = shape.read(scale_name).reshape(-1)
+    if scale.shape[0] != pair.b.shape[0] or not np.isfinite(scale).all():
+        problems.append(f"{gname}: the base's {scale_name} {tuple(scale.shape)} is not one finite scale per expert")
+        return pair
+    return replace(pair, b=(pair.b.astype(np.float64) * scale[:, None, None]).astype(np.float32))
+
+
 def _base_model_note(ckpt: Checkpoint, spec: Family) -> str | None:
     """A note when the adapter's recorded base model is of another family than the GGUF base."""
     name = str(ckpt.provenance.get("base_model") or "").lower()
@@ -247,6 +265,10 @@ def _target(
             f"{mod.module}: lm_head LoRA on a base whose output shares the token embedding "
             "(tied weights): llama.cpp would apply it to both, so it cannot be converted"
         )
+        return None
+    why = spec.no_lora_reason(mod.module)
+    if why is not None:
+        problems.append(f"{mod.module}: {why}")
         return None
     if found is None:
         unmapped.append(mod.module)

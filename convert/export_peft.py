@@ -17,7 +17,7 @@ import re
 import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from edge_lora.errors import ConversionError
 from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, GGUFInfo, read_gguf, require_base
 from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.families import Family, family_for, supported_names
-from edge_lora.lora.adapter import read_gguf_lora
+from edge_lora.lora.adapter import read_gguf_lora, read_tensor_f32
 from edge_lora.lora.pair import EMBEDDING, EXPERTS, LINEAR, LoraPair
 
 from .export_experts import EXPERT_LAYOUTS, fused_modules, per_expert_modules
@@ -207,6 +207,13 @@ def _plan(
         if ttype in (MODEL_TENSOR.TOKEN_EMBD, MODEL_TENSOR.OUTPUT):
             vocab.append(module)
         if w.layout == EXPERTS:
+            scale_name = spec.lora_output_scale(gname)
+            if scale_name is not None:  # converted as B * the base's per-expert scale: undone
+                if base is None or scale_name not in base.tensors:
+                    no_heads.append(gname)
+                    continue
+                scale = read_tensor_f32(np.memmap(base.path, dtype=np.uint8, mode="r"), base.tensors[scale_name])
+                w = replace(w, b=(w.b.astype(np.float64) / scale.reshape(-1)[:, None, None]).astype(np.float32))
             experts[gname] = (w, dtypes)
             continue
         if expert_layout == "fused" and ttype == MODEL_TENSOR.FFN_GATE_INP:
@@ -237,8 +244,8 @@ def _plan(
         problems.append(f"{len(unmapped)} tensors have no Hugging Face {spec.name} module: {', '.join(unmapped[:12])}"
                         + (f", ... ({len(unmapped) - 12} more)" if len(unmapped) > 12 else ""))
     if no_heads:
-        problems.append(f"{', '.join(no_heads)}: llama.cpp permuted the {spec.name} rows or columns of these by the "
-                        "head counts; undoing it needs them: pass --base BASE.gguf")
+        problems.append(f"{', '.join(no_heads)}: these were converted with values of the {spec.name} base (head "
+                        "counts to permute rows or columns, per-expert scales); undoing it needs them: pass --base BASE.gguf")
     if quantized:
         notes.append(f"{sum(quantized.values())} factors stored as {', '.join(sorted(quantized))} were written as "
                      "F32 (safetensors has no such type)")

@@ -22,6 +22,15 @@ FUSED = {"phi3": (["qkv_proj", "o_proj"], ["gate_up_proj", "down_proj"]), "glm4"
          "gptoss": (ATTN, [])}  # its experts are fused parameters only (target_parameters: test_moe.py)
 
 
+#: modules PEFT's "all-linear" reaches that llama.cpp multiplies without LoRA (refused by name)
+NO_LORA = {"gemma4": ["per_layer_model_projection"], "gemma4moe": ["per_layer_model_projection"]}
+
+
+def all_linear(case: str) -> dict:
+    """PEFT's ``target_modules="all-linear"`` for ``case``, less the modules llama.cpp cannot adapt."""
+    return dict(target_modules="all-linear", exclude_modules=NO_LORA.get(case))
+
+
 def linear_names(case: str) -> list[str]:
     attn, mlp = FUSED.get(case, (ATTN, MLP))
     return attn + mlp

@@ -47,8 +47,14 @@ def _main(vendor: Path, hf_dir: Path, out: Path, extra: list[str]) -> None:
         return cls
 
     conv.get_model_class = get_model_class
-    # --no-mtp: the tiny models have no multi-token-prediction layers
-    sys.argv = ["convert_hf_to_gguf.py", str(hf_dir), "--outfile", str(out), "--outtype", "f32", "--no-mtp", *extra]
+    if not (hf_dir / "tokenizer.json").exists() and not (hf_dir / "tokenizer.model").exists():
+        # some converters count the real vocabulary there (Gemma's trims embedding rows beyond it)
+        vocab = {f"tok{i}": i for i in range(n_vocab)}
+        (hf_dir / "tokenizer.json").write_text(json.dumps({"model": {"vocab": vocab}, "added_tokens": []}))
+    # --no-mtp: the tiny models have no multi-token-prediction layers (where the class has them)
+    mtp = getattr(original(config["architectures"][0]), "supports_mtp_export", False)
+    sys.argv = ["convert_hf_to_gguf.py", str(hf_dir), "--outfile", str(out), "--outtype", "f32",
+                *(["--no-mtp"] if mtp else []), *extra]
     conv.main()
 
 

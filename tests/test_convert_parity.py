@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from adapters import linear_names, make_mlx_adapter, make_peft_adapter, peft_logits
+from adapters import all_linear, linear_names, make_mlx_adapter, make_peft_adapter, peft_logits
 from tiny_models import CASES, TOKENS, hf_logits, is_tied, llama_logits, rel_err, write_gguf_base
 
 from edge_lora.cli import main as cli
@@ -28,7 +28,7 @@ def _configs(case: str, n_layers: int) -> dict[str, tuple[dict, str]]:
     names = linear_names(case)
     attn0, attn_out, mlp_last = names[0], names[-3] if case != "phi3" else names[1], names[-1]
     return {
-        "plain": (dict(r=8, lora_alpha=16, target_modules="all-linear"), "safetensors"),
+        "plain": (dict(r=8, lora_alpha=16, **all_linear(case)), "safetensors"),
         "rslora": (dict(r=16, lora_alpha=8, use_rslora=True, target_modules=names), "safetensors"),
         "patterns": (
             dict(

@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from adapters import linear_names, make_peft_adapter, peft_logits
+from adapters import all_linear, linear_names, make_peft_adapter, peft_logits
 from gguf.quants import dequantize
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
@@ -44,7 +44,7 @@ def _config(case: str, name: str) -> dict:
     names = linear_names(case)
     mlp_last = names[-1]
     return {
-        "plain": dict(r=8, lora_alpha=16, target_modules="all-linear"),
+        "plain": dict(r=8, lora_alpha=16, **all_linear(case)),
         # mixed ranks (rank_pattern) and per-module alpha (folded into B by convert)
         "patterns": dict(r=8, lora_alpha=16, target_modules=names,
                          rank_pattern={names[0]: 4, f"layers.1.mlp.{mlp_last}": 12}, alpha_pattern={mlp_last: 40}),

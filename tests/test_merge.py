@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from adapters import make_peft_adapter, randomize_lora
+from adapters import all_linear, make_peft_adapter, randomize_lora
 from gguf import GGMLQuantizationType
 from peft import LoraConfig, get_peft_model
 from safetensors.numpy import save_file as save_np
@@ -60,7 +60,7 @@ def _peft_gguf(t, tmp: Path, config: dict, seed: int = 1) -> Path:
 @pytest.mark.parametrize("case", CASES)
 def test_merged_f32_equals_the_hot_adapter(tiny, case, tmp_path):
     t = tiny(case)
-    lora = _peft_gguf(t, tmp_path, dict(r=8, lora_alpha=16, target_modules="all-linear"))
+    lora = _peft_gguf(t, tmp_path, dict(r=8, lora_alpha=16, **all_linear(case)))
     out = tmp_path / "merged.gguf"
     result = merge(t.base_path, [lora], out)
     hot = llama_logits(t.base_path, TOKENS, lora_path=lora)
@@ -150,7 +150,7 @@ DORA_CONFIGS = {
                                                                           ("gemma3", "rslora-patterns")])
 def test_peft_dora_merged_equals_peft(tiny, case, config, tmp_path):
     t = tiny(case)
-    cfg = dict(DORA_CONFIGS[config])
+    cfg = dict(DORA_CONFIGS[config], exclude_modules=all_linear(case)["exclude_modules"])
     if case == "phi3" and config != "plain":
         cfg.update(rank_pattern={"down_proj": 4}, alpha_pattern={"o_proj": 4})
     if is_moe(case):  # PEFT has no DoRA on fused expert parameters (lora.ParamWrapper refuses it)

@@ -27,6 +27,7 @@ from edge_lora import IncompatibleAdapterError, InvalidRequestError, Runtime
 from edge_lora.formats.adapter_file import OutTensor, write_adapter
 from edge_lora.formats.gguf_file import read_gguf
 from edge_lora.lora.adapter import read_gguf_lora
+from edge_lora.merge import merge
 from edge_lora_convert import combine, convert
 from edge_lora_convert.export_peft import export_peft
 
@@ -250,3 +251,31 @@ def test_combine_stacks_experts_exactly(moe, tmp_path):
     assert err <= 1e-5
     with pytest.raises(InvalidRequestError, match="svd of experts LoRA"):
         combine([d / "a.gguf", tmp_path / "b.gguf"], tmp_path / "svd.gguf", method="svd", rank=4)
+
+
+def test_gemma4_expert_lora_after_the_per_expert_scale(tiny, tmp_path):
+    """Gemma 4 MoE: transformers scales each expert's whole output by router.per_expert_scale[e];
+    llama.cpp applies it (ffn_down_exps.scale) before adding the down LoRA, so convert multiplies
+    that LoRA's B by it, merge divides it out of the merged weight, export undoes it."""
+    t = tiny("gemma4moe")
+    cfg = dict(r=4, lora_alpha=8, target_modules=["q_proj", "router.proj"],
+               target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    ref = make_peft_adapter(t.model, tmp_path / "a", cfg, seed=11)
+    res = convert(tmp_path / "a", base=t.base_path, out=tmp_path / "a.gguf", outtype="f32")
+    shapes = dict(res.tensors)
+    assert shapes["blk.0.ffn_gate_up_exps.weight.lora_b"] == (4, 96, 4)  # kept fused, as the base
+    assert shapes["blk.0.ffn_down_exps.weight.lora_b"] == (4, 64, 4)
+    want = peft_logits(ref, TOKENS)
+    assert rel_err(want, hf_logits(t.model, TOKENS)) > MIN_EFFECT
+    err = rel_err(_logits(t.base_path, {tmp_path / "a.gguf": 1.0}), want)
+    print(f"parity gemma4moe experts: {err:.2e}")
+    assert err <= RTOL
+    merged = tmp_path / "merged.gguf"
+    merge(t.base_path, [tmp_path / "a.gguf"], merged)
+    err = rel_err(_logits(merged, {}), _logits(t.base_path, {tmp_path / "a.gguf": 1.0}))
+    print(f"parity gemma4moe merge-vs-hot: {err:.2e}")
+    assert err <= 1e-4
+    export_peft(tmp_path / "a.gguf", tmp_path / "back", base=t.base_path)
+    err = rel_err(peft_logits(_peft_from(t.model, tmp_path / "back"), TOKENS), want)
+    print(f"parity gemma4moe export: {err:.2e}")
+    assert err <= RTOL

@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe", "gemma4", "gemma4moe"]
 
 #: cases whose GGUF base is written under another arch than the model type's family (llama.cpp
 #: writes Mistral Small 3.x, text model_type mistral, as mistral3)
@@ -187,6 +187,16 @@ _CASE_DEFS: dict[str, CaseDef] = {
         linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4, num_experts=4,
         num_experts_per_tok=2, moe_intermediate_size=48, shared_expert_intermediate_size=80,
         layer_types=["linear_attention"] * 3 + ["full_attention"]), llama_cpp_base=True),
+    # Gemma 4 (text): 3 sliding layers then a global one of a wider head (global_head_dim), per-layer
+    # inputs (their vocabulary the model's own), tied as released
+    "gemma4": CaseDef("Gemma4TextConfig", "Gemma4ForCausalLM", dict(
+        num_hidden_layers=4, num_key_value_heads=2, head_dim=16, global_head_dim=32, hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=VOCAB_SIZE, sliding_window=16, pad_token_id=0), llama_cpp_base=True),
+    # Gemma 4 26B-A4B's layout: the MoE block (4 experts of ff 48, top 2, per-expert output scales) beside the MLP
+    "gemma4moe": CaseDef("Gemma4TextConfig", "Gemma4ForCausalLM", dict(
+        num_hidden_layers=4, num_key_value_heads=2, head_dim=16, global_head_dim=32, hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=VOCAB_SIZE, sliding_window=16, pad_token_id=0, enable_moe_block=True, num_experts=4,
+        top_k_experts=2, moe_intermediate_size=48), llama_cpp_base=True),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",

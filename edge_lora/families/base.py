@@ -149,6 +149,9 @@ class Family:
     #: GGUF archs of adapters that run unchanged on this family's bases (same tensors, same
     #: transforms): a ``llama`` adapter on a ``mistral3`` base of the same model
     adapter_archs: tuple[str, ...] = ()
+    #: modules llama.cpp multiplies without LoRA (a raw ``ggml_mul_mat``), as (module path regex,
+    #: why): an adapter on them would load and change nothing, so it is refused by name
+    no_lora: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -219,6 +222,16 @@ class Family:
         if bid is None or module != self.experts_path.format(bid=bid):
             return None
         return next((f for f in self.fused_experts if f.param == param), None)
+
+    def no_lora_reason(self, module: str) -> str | None:
+        """Why LoRA on ``module`` cannot work on llama.cpp (:attr:`no_lora`), or None."""
+        return next((why for pattern, why in self.no_lora if re.search(pattern, module)), None)
+
+    def lora_output_scale(self, gguf_name: str) -> str | None:
+        """The base tensor whose per-expert values llama.cpp multiplies this weight's product by
+        *before* it adds the LoRA (Gemma 4's ``ffn_down_exps.scale``, which transformers applies to
+        the whole expert output), or None. Its LoRA's B is multiplied by it per expert to match."""
+        return None
 
     def layer_of(self, module: str) -> int | None:
         """The block index of a module path of this family, or None (embedding, head)."""

@@ -97,6 +97,7 @@ def base_problems(info: GGUFInfo) -> list[str]:
     n_head = positive_ints(Keys.Attention.HEAD_COUNT, required=False, zero_ok=True)
     n_head_kv = positive_ints(Keys.Attention.HEAD_COUNT_KV, required=False, zero_ok=True)
     k_len = positive_ints(Keys.Attention.KEY_LENGTH, required=False)
+    k_len_swa = positive_ints(Keys.Attention.KEY_LENGTH_SWA, required=False)  # Gemma 4: sliding layers' own
     positive_ints(Keys.Attention.VALUE_LENGTH, required=False)
     for eps in (Keys.Attention.LAYERNORM_RMS_EPS, Keys.Attention.LAYERNORM_EPS):
         positive_floats(eps, below=1.0)
@@ -138,6 +139,8 @@ def base_problems(info: GGUFInfo) -> list[str]:
                 problems.append(f"{key(Keys.Attention.HEAD_COUNT_KV)}=0 for layer {i}, which has attention tensors")
                 break
             hd = head_k_len or (n_embd[0] // h if n_embd and h else None)
+            if k_len_swa and k_t is not None and len(k_t.shape) == 2 and k_t.shape[0] == kv * k_len_swa[0]:
+                hd = k_len_swa[0]  # a sliding layer of its own head size
             if hd and k_t is not None and len(k_t.shape) == 2 and k_t.shape[0] != kv * hd:
                 problems.append(f"{key(Keys.Attention.HEAD_COUNT_KV)}={kv} for layer {i}: {k_name} has "
                                 f"{k_t.shape[0]} rows, not {kv} heads of {hd}")

@@ -34,7 +34,7 @@ from ..errors import (
     OutputPathError,
 )
 from ..formats.values import F16_MAX
-from ..families import adapter_archs
+from ..families import adapter_archs, family_for
 from ..formats.gguf_file import GGUFInfo, read_gguf, require_base
 from ..formats.keys import EdgeLoraKeys
 from ..lora.dora import apply_dora
@@ -276,6 +276,16 @@ def _n_bytes(info: GGUFInfo, name: str, t: GGMLQuantizationType) -> int:
     return int(np.prod(shape[:-1])) * row_bytes(t, shape[-1])
 
 
+def _output_scale(info: GGUFInfo, name: str) -> np.ndarray | None:
+    """The per-expert scale llama.cpp applies to ``name``'s product before adding its LoRA
+    (:meth:`~edge_lora.families.base.Family.lora_output_scale`), float32 (E,); None when there is none."""
+    family = family_for(info.architecture)
+    scale_name = family.lora_output_scale(name) if family is not None else None
+    if scale_name is None or scale_name not in info.tensors:
+        return None
+    return read_tensor_f32(np.memmap(info.path, dtype=np.uint8, mode="r"), info.tensors[scale_name]).reshape(-1)
+
+
 def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[LoraSource], threads: int | None,
            gptq: tuple[Calibrator | None, list[list[str]]] | None, lost: dict[str, float], unseen: list[str]):
     def make() -> np.ndarray:
@@ -283,11 +293,14 @@ def _maker(info: GGUFInfo, name: str, t: GGMLQuantizationType, sources: list[Lor
         w0 = w = read_tensor_f32(np.memmap(info.path, dtype=np.uint8, mode="r"), info.tensors[name])
         if not np.isfinite(w0).all():
             raise GGUFFileError(f"{info.path}: the base's {name} holds NaN or infinite values: no merge can be right")
+        scale = _output_scale(info, name)
         for s in sources:
             lw = s.weights.get(name)
             if lw is None:
                 continue
-            w = w + lw.delta()
+            # llama.cpp adds this LoRA after a per-expert scale of W's product (Gemma 4's
+            # ffn_down_exps.scale): merged into W it is divided by that scale
+            w = w + (lw.delta() if scale is None else lw.delta() / scale[:, None, None])
             if lw.magnitude is not None:
                 w = apply_dora(w, lw.magnitude)
         # f16 and the quantized types (f16 block scales) hold at most ±65504, and llama.cpp's f16
