@@ -13,7 +13,7 @@ N_LAYERS = 3
 
 
 def test_registry_by_arch_and_hf_model_type():
-    assert supported_names() == ["exaone4", "gemma2", "gemma3", "glm4", "gpt-oss", "granite", "lfm2", "llama", "mistral3",
+    assert supported_names() == ["exaone4", "gemma2", "gemma3", "gemma4", "glm4", "gpt-oss", "granite", "lfm2", "llama", "mistral3",
                                  "olmo2", "olmoe", "phi3", "qwen2", "qwen2moe", "qwen3", "qwen35", "qwen35moe", "qwen3moe",
                                  "smollm3"]
     assert family_for("qwen3_5_moe_text") is FAMILIES["qwen35moe"] and family_for("gpt_oss") is FAMILIES["gpt-oss"]
@@ -82,3 +82,11 @@ def test_refused_archs_say_why():
 
     assert "without LoRA" in unsupported_reason("deepseek2") and family_for("deepseek2") is None
     assert unsupported_reason("gpt2").startswith("architecture 'gpt2' is not supported; supported: exaone4")
+
+
+def test_projections_llama_cpp_multiplies_without_lora_are_refused_by_name():
+    gemma4 = FAMILIES["gemma4"]
+    assert "without LoRA" in gemma4.no_lora_reason("model.per_layer_model_projection")
+    assert "without LoRA" in gemma4.no_lora_reason("model.language_model.per_layer_model_projection")
+    assert gemma4.no_lora_reason("model.layers.0.per_layer_projection") is None
+    assert all(f.no_lora_reason("model.layers.0.self_attn.q_proj") is None for f in FAMILIES.values())
