@@ -19,7 +19,8 @@ MLP = ["gate_proj", "up_proj", "down_proj"]
 FUSED = {"phi3": (["qkv_proj", "o_proj"], ["gate_up_proj", "down_proj"]), "glm4": (ATTN, ["gate_up_proj", "down_proj"]),
          "mixtral": (ATTN, ["w1", "w3", "w2"]),
          "lfm2": (["q_proj", "k_proj", "v_proj", "out_proj", "in_proj"], ["w1", "w3", "w2"]),
-         "gptoss": (ATTN, [])}  # its experts are fused parameters only (target_parameters: test_moe.py)
+         "gptoss": (ATTN, []),
+         "lfm2moe": (["q_proj", "k_proj", "v_proj", "out_proj", "in_proj"], ["w1", "w3", "w2"])}  # its experts are fused parameters only (target_parameters: test_moe.py)
 
 
 #: modules PEFT's "all-linear" reaches that llama.cpp multiplies without LoRA (refused by name)

@@ -93,13 +93,17 @@ def fused(tiny, tmp_path_factory):
 
 
 #: gpt-oss stores its experts (E, in, out) with gate and up interleaved; its router is mlp.router
-ROUTERS = {"qwen3moe": "mlp.gate.weight", "gptoss": "mlp.router.weight"}
+ROUTERS = {"qwen3moe": "mlp.gate.weight", "gptoss": "mlp.router.weight", "lfm2moe": "feed_forward.gate.weight"}
+#: the experts module, where it is not mlp.experts
+EXPERTS = {"lfm2moe": "feed_forward.experts"}
 
 
 @pytest.mark.parametrize("case", sorted(ROUTERS))
 def test_target_parameters_with_the_router_match_peft(tiny, case, tmp_path):
     t = tiny(case)
-    cfg = {**FUSED, "use_rslora": True, "target_parameters": FUSED["target_parameters"][:2] + [ROUTERS[case]]}
+    experts = EXPERTS.get(case, "mlp.experts")
+    cfg = {**FUSED, "use_rslora": True,
+           "target_parameters": [f"{experts}.gate_up_proj", f"{experts}.down_proj", ROUTERS[case]]}
     ref = make_peft_adapter(t.model, tmp_path / "fused", cfg, seed=6)
     res = convert(tmp_path / "fused", base=t.base_path, out=tmp_path / "f.gguf", outtype="f32")
     shapes = dict(res.tensors)
@@ -113,7 +117,7 @@ def test_target_parameters_with_the_router_match_peft(tiny, case, tmp_path):
     # and back: export writes transformers 5's fused parameters, which PEFT loads to the same logits
     export_peft(tmp_path / "f.gguf", tmp_path / "back", base=t.base_path)
     cfg_back = json.loads((tmp_path / "back" / "adapter_config.json").read_text())
-    assert any(p.endswith(".mlp.experts.gate_up_proj") for p in cfg_back["target_parameters"])
+    assert any(p.endswith(f".{experts}.gate_up_proj") for p in cfg_back["target_parameters"])
     err = rel_err(peft_logits(_peft_from(t.model, tmp_path / "back"), TOKENS), want)
     print(f"parity {case} export of target_parameters: {err:.2e}")
     assert err <= RTOL

@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe", "gemma4", "gemma4moe"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe", "gemma4", "gemma4moe", "lfm2moe"]
 
 #: cases whose GGUF base is written under another arch than the model type's family (llama.cpp
 #: writes Mistral Small 3.x, text model_type mistral, as mistral3)
@@ -197,6 +197,12 @@ _CASE_DEFS: dict[str, CaseDef] = {
         num_hidden_layers=4, num_key_value_heads=2, head_dim=16, global_head_dim=32, hidden_size_per_layer_input=8,
         vocab_size_per_layer_input=VOCAB_SIZE, sliding_window=16, pad_token_id=0, enable_moe_block=True, num_experts=4,
         top_k_experts=2, moe_intermediate_size=48), llama_cpp_base=True),
+    # LFM2-MoE (transformers 5 only): a dense conv layer, then attention and conv layers with 4 experts
+    # of ff 48 (top 2); tied as released
+    "lfm2moe": CaseDef("Lfm2MoeConfig", "Lfm2MoeForCausalLM", dict(
+        num_hidden_layers=3, num_key_value_heads=2, layer_types=["conv", "full_attention", "conv"], num_dense_layers=1,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, norm_eps=1e-6, conv_L_cache=3,
+        tie_word_embeddings=True), llama_cpp_base=True),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",

@@ -7,8 +7,8 @@ multiplies each expert's whole output by ``router.per_expert_scale[e]``; llama.c
 scale (``ffn_down_exps.scale``) to the down projection inside ``build_lora_mm_id`` *before* adding
 the LoRA, so a down-expert LoRA's B is multiplied by it per expert (gate and up LoRA pass through
 the scaled down projection already). The per-layer input gate and projection (``inp_gate``,
-``proj``) take LoRA; the model-wide ``per_layer_model_projection`` is multiplied without it
-(``src/models/gemma4.cpp``): refused by name."""
+``proj``) take LoRA; the model-wide ``per_layer_model_projection`` and the per-layer token
+embeddings are used without it (``src/models/gemma4.cpp``): refused by name."""
 
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ GEMMA4 = Gemma4Family(
     fused_experts=(FusedExperts("gate_up_proj", ("gate_up_proj",)), FusedExperts("down_proj", ("down_proj",))),
     no_lora=((r"(^|\.)per_layer_model_projection$",
               "llama.cpp multiplies Gemma's per-layer model projection without LoRA (ggml_mul_mat in "
-              "src/models/gemma4.cpp): an adapter on it would load and change nothing"),),
+              "src/models/gemma4.cpp): an adapter on it would load and change nothing"),
+             (r"(^|\.)embed_tokens_per_layer$",
+              "llama.cpp looks up Gemma's per-layer token embeddings without LoRA (ggml_get_rows in "
+              "src/models/gemma4.cpp): an adapter on them would load and change nothing")),
     tree_example="model.layers.N.self_attn.q_proj, model.layers.N.mlp.up_proj, model.layers.N.experts (gate_up_proj)",
 )

@@ -1,10 +1,13 @@
-"""LFM2 / LFM2.5 (GGUF ``lfm2``): short-convolution layers between attention layers.
+"""LFM2 / LFM2.5 (GGUF ``lfm2``): short-convolution layers between attention layers; LFM2-MoE
+(``lfm2moe``; LFM2-8B-A1B): the same layers, MoE feed-forward blocks after the first dense ones.
 
 No LoRA transforms (``conversion/lfm2.py::LFM2Model``): ``conv.in_proj`` (3 x hidden rows,
 used as they are) and ``conv.out_proj`` map to ``shortconv.in_proj`` / ``out_proj``, the
 attention output is ``self_attn.out_proj``, the MLP is ``feed_forward.w1/w3/w2``. Base-only:
 the convolution kernel ``conv.conv`` is squeezed to 2-D, the final norm is ``embedding_norm``,
-and a convolution layer has 0 KV heads (the per-layer array).
+and a convolution layer has 0 KV heads (the per-layer array). LFM2-MoE exists only in
+transformers 5: its experts are fused parameters of ``feed_forward.experts`` (``gate_up_proj``,
+``down_proj``), its router the raw weight ``feed_forward.gate`` (``ffn_gate_inp``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import numpy as np
 from gguf import MODEL_ARCH
 
-from .base import Family
+from .base import GATED_EXPERTS, Family
 
 
 @dataclass(frozen=True)
@@ -52,4 +55,14 @@ LFM2 = Lfm2Family(
     lora_modules=re.compile(r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|conv\.(?:in|out)_proj"
                             r"|feed_forward\.w[123])|model\.embed_tokens|lm_head)$"),
     tree_example="model.layers.N.conv.in_proj, model.layers.N.self_attn.q_proj, model.layers.N.feed_forward.w1",
+)
+
+LFM2MOE = Family(
+    MODEL_ARCH.LFM2MOE, ("lfm2_moe",), name_words=("lfm2-8b-a1b", "lfm2_moe", "lfm2-moe"),
+    module_tree=LFM2.module_tree,
+    lora_modules=re.compile(r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|conv\.(?:in|out)_proj"
+                            r"|feed_forward\.w[123]|feed_forward\.gate)|model\.embed_tokens|lm_head)$"),
+    experts_path="model.layers.{bid}.feed_forward.experts", fused_experts=GATED_EXPERTS, router_module="feed_forward.gate",
+    tree_example="model.layers.N.conv.in_proj, model.layers.N.feed_forward.experts (gate_up_proj), "
+                 "model.layers.N.feed_forward.gate",
 )

@@ -13,7 +13,7 @@ from .gemma4 import GEMMA4
 from .glm import GLM4
 from .gpt_oss import GPT_OSS
 from .granite import GRANITE
-from .lfm2 import LFM2
+from .lfm2 import LFM2, LFM2MOE
 from .llama import LLAMA, MISTRAL3, SMOLLM3
 from .olmo import OLMO2, OLMOE
 from .phi3 import PHI3
@@ -23,7 +23,7 @@ from .qwen35 import QWEN35, QWEN35MOE
 FAMILIES: dict[str, Family] = {
     # MoE before dense, Qwen3.5 before Qwen3: the first family whose name words a model name holds wins
     f.name: f for f in (MISTRAL3, LLAMA, QWEN2MOE, QWEN2, QWEN35MOE, QWEN3MOE, QWEN35, QWEN3, GEMMA2, GEMMA3, GEMMA4, PHI3, SMOLLM3, GRANITE, OLMOE, OLMO2,
-                        GLM4, EXAONE4, LFM2, GPT_OSS)
+                        GLM4, EXAONE4, LFM2MOE, LFM2, GPT_OSS)
 }
 
 #: model-name words of families edge-lora does not convert, for the wrong-base note

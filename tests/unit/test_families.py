@@ -13,7 +13,7 @@ N_LAYERS = 3
 
 
 def test_registry_by_arch_and_hf_model_type():
-    assert supported_names() == ["exaone4", "gemma2", "gemma3", "gemma4", "glm4", "gpt-oss", "granite", "lfm2", "llama", "mistral3",
+    assert supported_names() == ["exaone4", "gemma2", "gemma3", "gemma4", "glm4", "gpt-oss", "granite", "lfm2", "lfm2moe", "llama", "mistral3",
                                  "olmo2", "olmoe", "phi3", "qwen2", "qwen2moe", "qwen3", "qwen35", "qwen35moe", "qwen3moe",
                                  "smollm3"]
     assert family_for("qwen3_5_moe_text") is FAMILIES["qwen35moe"] and family_for("gpt_oss") is FAMILIES["gpt-oss"]
