@@ -15,7 +15,7 @@ from edge_lora._validate import F16_MAX, f16_problem
 from edge_lora.formats.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo, read_gguf, require_base
 from edge_lora.formats.adapter_file import OUTTYPES, pair_tensors, write_adapter
 from edge_lora.formats.keys import EdgeLoraKeys
-from edge_lora.lora.pair import EMBEDDING, LoraPair
+from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair
 from edge_lora.families import Family, family_for
 from edge_lora.families.registry import family_named_in, unsupported_reason
 from edge_lora.lora.adapter import read_tensor_f32
@@ -47,6 +47,14 @@ class BaseShape:
     value: Callable[[str], Any] | None = None
     #: a base tensor's values, float32 (for the few transforms that need them); None without a base
     read: Callable[[str], np.ndarray] | None = None
+
+    def heads_at(self, layer: int | None) -> tuple[int | None, int | None]:
+        """(head count, KV head count) of block ``layer`` (per-layer arrays: hybrid models have 0 KV
+        heads on recurrent layers); the first layer's when ``layer`` is None."""
+        if self.value is None:
+            return self.n_head, self.n_head_kv
+        return (_layer_int(self.value(Keys.Attention.HEAD_COUNT), layer or 0),
+                _layer_int(self.value(Keys.Attention.HEAD_COUNT_KV), layer or 0))
 
 
 @dataclass
@@ -159,6 +167,12 @@ def _spec_or_error(name: str) -> Family:
     return spec
 
 
+def _layer_int(value: object, layer: int) -> int | None:
+    if isinstance(value, list):
+        value = value[layer] if layer < len(value) else None
+    return int(value) if isinstance(value, (int, float)) else None
+
+
 def _first_int(value: object) -> int | None:
     if isinstance(value, list):
         value = value[0] if value else None
@@ -190,6 +204,11 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
     for mod in ckpt.modules:
         if mod.parameters or spec.expert_of(mod.module) is not None:
             continue  # stacked above
+        parts = spec.split_targets(mod.module, shape.tensors or {})
+        if parts is not None:  # one module the base converter split by rows (Granite 4's shared_mlp.input_linear)
+            for gname, pair in _split_pairs(ckpt, mod, parts, shape, problems).items():
+                seen[gname], out[gname] = mod.module, pair
+            continue
         target = _target(ckpt, mod, shape, problems, unmapped)
         if target is None:
             continue
@@ -227,6 +246,28 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
     note = _base_model_note(ckpt, shape.spec)
     if note:
         notes.append(note)
+    return out
+
+
+def _split_pairs(ckpt: Checkpoint, mod: LoraModule, parts: tuple[str, ...], shape: BaseShape,
+                 problems: list[str]) -> dict[str, LoraPair]:
+    """The LoRA of a module the base converter split by rows into ``parts``: A shared, B's rows
+    split at the parts' row counts (exact)."""
+    if not parts or shape.tensors is None:
+        problems.append(f"{mod.module}: the base converter splits this module into several tensors; "
+                        + ("pass --base (their sizes come from it)" if shape.tensors is None else
+                           "the base holds none of the layouts it splits into"))
+        return {}
+    pair = LoraPair.from_peft(mod.a, mod.b, LINEAR, scale=b_fold_factor(mod.scale, ckpt.alpha, mod.rank)).folded()
+    rows = [int(shape.tensors[g][0]) for g in parts]
+    if {int(shape.tensors[g][1]) for g in parts} != {pair.a.shape[1]} or sum(rows) != pair.b.shape[0]:
+        problems.append(f"{mod.module}: LoRA implies a {pair.weight_shape} weight but the base splits it into "
+                        + ", ".join(f"{g} {tuple(shape.tensors[g])}" for g in parts))
+        return {}
+    out, start = {}, 0
+    for gname, n in zip(parts, rows):
+        out[gname] = pair.take_rows(np.arange(start, start + n))
+        start += n
     return out
 
 
@@ -310,7 +351,8 @@ def _pair(
             )
             return None
     pair = pair.folded()
-    transform = shape.spec.row_transform(ttype, shape.n_head, shape.n_head_kv)
+    n_head, n_head_kv = shape.heads_at(shape.spec.layer_of(mod.module))
+    transform = shape.spec.row_transform(ttype, n_head, n_head_kv)
     if transform is not None:
         pair = pair.with_output_rows(transform)
     elif shape.spec.needs_head_counts(ttype):

@@ -21,15 +21,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from gguf import MODEL_TENSOR, GGMLQuantizationType, Keys
+from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, Keys
 from gguf.quants import quantize
 
 from edge_lora.errors import ConversionError
-from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, GGUFInfo, read_gguf, require_base
+from edge_lora.formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, WEIGHT_SUFFIX, GGUFInfo, read_gguf, require_base
 from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.families import Family, family_for, supported_names
 from edge_lora.lora.adapter import read_gguf_lora, read_tensor_f32
-from edge_lora.lora.pair import EMBEDDING, EXPERTS, LINEAR, LoraPair
+from edge_lora.lora.pair import EMBEDDING, EXPERTS, LINEAR, LoraPair, pack
+from edge_lora.lora.scales import llama_cpp_scale
 
 from .export_experts import EXPERT_LAYOUTS, fused_modules, per_expert_modules
 from edge_lora.outputs import atomic_dir, check_output
@@ -183,6 +184,12 @@ def _plan(
     quantized: Counter[str] = Counter()
     experts: dict[str, tuple[LoraPair, list[str]]] = {}  # GGUF name -> pair, storage types
     parameters: list[str] = []  # the target_parameters entries among ranks
+    joined, weights = _join_split_modules(spec, weights, n_layers, alpha)
+    for module, (w, part) in joined.items():  # modules the base converter split by rows, joined again
+        ranks[module] = w.rank
+        dtypes = [_storage(info, part + suffix, quantized) for suffix in (LORA_A_SUFFIX, LORA_B_SUFFIX)]
+        tensors += [ExportTensor(f"{PEFT_PREFIX}{module}.{k}", f, d) for k, f, d in
+                    zip(_PEFT_FACTOR_NAMES[LINEAR], w.to_peft(), dtypes)]
     for gname, w in sorted(weights.items()):
         if gname not in names:
             unmapped.append(gname)
@@ -250,6 +257,33 @@ def _plan(
         notes.append(f"{sum(quantized.values())} factors stored as {', '.join(sorted(quantized))} were written as "
                      "F32 (safetensors has no such type)")
     return _Plan(tensors, ranks, vocab, parameters)
+
+
+def _join_split_modules(spec: Family, weights: dict[str, LoraPair], n_layers: int,
+                        alpha: float) -> tuple[dict[str, tuple[LoraPair, str]], dict[str, LoraPair]]:
+    """The LoRA of each module the base converter split by rows (:attr:`Family.split_modules`),
+    joined from its parts' (:func:`~edge_lora.lora.pair.pack`: their A kept when shared; a part
+    the file lacks gets zero rows of its sibling's size), B refolded for the exported scale
+    ``alpha / r`` at the joined rank, with the first part's name (for storage types); and the
+    other weights."""
+    joined: dict[str, tuple[LoraPair, str]] = {}
+    rest = dict(weights)
+    for bid in range(n_layers):
+        for path, layouts in spec.split_modules:
+            for parts in layouts:
+                names = [TENSOR_NAMES[t].format(bid=bid) + WEIGHT_SUFFIX for t in parts]
+                have = [n for n in names if n in rest]
+                if not have:
+                    continue
+                first = rest[have[0]]
+                pairs = [rest.pop(n) if n in rest else
+                         LoraPair(np.zeros((1, first.a.shape[1]), np.float32), np.zeros((first.b.shape[0], 1), np.float32))
+                         for n in names]
+                packed = pack(pairs)  # scale 1: each part's own scale folded in
+                packed = replace(packed, scale=1.0 / llama_cpp_scale(alpha, packed.rank)).folded()
+                joined[f"model.layers.{bid}.{path}"] = (packed, have[0])
+                break
+    return joined, rest
 
 
 def _unpermuted_rows(

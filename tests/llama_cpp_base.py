@@ -38,6 +38,12 @@ def _main(vendor: Path, hf_dir: Path, out: Path, extra: list[str]) -> None:
     from edge_lora.engine.tiny import write_vocab
 
     config = json.loads((hf_dir / "config.json").read_text())
+    if config.get("model_type") == "granitemoehybrid" and "layer_types" in config:
+        # transformers 5 saves Granite 4's layer types as linear_attention / full_attention; IBM's
+        # configs (and the pinned converter) name them mamba / attention
+        names = {"linear_attention": "mamba", "full_attention": "attention"}
+        config["layer_types"] = [names.get(t, t) for t in config["layer_types"]]
+        (hf_dir / "config.json").write_text(json.dumps(config))
     n_vocab = config.get("vocab_size") or config["text_config"]["vocab_size"]
     original = conv.get_model_class
 

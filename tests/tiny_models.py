@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe", "gemma4", "gemma4moe", "lfm2moe"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe", "gemma4", "gemma4moe", "lfm2moe", "granitehybrid"]
 
 #: cases whose GGUF base is written under another arch than the model type's family (llama.cpp
 #: writes Mistral Small 3.x, text model_type mistral, as mistral3)
@@ -203,6 +203,13 @@ _CASE_DEFS: dict[str, CaseDef] = {
         num_hidden_layers=3, num_key_value_heads=2, layer_types=["conv", "full_attention", "conv"], num_dense_layers=1,
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, norm_eps=1e-6, conv_L_cache=3,
         tie_word_embeddings=True), llama_cpp_base=True),
+    # Granite 4 hybrid: a Mamba-2 layer (8 heads of 16), then an attention layer; 4 experts of ff 48 (top 2)
+    # beside a shared MLP of ff 80; multipliers away from 1
+    "granitehybrid": CaseDef("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", dict(
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, intermediate_size=48,
+        shared_intermediate_size=80, layer_types=["mamba", "attention"], mamba_n_heads=8, mamba_d_head=16,
+        mamba_n_groups=1, mamba_d_state=16, mamba_d_conv=4, attention_multiplier=0.2, embedding_multiplier=3.0,
+        residual_multiplier=0.5, logits_scaling=2.0), llama_cpp_base=True),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",

@@ -152,6 +152,13 @@ class Family:
     #: modules llama.cpp multiplies without LoRA (a raw ``ggml_mul_mat``), as (module path regex,
     #: why): an adapter on them would load and change nothing, so it is refused by name
     no_lora: tuple[tuple[str, str], ...] = ()
+    #: names of a block's modules gguf-py's table lacks (its converter maps them itself), as (path
+    #: under ``model.layers.N.``, tensor type): Granite 4's ``block_sparse_moe.router``
+    extra_names: tuple[tuple[str, MODEL_TENSOR], ...] = ()
+    #: a block's modules the base converter splits by rows into several tensors, as (path under
+    #: ``model.layers.N.``, candidate part layouts in row order; the first the base holds is the
+    #: one): Granite 4's ``shared_mlp.input_linear`` into ``ffn_gate_shexp`` + ``ffn_up_shexp``
+    split_modules: tuple[tuple[str, tuple[tuple[MODEL_TENSOR, ...], ...]], ...] = ()
 
     @property
     def name(self) -> str:
@@ -166,7 +173,11 @@ class Family:
             return None
         found = _name_map(self.arch, n_layers).get_type_and_name(module, try_suffixes=(WEIGHT_SUFFIX,))
         if found is None:
-            return None
+            bid = self.layer_of(module)
+            extra = next((t for path, t in self.extra_names if bid is not None and module == f"model.layers.{bid}.{path}"), None)
+            if extra is None:
+                return None
+            found = extra, TENSOR_NAMES[extra].format(bid=bid)
         ttype, name = found
         if ttype not in MODEL_TENSORS[self.arch]:
             return None
@@ -222,6 +233,20 @@ class Family:
         if bid is None or module != self.experts_path.format(bid=bid):
             return None
         return next((f for f in self.fused_experts if f.param == param), None)
+
+    def split_targets(self, module: str, base_tensors: Mapping[str, Any]) -> tuple[str, ...] | None:
+        """The GGUF tensors, in row order, a module the base converter splits by rows went to
+        (:attr:`split_modules`; the layout ``base_tensors`` holds), or None for any other module.
+        An empty tuple: a split module whose parts the base holds in no known layout."""
+        bid = self.layer_of(module)
+        for path, layouts in self.split_modules:
+            if bid is not None and module == f"model.layers.{bid}.{path}":
+                for parts in layouts:
+                    names = tuple(TENSOR_NAMES[t].format(bid=bid) + WEIGHT_SUFFIX for t in parts)
+                    if all(n in base_tensors for n in names):
+                        return names
+                return ()
+        return None
 
     def no_lora_reason(self, module: str) -> str | None:
         """Why LoRA on ``module`` cannot work on llama.cpp (:attr:`no_lora`), or None."""
@@ -333,6 +358,11 @@ def _hf_module_names(family: Family, n_layers: int) -> Mapping[str, tuple[MODEL_
         ttype, gguf_name = forward
         if family.keeps_module(hf_name, ttype):
             found.setdefault(gguf_name, []).append((ttype, hf_name))
+    for bid in range(n_layers):  # the family's own names (gguf-py's table lacks them)
+        for path, ttype in family.extra_names:
+            hf_name = f"model.layers.{bid}.{path}"
+            if ttype in MODEL_TENSORS[family.arch] and family.lora_modules.match(hf_name):
+                found.setdefault(TENSOR_NAMES[ttype].format(bid=bid) + WEIGHT_SUFFIX, []).append((ttype, hf_name))
     ambiguous = {g: c for g, c in found.items() if len(c) > 1}
     if ambiguous:
         raise ConversionError(f"{family.name}: the name table gives several Hugging Face modules for a tensor",

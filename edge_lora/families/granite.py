@@ -1,20 +1,47 @@
-"""IBM Granite 3.x dense (GGUF ``granite``): llama's converter class, so Q/K rows are permuted.
+"""IBM Granite 3.x dense (GGUF ``granite``): llama's converter class, so Q/K rows are permuted; and
+Granite 4 hybrid (``granitehybrid``; granite-4.0-h-micro, -h-tiny, -h-small): Mamba-2 layers between
+attention layers, MoE experts beside a shared MLP.
 
 Granite's multipliers (``attention_multiplier``, ``embedding_multiplier``,
 ``residual_multiplier``, ``logits_scaling``) are written as hyperparameters and act on
 activations, LoRA-inclusive outputs, in transformers and llama.cpp alike
 (``src/models/granite.cpp``): a LoRA needs no transform for them. The base converter drops
 ``head_dim`` (Granite has none).
+
+Granite 4 (``conversion/granite.py::GraniteHybridModel``, Q/K permuted too): ``mamba.in_proj`` and
+``mamba.out_proj`` are ``ssm_in``/``ssm_out`` as they are (``conv1d``, ``A_log``, ``D`` and the norm
+are base-only); the shared MLP's ``input_linear`` is split by rows into ``ffn_gate_shexp`` and
+``ffn_up_shexp`` (plain ``ffn_gate``/``ffn_up`` without experts), so its LoRA keeps A and splits
+B; ``output_linear`` is ``ffn_down_shexp`` (``ffn_down``). The experts are transformers 5's fused
+parameters of ``block_sparse_moe.experts``, the router the raw ``block_sparse_moe.router`` weight:
+names gguf-py's table lacks (the converter writes them itself), so the family carries them.
 """
 
 from __future__ import annotations
 
-from gguf import MODEL_ARCH
+import re
 
+from gguf import MODEL_ARCH, MODEL_TENSOR as T
+
+from .base import GATED_EXPERTS
 from .llama import LlamaFamily
 
 GRANITE = LlamaFamily(
     MODEL_ARCH.GRANITE, ("granite",), name_words=("granite",),
     extra_hparams=(("add_attention_scale", "attention_multiplier"), ("add_embedding_scale", "embedding_multiplier"),
                    ("add_residual_scale", "residual_multiplier"), ("add_logit_scale", "logits_scaling")),
+)
+
+GRANITEHYBRID = LlamaFamily(
+    MODEL_ARCH.GRANITE_HYBRID, ("granitemoehybrid",), name_words=("granite-4.0-h", "granite-4.1-h", "bamba"),
+    extra_hparams=GRANITE.extra_hparams,
+    lora_modules=re.compile(r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mamba\.(?:in|out)_proj"
+                            r"|shared_mlp\.output_linear|block_sparse_moe\.router)|model\.embed_tokens|lm_head)$"),
+    experts_path="model.layers.{bid}.block_sparse_moe.experts", fused_experts=GATED_EXPERTS,
+    router_module="block_sparse_moe.router",
+    extra_names=(("block_sparse_moe.router", T.FFN_GATE_INP), ("block_sparse_moe.experts.gate_proj", T.FFN_GATE_EXP),
+                 ("block_sparse_moe.experts.up_proj", T.FFN_UP_EXP),
+                 ("block_sparse_moe.experts.down_proj", T.FFN_DOWN_EXP)),
+    split_modules=(("shared_mlp.input_linear", ((T.FFN_GATE_SHEXP, T.FFN_UP_SHEXP), (T.FFN_GATE, T.FFN_UP))),),
+    tree_example="model.layers.N.mamba.in_proj, model.layers.N.self_attn.q_proj, model.layers.N.shared_mlp.input_linear",
 )
