@@ -361,7 +361,8 @@ def _hf_module_names(family: Family, n_layers: int) -> Mapping[str, tuple[MODEL_
     for bid in range(n_layers):  # the family's own names (gguf-py's table lacks them)
         for path, ttype in family.extra_names:
             hf_name = f"model.layers.{bid}.{path}"
-            if ttype in MODEL_TENSORS[family.arch] and family.lora_modules.match(hf_name):
+            if ttype in MODEL_TENSORS[family.arch] and (family.lora_modules.match(hf_name)
+                                                        or family.is_fused_part(hf_name)):
                 found.setdefault(TENSOR_NAMES[ttype].format(bid=bid) + WEIGHT_SUFFIX, []).append((ttype, hf_name))
     ambiguous = {g: c for g, c in found.items() if len(c) > 1}
     if ambiguous:
