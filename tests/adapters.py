@@ -25,7 +25,10 @@ FUSED = {"phi3": (["qkv_proj", "o_proj"], ["gate_up_proj", "down_proj"]), "glm4"
 
 
 #: modules PEFT's "all-linear" reaches that llama.cpp multiplies without LoRA (refused by name)
-NO_LORA = {"gemma4": ["per_layer_model_projection"], "gemma4moe": ["per_layer_model_projection"]}
+NO_LORA = {"gemma4": ["per_layer_model_projection"], "gemma4moe": ["per_layer_model_projection"],
+           "gemma3n": ["per_layer_model_projection", "modality_router", r"altup_projections.0", "altup_projections.1",
+                       "altup_projections.2", "altup_unembed_projections.0", "altup_unembed_projections.1",
+                       "altup_unembed_projections.2"]}
 
 
 def all_linear(case: str) -> dict:

@@ -94,9 +94,11 @@ def fused(tiny, tmp_path_factory):
 
 #: gpt-oss stores its experts (E, in, out) with gate and up interleaved; its router is mlp.router
 ROUTERS = {"qwen3moe": "mlp.gate.weight", "gptoss": "mlp.router.weight", "lfm2moe": "feed_forward.gate.weight",
-           "granitehybrid": "block_sparse_moe.router.weight", "qwen35moe": "mlp.gate.weight"}
+           "granitehybrid": "block_sparse_moe.router.weight", "qwen35moe": "mlp.gate.weight",
+           "granitemoe": "block_sparse_moe.router.weight"}
 #: the experts module, where it is not mlp.experts
-EXPERTS = {"lfm2moe": "feed_forward.experts", "granitehybrid": "block_sparse_moe.experts"}
+EXPERTS = {"lfm2moe": "feed_forward.experts", "granitehybrid": "block_sparse_moe.experts",
+           "granitemoe": "block_sparse_moe.experts"}
 
 
 @pytest.mark.parametrize("case", sorted(ROUTERS))

@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe", "gemma4", "gemma4moe", "lfm2moe", "granitehybrid"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe", "gemma4", "gemma4moe", "lfm2moe", "granitehybrid", "granitemoe", "gemma3n"]
 
 #: cases whose GGUF base is written under another arch than the model type's family (llama.cpp
 #: writes Mistral Small 3.x, text model_type mistral, as mistral3)
@@ -210,6 +210,21 @@ _CASE_DEFS: dict[str, CaseDef] = {
         shared_intermediate_size=80, layer_types=["mamba", "attention"], mamba_n_heads=8, mamba_d_head=16,
         mamba_n_groups=1, mamba_d_state=16, mamba_d_conv=4, attention_multiplier=0.2, embedding_multiplier=3.0,
         residual_multiplier=0.5, logits_scaling=2.0), llama_cpp_base=True),
+    # Granite 3 MoE: 4 experts of ff 48 (top 2), multipliers away from 1
+    "granitemoe": CaseDef("GraniteMoeConfig", "GraniteMoeForCausalLM", dict(
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, intermediate_size=48,
+        attention_multiplier=0.2, embedding_multiplier=3.0, residual_multiplier=0.5, logits_scaling=2.0),
+        llama_cpp_base=True),
+    # Gemma 3n (text): 4 sliding layers then a global one (llama.cpp's fixed pattern of 5), AltUp of 4,
+    # LAuReL and per-layer inputs at llama.cpp's fixed widths (64, 256), activation sparsity 0.95 as
+    # llama.cpp applies it to the first 10 layers; tied as released. ff 4096: llama.cpp's sparsity
+    # cut-off takes the sample standard deviation (1 / (n - 1)), transformers the population one,
+    # a 0.4% difference at ff 128 (5e-3 in the logits) and none that matters at real widths
+    "gemma3n": CaseDef("Gemma3nTextConfig", "Gemma3nForCausalLM", dict(
+        num_hidden_layers=5, num_key_value_heads=2, head_dim=16, hidden_size_per_layer_input=256,
+        vocab_size_per_layer_input=VOCAB_SIZE, sliding_window=16, laurel_rank=64, altup_num_inputs=4,
+        num_kv_shared_layers=0, activation_sparsity_pattern=[0.95] * 5, intermediate_size=[4096] * 5,
+        layer_types=["sliding_attention"] * 4 + ["full_attention"], pad_token_id=0), llama_cpp_base=True),
     "phi3": CaseDef(
         "Phi3Config",
         "Phi3ForCausalLM",

@@ -1,4 +1,5 @@
-"""IBM Granite 3.x dense (GGUF ``granite``): llama's converter class, so Q/K rows are permuted; and
+"""IBM Granite 3.x dense (GGUF ``granite``) and MoE (``granitemoe``; granite-3.x-1b-a400m, -3b-a800m):
+llama's converter class, so Q/K rows are permuted; and
 Granite 4 hybrid (``granitehybrid``; granite-4.0-h-micro, -h-tiny, -h-small): Mamba-2 layers between
 attention layers, MoE experts beside a shared MLP.
 
@@ -44,4 +45,17 @@ GRANITEHYBRID = LlamaFamily(
                  ("block_sparse_moe.experts.down_proj", T.FFN_DOWN_EXP)),
     split_modules=(("shared_mlp.input_linear", ((T.FFN_GATE_SHEXP, T.FFN_UP_SHEXP), (T.FFN_GATE, T.FFN_UP))),),
     tree_example="model.layers.N.mamba.in_proj, model.layers.N.self_attn.q_proj, model.layers.N.shared_mlp.input_linear",
+)
+
+#: Granite 3 MoE: Granite's attention and multipliers, transformers 5's fused experts and raw-weight
+#: router under ``block_sparse_moe`` (names the family carries, as Granite 4's)
+GRANITEMOE = LlamaFamily(
+    MODEL_ARCH.GRANITE_MOE, ("granitemoe",), name_words=("granite-3.0-1b-a400m", "granite-3.0-3b-a800m",
+                                                         "granite-3.1-1b-a400m", "granite-3.1-3b-a800m", "granitemoe"),
+    extra_hparams=GRANITE.extra_hparams,
+    lora_modules=re.compile(r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|block_sparse_moe\.router)"
+                            r"|model\.embed_tokens|lm_head)$"),
+    experts_path=GRANITEHYBRID.experts_path, fused_experts=GATED_EXPERTS, router_module="block_sparse_moe.router",
+    extra_names=GRANITEHYBRID.extra_names,
+    tree_example="model.layers.N.self_attn.q_proj, model.layers.N.block_sparse_moe.experts (gate_up_proj)",
 )

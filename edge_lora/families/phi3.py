@@ -23,3 +23,4 @@ PHI3 = Phi3Family(
     MODEL_ARCH.PHI3, ("phi3",), name_words=("phi-3", "phi3", "phi-4"),
     tree_example="model.layers.N.self_attn.qkv_proj, model.layers.N.mlp.gate_up_proj",
 )
+

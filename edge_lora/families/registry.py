@@ -9,10 +9,11 @@ from __future__ import annotations
 from .base import Family
 from .exaone import EXAONE4
 from .gemma import GEMMA2, GEMMA3
+from .gemma3n import GEMMA3N
 from .gemma4 import GEMMA4
 from .glm import GLM4
 from .gpt_oss import GPT_OSS
-from .granite import GRANITE, GRANITEHYBRID
+from .granite import GRANITE, GRANITEHYBRID, GRANITEMOE
 from .lfm2 import LFM2, LFM2MOE
 from .llama import LLAMA, MISTRAL3, SMOLLM3
 from .olmo import OLMO2, OLMOE
@@ -22,7 +23,7 @@ from .qwen35 import QWEN35, QWEN35MOE
 
 FAMILIES: dict[str, Family] = {
     # MoE before dense, Qwen3.5 before Qwen3: the first family whose name words a model name holds wins
-    f.name: f for f in (MISTRAL3, LLAMA, QWEN2MOE, QWEN2, QWEN35MOE, QWEN3MOE, QWEN35, QWEN3, GEMMA2, GEMMA3, GEMMA4, PHI3, SMOLLM3, GRANITEHYBRID, GRANITE, OLMOE, OLMO2,
+    f.name: f for f in (MISTRAL3, LLAMA, QWEN2MOE, QWEN2, QWEN35MOE, QWEN3MOE, QWEN35, QWEN3, GEMMA2, GEMMA3N, GEMMA3, GEMMA4, PHI3, SMOLLM3, GRANITEHYBRID, GRANITEMOE, GRANITE, OLMOE, OLMO2,
                         GLM4, EXAONE4, LFM2MOE, LFM2, GPT_OSS)
 }
 

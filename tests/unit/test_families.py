@@ -13,7 +13,7 @@ N_LAYERS = 3
 
 
 def test_registry_by_arch_and_hf_model_type():
-    assert supported_names() == ["exaone4", "gemma2", "gemma3", "gemma4", "glm4", "gpt-oss", "granite", "granitehybrid", "lfm2", "lfm2moe", "llama", "mistral3",
+    assert supported_names() == ["exaone4", "gemma2", "gemma3", "gemma3n", "gemma4", "glm4", "gpt-oss", "granite", "granitehybrid", "granitemoe", "lfm2", "lfm2moe", "llama", "mistral3",
                                  "olmo2", "olmoe", "phi3", "qwen2", "qwen2moe", "qwen3", "qwen35", "qwen35moe", "qwen3moe",
                                  "smollm3"]
     assert family_for("qwen3_5_moe_text") is FAMILIES["qwen35moe"] and family_for("gpt_oss") is FAMILIES["gpt-oss"]
@@ -43,7 +43,7 @@ def test_names_map_both_ways(name):
 
 def test_only_llama_permutes_q_and_k_and_the_inverse_undoes_it():
     for name, fam in FAMILIES.items():
-        permuted = name in ("llama", "smollm3", "granite", "granitehybrid", "mistral3")  # llama's converter class
+        permuted = name in ("llama", "smollm3", "granite", "granitehybrid", "granitemoe", "mistral3")  # llama's converter class
         assert (fam.row_transform(MODEL_TENSOR.ATTN_Q, 4, 2) is not None) == permuted
         assert fam.row_transform(MODEL_TENSOR.ATTN_V, 4, 2) is None
     llama = FAMILIES["llama"]
