@@ -38,7 +38,7 @@ from edge_lora.formats.gguf_file import read_gguf
 from edge_lora.formats.keys import CombineKeys, EdgeLoraKeys
 from edge_lora.formats.values import F16_MAX
 from edge_lora.lora.adapter import LoraSource, read_gguf_lora
-from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair, concat
+from edge_lora.lora.pair import EMBEDDING, EXPERTS, LINEAR, LoraPair, concat
 from edge_lora.outputs import check_output
 from edge_lora._validate import combined_error, int_problem, is_number
 
@@ -172,16 +172,36 @@ def low_rank(
 def svd_pair(pair: LoraPair, rank: int) -> tuple[LoraPair, float]:
     """``pair`` (scale folded: 1) compressed to rank ``rank``, the singular values folded into
     B: ``(pair, rel_error)``, float32. Linear ``D = b @ a`` (out, in); embedding ``D = a @ b.T``
-    (vocab, hidden)."""
+    (vocab, hidden); experts each expert's own (:func:`_svd_experts`)."""
     if pair.layout == EMBEDDING:
         u, s, v, rel = low_rank(pair.a, pair.b, rank)
         a_r, b_r = u, v * s
     elif pair.layout == LINEAR:
         u, s, v, rel = low_rank(pair.b, pair.a.T, rank)
         a_r, b_r = v.T, u * s
+    elif pair.layout == EXPERTS:
+        a_r, b_r, rel = _svd_experts(pair, rank)
     else:
         raise InvalidRequestError(f"svd of {pair.layout} LoRA is not supported; combine with --method cat")
     return replace(pair, a=np.ascontiguousarray(a_r, dtype=np.float32), b=np.ascontiguousarray(b_r, dtype=np.float32)), rel
+
+
+def _svd_experts(pair: LoraPair, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each expert's ``D_e = b[e] @ a[e]`` compressed to rank ``rank`` on its own (:func:`low_rank`),
+    zero-padded to one rank (exact: llama.cpp takes one rank per tensor). The relative error is
+    over all experts: ``sqrt(sum_e discarded_e / sum_e ||D_e||^2)``, each ``||D_e||_F^2`` from the
+    factors (``sum((B^T B) * (A A^T))``, no (out, in) product formed)."""
+    parts = [low_rank(pair.b[e], pair.a[e].T, rank) for e in range(pair.a.shape[0])]
+    keep = max(u.shape[1] for u, _, _, _ in parts)
+    a_r = np.zeros((len(parts), keep, pair.a.shape[2]))
+    b_r = np.zeros((len(parts), pair.b.shape[1], keep))
+    lost = total = 0.0
+    for e, (u, s, v, rel) in enumerate(parts):
+        a_r[e, : u.shape[1]], b_r[e, :, : u.shape[1]] = v.T, u * s
+        b64, a64 = pair.b[e].astype(np.float64), pair.a[e].astype(np.float64)
+        energy = float(np.sum((b64.T @ b64) * (a64 @ a64.T)))
+        lost, total = lost + rel * rel * energy, total + energy
+    return a_r, b_r, math.sqrt(lost / total) if total > 0 else 0.0
 
 
 # --- the steps ----------------------------------------------------------------------

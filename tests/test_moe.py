@@ -1,4 +1,4 @@
-"""LoRA on MoE experts (Qwen3-MoE), end to end, in both layouts trainers save: PEFT's
+"""LoRA on MoE experts (Qwen3-MoE and the other MoE families), end to end, in both layouts trainers save: PEFT's
 ``target_parameters`` on transformers 5's fused 3-D experts (what PEFT 0.21 writes, also when
 asked for ``gate_proj``/``up_proj``/``down_proj``), and transformers 4's per-expert modules
 (``mlp.experts.E.up_proj``, rewritten from the former and loaded by PEFT itself as the
@@ -23,7 +23,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tiny_models import TOKENS, hf_logits, rel_err
 
-from edge_lora import IncompatibleAdapterError, InvalidRequestError, Runtime
+from edge_lora import IncompatibleAdapterError, Runtime
 from edge_lora.formats.adapter_file import OutTensor, write_adapter
 from edge_lora.formats.gguf_file import read_gguf
 from edge_lora.lora.adapter import read_gguf_lora
@@ -256,8 +256,23 @@ def test_combine_stacks_experts_exactly(moe, tmp_path):
     err = rel_err(_logits(t.base_path, {tmp_path / "ab.gguf": 1.0}), hot)
     print(f"parity moe combine cat: {err:.2e}")
     assert err <= 1e-5
-    with pytest.raises(InvalidRequestError, match="svd of experts LoRA"):
-        combine([d / "a.gguf", tmp_path / "b.gguf"], tmp_path / "svd.gguf", method="svd", rank=4)
+    # svd per expert: at the full rank exact; below it, each expert's best rank-r approximation
+    full = combine([(d / "a.gguf", 0.7), (tmp_path / "b.gguf", -0.5)], tmp_path / "full.gguf", method="svd", rank=20,
+                   outtype="f32")
+    err = rel_err(_logits(t.base_path, {tmp_path / "full.gguf": 1.0}), hot)
+    print(f"parity moe combine svd (full rank): {err:.2e}")
+    assert err <= 1e-5 and full.worst.rel_error <= 1e-6
+    low = combine([(d / "a.gguf", 0.7), (tmp_path / "b.gguf", -0.5)], tmp_path / "low.gguf", method="svd", rank=6,
+                  outtype="f32")
+    got = read_gguf_lora(tmp_path / "low.gguf").weights["blk.1.ffn_up_exps.weight"]
+    assert got.a.shape == (4, 6, 64)
+    srcs = [read_gguf_lora(d / "a.gguf", scale=0.7), read_gguf_lora(tmp_path / "b.gguf", scale=-0.5)]
+    want = sum(src.weights["blk.1.ffn_up_exps.weight"].delta().astype(np.float64) for src in srcs)
+    best = np.stack([(u[:, :6] * s[:6]) @ vt[:6] for u, s, vt in (np.linalg.svd(w) for w in want)])
+    np.testing.assert_allclose(got.delta(), best, rtol=1e-3, atol=1e-4)  # numpy's truncated SVD, each expert
+    lost = np.linalg.norm(want - best) / np.linalg.norm(want)
+    reported = {t.name: t.rel_error for t in low.tensors}["blk.1.ffn_up_exps.weight"]
+    assert abs(reported - lost) <= 1e-4, (reported, lost)
 
 
 def test_gemma4_expert_lora_after_the_per_expert_scale(tiny, tmp_path):
