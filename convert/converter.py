@@ -258,7 +258,8 @@ def _split_pairs(ckpt: Checkpoint, mod: LoraModule, parts: tuple[str, ...], shap
                         + ("pass --base (their sizes come from it)" if shape.tensors is None else
                            "the base holds none of the layouts it splits into"))
         return {}
-    pair = LoraPair.from_peft(mod.a, mod.b, LINEAR, scale=b_fold_factor(mod.scale, ckpt.alpha, mod.rank)).folded()
+    pair = LoraPair.from_peft(mod.a, mod.b, LINEAR, scale=b_fold_factor(mod.scale, ckpt.alpha, mod.rank),
+                              magnitude=mod.magnitude).folded()  # DoRA's magnitude splits with the rows
     rows = [int(shape.tensors[g][0]) for g in parts]
     if {int(shape.tensors[g][1]) for g in parts} != {pair.a.shape[1]} or sum(rows) != pair.b.shape[0]:
         problems.append(f"{mod.module}: LoRA implies a {pair.weight_shape} weight but the base splits it into "

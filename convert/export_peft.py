@@ -140,9 +140,15 @@ def export_peft(
 # --- names ---------------------------------------------------------------------------
 
 
-def hf_module_names(spec: Family, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
-    """GGUF tensor name -> its type and Hugging Face module path (:meth:`Family.hf_module_names`)."""
-    return spec.hf_module_names(n_layers)
+def hf_module_names(spec: Family, n_layers: int, base: GGUFInfo | None = None) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
+    """GGUF tensor name -> its type and Hugging Face module path (:meth:`Family.hf_module_names`),
+    with the family's own names where ``base`` carries its :attr:`~Family.extras_marker`."""
+    return spec.hf_module_names_for(n_layers, uses_extras(spec, base))
+
+
+def uses_extras(spec: Family, base: GGUFInfo | None) -> bool:
+    """Whether the family's own names are the model's (:attr:`Family.extras_marker`, read from ``base``)."""
+    return spec.extras_marker is None or (base is not None and base.arch_value(spec.extras_marker) is not None)
 
 
 def _n_layers(info: GGUFInfo, base: GGUFInfo | None) -> int:
@@ -175,7 +181,12 @@ def _plan(
     problems: list[str], notes: list[str], alpha: float, expert_layout: str,
 ) -> _Plan:
     n_layers = _n_layers(info, base)
-    names = hf_module_names(spec, n_layers)
+    # dense Granite 4 on a granite base: its shared MLP's names, if the base says so
+    extras = uses_extras(spec, base)
+    if spec.extras_marker is not None and base is None:
+        notes.append(f"{spec.name}: without --base the Hugging Face names are those of the models without a shared "
+                     "MLP (Granite 3's mlp.*_proj); pass --base for a Granite 4 base")
+    names = hf_module_names(spec, n_layers, base)
     tensors: list[ExportTensor] = []
     ranks: dict[str, int] = {}
     vocab: list[str] = []
@@ -184,7 +195,7 @@ def _plan(
     quantized: Counter[str] = Counter()
     experts: dict[str, tuple[LoraPair, list[str]]] = {}  # GGUF name -> pair, storage types
     parameters: list[str] = []  # the target_parameters entries among ranks
-    joined, weights = _join_split_modules(spec, weights, n_layers, alpha)
+    joined, weights = _join_split_modules(spec, weights, n_layers, alpha) if extras else ({}, weights)
     for module, (w, part) in joined.items():  # modules the base converter split by rows, joined again
         ranks[module] = w.rank
         dtypes = [_storage(info, part + suffix, quantized) for suffix in (LORA_A_SUFFIX, LORA_B_SUFFIX)]

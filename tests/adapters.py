@@ -21,7 +21,8 @@ FUSED = {"phi3": (["qkv_proj", "o_proj"], ["gate_up_proj", "down_proj"]), "glm4"
          "lfm2": (["q_proj", "k_proj", "v_proj", "out_proj", "in_proj"], ["w1", "w3", "w2"]),
          "gptoss": (ATTN, []),
          "lfm2moe": (["q_proj", "k_proj", "v_proj", "out_proj", "in_proj"], ["w1", "w3", "w2"]),
-         "granitehybrid": (["q_proj", "k_proj", "v_proj", "o_proj", "in_proj"], ["out_proj", "input_linear", "output_linear"])}  # its experts are fused parameters only (target_parameters: test_moe.py)
+         "granitehybrid": (["q_proj", "k_proj", "v_proj", "o_proj", "in_proj"], ["out_proj", "input_linear", "output_linear"]),
+         "granite4": (ATTN, ["input_linear", "output_linear"])}  # its experts are fused parameters only (target_parameters: test_moe.py)
 
 
 #: modules PEFT's "all-linear" reaches that llama.cpp multiplies without LoRA (refused by name)

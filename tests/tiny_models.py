@@ -30,7 +30,7 @@ from edge_lora.engine.tiny import write_vocab
 from edge_lora.families import Family, family_for
 
 CASES = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite", "olmo2",
-         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe", "gemma4", "gemma4moe", "lfm2moe", "granitehybrid", "granitemoe", "gemma3n"]
+         "glm4", "exaone4", "qwen3moe", "mixtral", "olmoe", "qwen2moe", "mistral3", "lfm2", "gptoss", "qwen35", "qwen35moe", "gemma4", "gemma4moe", "lfm2moe", "granitehybrid", "granitemoe", "gemma3n", "granite4"]
 
 #: cases whose GGUF base is written under another arch than the model type's family (llama.cpp
 #: writes Mistral Small 3.x, text model_type mistral, as mistral3)
@@ -210,6 +210,13 @@ _CASE_DEFS: dict[str, CaseDef] = {
         shared_intermediate_size=80, layer_types=["mamba", "attention"], mamba_n_heads=8, mamba_d_head=16,
         mamba_n_groups=1, mamba_d_state=16, mamba_d_conv=4, attention_multiplier=0.2, embedding_multiplier=3.0,
         residual_multiplier=0.5, logits_scaling=2.0), llama_cpp_base=True),
+    # dense Granite 4 (granite-4.0-micro): GraniteMoeHybrid with attention layers only and rope, which
+    # llama.cpp writes as a granite base (shared_mlp.input_linear split into ffn_gate and ffn_up)
+    "granite4": CaseDef("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", dict(
+        num_key_value_heads=2, num_local_experts=0, num_experts_per_tok=0, intermediate_size=80,
+        shared_intermediate_size=80, layer_types=["attention", "attention"], position_embedding_type="rope",
+        attention_multiplier=0.2, embedding_multiplier=3.0, residual_multiplier=0.5, logits_scaling=2.0),
+        llama_cpp_base=True),
     # Granite 3 MoE: 4 experts of ff 48 (top 2), multipliers away from 1
     "granitemoe": CaseDef("GraniteMoeConfig", "GraniteMoeForCausalLM", dict(
         num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, intermediate_size=48,

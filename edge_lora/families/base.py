@@ -155,6 +155,10 @@ class Family:
     #: names of a block's modules gguf-py's table lacks (its converter maps them itself), as (path
     #: under ``model.layers.N.``, tensor type): Granite 4's ``block_sparse_moe.router``
     extra_names: tuple[tuple[str, MODEL_TENSOR], ...] = ()
+    #: a base key whose presence says :attr:`extra_names` and :attr:`split_modules` are the model's on
+    #: the way back to PEFT (dense Granite 4's ``{arch}.expert_shared_feed_forward_length`` on a
+    #: ``granite`` base, where Granite 3 has ``mlp.*_proj``); None: always
+    extras_marker: str | None = None
     #: a block's modules the base converter splits by rows into several tensors, as (path under
     #: ``model.layers.N.``, candidate part layouts in row order; the first the base holds is the
     #: one): Granite 4's ``shared_mlp.input_linear`` into ``ffn_gate_shexp`` + ``ffn_up_shexp``
@@ -189,7 +193,12 @@ class Family:
         the LoRA modules of the family (an expert tensor gives its stacked module,
         ``model.layers.3.mlp.experts.up_proj``: :meth:`expert_module` names each expert's). Raises :class:`ConversionError` if the table gives one
         tensor several modules (a table change would otherwise pick one silently)."""
-        return _hf_module_names(self, n_layers)
+        return _hf_module_names(self, n_layers, self.extras_marker is None)
+
+    def hf_module_names_for(self, n_layers: int, extras: bool) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
+        """:meth:`hf_module_names`, with the family's own names (:attr:`extra_names`, which replace
+        gguf-py's for the same tensor) or without them."""
+        return _hf_module_names(self, n_layers, extras)
 
     def keeps_module(self, hf_name: str, ttype: MODEL_TENSOR) -> bool:
         """Of several Hugging Face names for one tensor type, whether ``hf_name`` is this family's.
@@ -346,7 +355,7 @@ def _name_map(arch: MODEL_ARCH, n_layers: int) -> TensorNameMap:
 
 
 @functools.lru_cache(maxsize=16)
-def _hf_module_names(family: Family, n_layers: int) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
+def _hf_module_names(family: Family, n_layers: int, extras: bool) -> Mapping[str, tuple[MODEL_TENSOR, str]]:
     found: dict[str, list[tuple[MODEL_TENSOR, str]]] = {}
     for hf_name in _name_map(family.arch, n_layers).mapping:
         if (not family.lora_modules.match(hf_name) and family.expert_module(hf_name, 0) is None
@@ -358,12 +367,16 @@ def _hf_module_names(family: Family, n_layers: int) -> Mapping[str, tuple[MODEL_
         ttype, gguf_name = forward
         if family.keeps_module(hf_name, ttype):
             found.setdefault(gguf_name, []).append((ttype, hf_name))
-    for bid in range(n_layers):  # the family's own names (gguf-py's table lacks them)
+    for bid in range(n_layers if extras else 0):  # the family's own names, in place of gguf-py's
         for path, ttype in family.extra_names:
             hf_name = f"model.layers.{bid}.{path}"
             if ttype in MODEL_TENSORS[family.arch] and (family.lora_modules.match(hf_name)
                                                         or family.is_fused_part(hf_name)):
-                found.setdefault(TENSOR_NAMES[ttype].format(bid=bid) + WEIGHT_SUFFIX, []).append((ttype, hf_name))
+                found[TENSOR_NAMES[ttype].format(bid=bid) + WEIGHT_SUFFIX] = [(ttype, hf_name)]
+        for _, layouts in family.split_modules:  # their parts go back joined (export), not by these names
+            for parts in layouts:
+                for t in parts:
+                    found.pop(TENSOR_NAMES[t].format(bid=bid) + WEIGHT_SUFFIX, None)
     ambiguous = {g: c for g, c in found.items() if len(c) > 1}
     if ambiguous:
         raise ConversionError(f"{family.name}: the name table gives several Hugging Face modules for a tensor",

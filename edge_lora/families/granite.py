@@ -7,7 +7,8 @@ Granite's multipliers (``attention_multiplier``, ``embedding_multiplier``,
 ``residual_multiplier``, ``logits_scaling``) are written as hyperparameters and act on
 activations, LoRA-inclusive outputs, in transformers and llama.cpp alike
 (``src/models/granite.cpp``): a LoRA needs no transform for them. The base converter drops
-``head_dim`` (Granite has none).
+``head_dim`` (Granite has none). Dense Granite 4 is written as ``granite`` too, its shared MLP
+split as below (plain ``ffn_gate``/``ffn_up``/``ffn_down``).
 
 Granite 4 (``conversion/granite.py::GraniteHybridModel``, Q/K permuted too): ``mamba.in_proj`` and
 ``mamba.out_proj`` are ``ssm_in``/``ssm_out`` as they are (``conv1d``, ``A_log``, ``D`` and the norm
@@ -22,15 +23,22 @@ from __future__ import annotations
 
 import re
 
-from gguf import MODEL_ARCH, MODEL_TENSOR as T
+from gguf import MODEL_ARCH, MODEL_TENSOR as T, Keys
 
 from .base import GATED_EXPERTS
 from .llama import LlamaFamily
 
+#: Granite 3.x, and dense Granite 4 (granite-4.0-micro: transformers' GraniteMoeHybrid with only attention
+#: layers, which the converter writes as ``granite``, its shared MLP as ``ffn_gate``/``ffn_up``/``ffn_down``)
 GRANITE = LlamaFamily(
     MODEL_ARCH.GRANITE, ("granite",), name_words=("granite",),
     extra_hparams=(("add_attention_scale", "attention_multiplier"), ("add_embedding_scale", "embedding_multiplier"),
                    ("add_residual_scale", "residual_multiplier"), ("add_logit_scale", "logits_scaling")),
+    lora_modules=re.compile(r"^(?:model\.layers\.\d+\.(?:self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj"
+                            r"|shared_mlp\.output_linear)|model\.embed_tokens|lm_head)$"),
+    extra_names=(("shared_mlp.output_linear", T.FFN_DOWN),),
+    split_modules=(("shared_mlp.input_linear", ((T.FFN_GATE, T.FFN_UP),)),),
+    extras_marker=Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH,
 )
 
 GRANITEHYBRID = LlamaFamily(
