@@ -27,7 +27,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyCase]:
     ``model``, when building a PEFT adapter.
     """
     # imported here: tests/unit runs without torch and transformers
-    from llama_cpp_base import vendored_llama_cpp, write_llama_cpp_base
+    from llama_cpp_base import require_vendored_llama_cpp, write_llama_cpp_base
     from tiny_models import BASE_ARCH, TinyCase, make_tiny_model, uses_llama_cpp_base, write_gguf_base
 
     cache: dict[str, TinyCase] = {}
@@ -38,11 +38,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyCase]:
             folder = tmp_path_factory.mktemp(f"tiny-{case}")
             base_path = folder / "base-f32.gguf"
             if uses_llama_cpp_base(case):
-                vendor = vendored_llama_cpp()
-                if vendor is None:
-                    if os.environ.get("CI"):
-                        pytest.fail("the engine build tree (build/engine-*/_src) is missing: make builds it")
-                    pytest.skip(f"{case}: no engine build tree with llama.cpp's converter")
+                vendor = require_vendored_llama_cpp()
                 model.save_pretrained(folder / "hf")
                 write_llama_cpp_base(folder / "hf", base_path, vendor)
             else:

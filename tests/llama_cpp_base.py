@@ -22,6 +22,20 @@ def vendored_llama_cpp() -> Path | None:
     return found[0].parent if found else None
 
 
+def require_vendored_llama_cpp() -> Path:
+    """:func:`vendored_llama_cpp`, failing under CI (``make`` builds it) and skipping elsewhere."""
+    import os
+
+    import pytest
+
+    vendor = vendored_llama_cpp()
+    if vendor is None:
+        if os.environ.get("CI"):
+            pytest.fail("the engine build tree (build/engine-*/_src) is missing: make builds it")
+        pytest.skip("no engine build tree with llama.cpp's converter")
+    return vendor
+
+
 def write_llama_cpp_base(hf_dir: Path, out: Path, vendor: Path, *extra: str) -> None:
     """Convert ``hf_dir`` (a ``save_pretrained`` folder) to an f32 GGUF base at ``out``; ``extra``:
     more converter options (``--fuse-gate-up-exps``)."""

@@ -7,10 +7,8 @@ or one shared A), decided from the base's tensor list. Against transformers + PE
 from __future__ import annotations
 
 import pytest
-import os
-
 from adapters import make_peft_adapter, peft_logits, per_expert_save
-from llama_cpp_base import vendored_llama_cpp, write_llama_cpp_base
+from llama_cpp_base import require_vendored_llama_cpp, write_llama_cpp_base
 from tiny_models import TOKENS, hf_logits, llama_logits, rel_err, write_gguf_base
 
 from edge_lora.errors import ConversionError
@@ -76,11 +74,7 @@ def test_dora_on_a_fused_base_is_refused(fused, tmp_path):
 def test_expert_lora_packs_onto_fused_gate_up_experts(tiny, layout, tmp_path):
     """Qwen3.5-MoE converted with --fuse-gate-up-exps: gate and up expert LoRA (one fused
     target_parameters LoRA, or transformers 4's per-expert gate_proj and up_proj) onto ffn_gate_up_exps."""
-    vendor = vendored_llama_cpp()
-    if vendor is None:
-        if os.environ.get("CI"):
-            pytest.fail("the engine build tree (build/engine-*/_src) is missing: make builds it")
-        pytest.skip("no engine build tree with llama.cpp's converter")
+    vendor = require_vendored_llama_cpp()
     t = tiny("qwen35moe")
     t.model.save_pretrained(tmp_path / "hf")
     base = tmp_path / "fused.gguf"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from adapters import make_peft_adapter, peft_logits, per_expert_save
+from llama_cpp_base import require_vendored_llama_cpp
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tiny_models import TOKENS, hf_logits, rel_err
@@ -33,7 +33,6 @@ from edge_lora_convert.export_peft import export_peft
 
 RTOL = 1e-3
 MIN_EFFECT = 0.05
-ROOT = Path(__file__).resolve().parent.parent
 EXPERTS_AND_Q = dict(r=8, lora_alpha=16, target_modules=["q_proj", "gate_proj", "up_proj", "down_proj"])
 #: explicit target_parameters, the router's 2-D weight among them
 FUSED = dict(r=4, lora_alpha=8, target_modules=["q_proj"],
@@ -69,11 +68,6 @@ def test_expert_lora_runs_in_the_runtime_as_peft(moe):
     err = rel_err(_logits(t.base_path, {d / "a.gguf": 1.0}), want)
     print(f"parity moe runtime: {err:.2e}")
     assert err <= RTOL
-
-
-def _vendored_llama_cpp() -> Path | None:
-    found = sorted(ROOT.glob("build/engine-*/_src/llama_cpp_python-*/vendor/llama.cpp/convert_lora_to_gguf.py"))
-    return found[0] if found else None
 
 
 def _peft_from(model, folder: Path):
@@ -164,11 +158,7 @@ def test_llama_cpps_expert_adapter_loads_and_equals_ours(fused, tmp_path):
     complete per-expert LoRA (transformers 4's layout; not target_parameters): its file loads in
     edge-lora's runtime, matches PEFT, and holds the same factors as edge-lora's conversion."""
     t, d, ref = fused
-    script = _vendored_llama_cpp()
-    if script is None:
-        if os.environ.get("CI"):
-            pytest.fail("the engine build tree (build/engine-*/_src) is missing: make builds it")
-        pytest.skip("no engine build tree with llama.cpp's converter")
+    script = require_vendored_llama_cpp() / "convert_lora_to_gguf.py"
     src = tmp_path / "no-router"  # llama.cpp's converter has no LoRA name for a router's raw weight
     src.mkdir()
     cfg = json.loads((d / "per-expert" / "adapter_config.json").read_text())
