@@ -98,6 +98,51 @@ def test_field_nan_factors_refused_by_runtime_inspect_and_cli(tmp_path):
     assert cli(["run", str(base), "--adapter", f"x={bad}", "-p", "hi", "--max-tokens", "2"]) == 2
 
 
+def _retyped(src: Path, dst: Path, key: str, vtype: gguf.GGUFValueType, value) -> Path:
+    """``src`` rewritten with ``key`` stored as ``vtype`` (as third-party writers do)."""
+    reader = gguf.GGUFReader(src)
+    arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
+    w = gguf.GGUFWriter(str(dst), arch)
+    for name, f in reader.fields.items():
+        if name.startswith("GGUF.") or name == gguf.Keys.General.ARCHITECTURE:
+            continue
+        if name == key:
+            continue
+        w.add_key_value(name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
+    w.add_key_value(key, value, vtype)
+    for t in reader.tensors:
+        w.add_tensor(t.name, np.array(t.data), raw_shape=list(reversed(t.shape.tolist())), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+@needs_field
+def test_typed_keys_llama_cpp_would_abort_on_are_refused(tmp_path):
+    """llama.cpp reads adapter.lora.alpha with a typed getter that aborts the process on another
+    type: the field file (UINT32) and our own (FLOAT64 alpha, UINT32 adapter.type) are typed refusals."""
+    from edge_lora import IncompatibleAdapterError, Runtime
+    from edge_lora.inspect import describe
+
+    base = FIELD / "base-llama2-tiny-f32.gguf"
+    plain = tmp_path / "plain.gguf"
+    convert(FIELD / "cases" / "plain", base=base, out=plain, outtype="f32")
+    cases = {FIELD / "turn3" / "alpha-u32.gguf": ("adapter.lora.alpha", "UINT32"),
+             _retyped(plain, tmp_path / "f64.gguf", gguf.Keys.Adapter.LORA_ALPHA, gguf.GGUFValueType.FLOAT64, 8.0):
+                 ("adapter.lora.alpha", "FLOAT64"),
+             _retyped(plain, tmp_path / "typ.gguf", gguf.Keys.Adapter.TYPE, gguf.GGUFValueType.UINT32, 1):
+                 ("adapter.type", "UINT32")}
+    with Runtime(base, n_ctx=64) as rt:
+        for path, (key, stored) in cases.items():
+            refused(lambda: rt.load_adapter("x", path), f"{key} is stored as {stored}", "FLOAT32" if "alpha" in key
+                    else "STRING", err=IncompatibleAdapterError)
+            assert not describe(path, base=base)["compatibility"]["compatible"]
+        rt.load_adapter("ok", plain)  # still usable
+        assert list(rt.adapters) == ["ok"]
+
+
 # --- key names: prefixes, adapter names, multimodal wrappers, families ----------------------
 
 

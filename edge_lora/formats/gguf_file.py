@@ -61,6 +61,8 @@ class GGUFInfo:
     tensors: dict[str, TensorInfo] = field(repr=False)
     #: byte range ``(start, end)`` of each metadata entry (key and value), to copy one verbatim
     kv_spans: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    #: the stored type of each metadata value (llama.cpp's typed getters abort on another)
+    value_types: dict[str, GGUFValueType] = field(default_factory=dict, repr=False)
 
     @property
     def architecture(self) -> str:
@@ -154,7 +156,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
             raise GGUFFileError(f"{p}: not a GGUF file (bad magic {magic!r})")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             try:
-                metadata, raw_tensors, data_start, spans = _parse(_Cursor(mm))
+                metadata, raw_tensors, data_start, spans, types = _parse(_Cursor(mm))
             except (ValueError, struct.error, UnicodeDecodeError) as exc:
                 raise GGUFFileError(f"{p}: malformed or truncated GGUF header ({exc})") from exc
     tensors: dict[str, TensorInfo] = {}
@@ -174,11 +176,11 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         tensors[name] = TensorInfo(name, shape, qtype.name, n_bytes, data_start + offset)
     if problems:
         raise GGUFFileError(f"{p}: truncated or malformed GGUF file", problems[:5] + ([f"... {len(problems) - 5} more"] if len(problems) > 5 else []))
-    return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors, kv_spans=spans)
+    return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors, kv_spans=spans, value_types=types)
 
 
 def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]], int,
-                                  dict[str, tuple[int, int]]]:
+                                  dict[str, tuple[int, int]], dict[str, GGUFValueType]]:
     cur.take("<I")
     version = cur.take("<I")
     if version not in (2, 3):
@@ -186,11 +188,14 @@ def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...
     n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
     metadata: dict[str, Any] = {}
     spans: dict[str, tuple[int, int]] = {}
+    types: dict[str, GGUFValueType] = {}
     for _ in range(n_kv):
         start = cur.pos
         key = cur.string()
-        metadata[key] = cur.value(cur.take("<I"))
+        vtype = cur.take("<I")
+        metadata[key] = cur.value(vtype)
         spans[key] = (start, cur.pos)
+        types[key] = GGUFValueType(vtype)
     raw = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -203,7 +208,7 @@ def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...
         raw.append((name, tuple(reversed(dims)), qtype, offset))
     align = int(metadata.get(Keys.General.ALIGNMENT, 32)) or 32
     data_start = (cur.pos + align - 1) // align * align
-    return metadata, raw, data_start, spans
+    return metadata, raw, data_start, spans, types
 
 
 def tensor_data(data: np.ndarray, t: TensorInfo) -> np.ndarray:
@@ -237,6 +242,19 @@ def require_base(info: GGUFInfo, what: str = "the base") -> GGUFInfo:
         raise GGUFFileError(f"{info.path}: {what} is a LoRA adapter, not a base model" if what != "the base"
                             else f"{info.path}: is a LoRA adapter, not a base model")
     return info
+
+
+#: the adapter keys llama.cpp reads with typed getters (``gguf_get_val_str``/``_f32`` in
+#: ``llama_adapter_lora_init_impl``), which abort the process on a value of another type
+ADAPTER_KEY_TYPES = {Keys.General.TYPE: GGUFValueType.STRING, Keys.General.ARCHITECTURE: GGUFValueType.STRING,
+                     Keys.Adapter.TYPE: GGUFValueType.STRING, Keys.Adapter.LORA_ALPHA: GGUFValueType.FLOAT32}
+
+
+def key_type_problems(info: GGUFInfo, expected: dict[str, GGUFValueType] = ADAPTER_KEY_TYPES) -> list[str]:
+    """One problem per key stored with another type than llama.cpp reads it as (where present)."""
+    return [f"{key} is stored as {info.value_types[key].name}, but llama.cpp reads it only as {want.name} "
+            f"(it would abort the process); rewrite the file with {key} as {want.name}"
+            for key, want in expected.items() if key in info.value_types and info.value_types[key] != want]
 
 
 def require_adapter(info: GGUFInfo) -> GGUFInfo:

@@ -12,7 +12,7 @@ from gguf import Keys
 
 from .._validate import f16_problem, is_number
 from ..formats.values import nonfinite_tensors
-from ..formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo
+from ..formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo, key_type_problems
 from .pair import layout_for, shape_problem
 
 
@@ -45,6 +45,7 @@ def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bo
         kind = adapter.file_type or "model"
         problems.append(f"general.type is {kind!r}, not 'adapter' (is this a base model?)")
         return problems
+    problems += key_type_problems(adapter)
     adapter_type = adapter.metadata.get(Keys.Adapter.TYPE)
     if adapter_type != "lora":
         problems.append(f"adapter.type is {adapter_type!r}, only 'lora' is supported")
