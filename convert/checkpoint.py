@@ -124,6 +124,23 @@ def read_checkpoint(path: str | Path, *, adapter_name: str | None = None, text_o
     return ckpt
 
 
+#: segments training wrappers add to a model's parameter names: torch.compile (``_orig_mod``), FSDP
+#: (``_fsdp_wrapped_module``), activation checkpointing (``_checkpoint_wrapped_module``), and DDP's
+#: leading ``module.``
+_WRAPPERS = re.compile(r"(?:^|(?<=\.))(?:_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)\.|^module\.")
+
+
+def _without_wrappers(tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], set[str]]:
+    """``tensors`` with the training wrappers' name segments removed, and the segments seen."""
+    seen: set[str] = set()
+    out = {}
+    for name, arr in tensors.items():
+        found = _WRAPPERS.findall(name)
+        seen.update(f.rstrip(".") for f in found)
+        out[_WRAPPERS.sub("", name) if found else name] = arr
+    return out, seen
+
+
 def _format_of(cfg: dict[str, Any], folder: Path) -> Literal["peft", "mlx"]:
     mlx = "lora_parameters" in cfg or "fine_tune_type" in cfg
     peft = "peft_type" in cfg or "lora_alpha" in cfg or "r" in cfg
@@ -131,9 +148,15 @@ def _format_of(cfg: dict[str, Any], folder: Path) -> Literal["peft", "mlx"]:
         return "mlx"
     if peft and not mlx:
         return "peft"
+    if mlx and peft:  # Unsloth's MLX saves carry peft_type too: the weights file decides
+        has_mlx = any((folder / n).is_file() for n in MLX_WEIGHTS)
+        has_peft = any((folder / n).is_file() for n in PEFT_WEIGHTS)
+        if has_mlx != has_peft:
+            return "mlx" if has_mlx else "peft"
     raise CheckpointError(
         f"{folder / 'adapter_config.json'}: cannot tell PEFT from MLX-LM "
-        "(PEFT configs have peft_type, r and lora_alpha; MLX-LM configs have lora_parameters and fine_tune_type)"
+        "(PEFT configs have peft_type, r and lora_alpha; MLX-LM configs have lora_parameters and fine_tune_type; "
+        "with both, the one weights file decides: adapter_model.safetensors or adapters.safetensors)"
     )
 
 
@@ -217,6 +240,16 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
     config, problems = PeftConfig.from_dict(cfg, allow_dora=allow_dora)
     notes = [n for n in (config.fan_in_fan_out_note() if config else None,) if n]
     tensors, dtypes = _read_weights(weights_file)
+    tensors, unwrapped = _without_wrappers(tensors)
+    if unwrapped:
+        notes.append(f"dropped training-wrapper segments ({', '.join(sorted(unwrapped))}) from the tensor names: "
+                     "torch.compile / FSDP / DDP wrap the model they were saved from")
+    empty = [name for name, arr in tensors.items() if arr.size == 0]
+    if empty:
+        problems.append(f"{len(empty)} of {len(tensors)} tensors have 0 elements ({empty[0]}, ...): a DeepSpeed ZeRO-3 "
+                        "save whose parameters were not gathered; save again with the weights gathered "
+                        "(stage3_gather_16bit_weights_on_model_save: true, or zero_to_fp32.py on the checkpoint)")
+        tensors = {k: v for k, v in tensors.items() if v.size}
     problems += nonfinite_problems(tensors)
     parsed = []
     magnitudes: dict[str, np.ndarray] = {}

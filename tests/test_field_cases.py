@@ -143,6 +143,25 @@ def test_typed_keys_llama_cpp_would_abort_on_are_refused(tmp_path):
         assert list(rt.adapters) == ["ok"]
 
 
+TURN3 = FIELD / "turn3" / "cases"
+
+
+@needs_field
+@pytest.mark.parametrize("case,reference", [("orig-mod-prefix", FIELD / "cases" / "plain"),
+                                            ("unsloth-mlx-config", TURN3 / "mlx-reference")])
+def test_trainer_saves_convert_like_their_reference(case, reference, tmp_path):
+    base = FIELD / "base-llama2-tiny-f32.gguf"
+    convert(reference, base=base, out=tmp_path / "ref.gguf")
+    convert(TURN3 / case, base=base, out=tmp_path / "case.gguf")
+    assert same_tensors(tmp_path / "ref.gguf", tmp_path / "case.gguf")
+
+
+@needs_field
+def test_an_ungathered_zero3_save_is_named(tmp_path):
+    refused(lambda: convert(TURN3 / "zero3-empty", base=FIELD / "base-llama2-tiny-f32.gguf", out=tmp_path / "z.gguf"),
+            "8 of 8 tensors have 0 elements", "ZeRO-3", "stage3_gather_16bit_weights_on_model_save")
+
+
 # --- key names: prefixes, adapter names, multimodal wrappers, families ----------------------
 
 
@@ -167,9 +186,14 @@ def _rekey(src: Path, dst: Path, fn) -> Path:
     lambda k: "base_model.model." * 3 + k.removeprefix("base_model.model."),
     lambda k: k.removeprefix("base_model.model."),  # a raw state dict of the inner model
     lambda k: k.replace(".weight", ".default.weight"),  # the adapter-name segment, one name
+    lambda k: "_orig_mod." + k,  # torch.compile
+    lambda k: "module." + k,  # DDP
+    lambda k: k.replace(".self_attn.", "._checkpoint_wrapped_module.self_attn.").replace(
+        ".mlp.", "._fsdp_wrapped_module.mlp."),  # FSDP and activation checkpointing
     lambda k: k.replace("base_model.model.model.", "base_model.model.model.language_model."),
     lambda k: k.replace("base_model.model.model.", "base_model.model.language_model.model."),
-], ids=["prefix-x2", "prefix-x3", "no-prefix", "adapter-name", "model.language_model", "language_model.model"])
+], ids=["prefix-x2", "prefix-x3", "no-prefix", "adapter-name", "orig-mod", "ddp-module", "fsdp-checkpoint",
+        "model.language_model", "language_model.model"])
 def test_key_layouts_convert_like_plain(plain, rename, tmp_path):
     t, src, ref = plain
     assert np.abs(tensors_of(ref)["blk.0.attn_q.weight.lora_b"]).max() > 0  # real data is compared
@@ -355,13 +379,18 @@ def test_several_weights_files(plain, tmp_path):
             "several weights files", "adapters.safetensors, checkpoint-100.safetensors", err=CheckpointError)
 
 
-def test_format_comes_from_the_config(plain, tmp_path):
-    t, src, _ = plain
+def test_format_comes_from_the_config_then_the_weights_file(plain, tmp_path):
+    """A config with both formats' fields (Unsloth's MLX saves): the one weights file decides; with
+    both files (or neither) it cannot be told."""
+    t, src, ref = plain
     shutil.copytree(src, tmp_path / "a")
     cfg = json.loads((src / "adapter_config.json").read_text())
     cfg["lora_parameters"] = {"rank": 4, "scale": 2.0}
     (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(cfg))
-    refused(lambda: convert(tmp_path / "a", base=t.base_path, out=tmp_path / "o.gguf"), "cannot tell PEFT from MLX-LM",
+    convert(tmp_path / "a", base=t.base_path, out=tmp_path / "o.gguf")  # adapter_model.safetensors alone: PEFT
+    assert same_tensors(ref, tmp_path / "o.gguf")
+    shutil.copy(src / "adapter_model.safetensors", tmp_path / "a" / "adapters.safetensors")
+    refused(lambda: convert(tmp_path / "a", base=t.base_path, out=tmp_path / "o2.gguf"), "cannot tell PEFT from MLX-LM",
             err=CheckpointError)
 
 
