@@ -276,6 +276,7 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
         shown = ", ".join(f"{n!r} ({c} tensors)" if n else f"unnamed ({c} tensors)" for n, c in counts.items())
         problems.append(f"the file holds several PEFT adapters: {shown}; pick one with --adapter-name NAME")
     pairs: dict[tuple[str, bool], dict[str, tuple[str, np.ndarray]]] = {}
+    seen_as: dict[tuple[str, bool], str] = {}
     towers: dict[str, int] = {}
     for name, arr, m in parsed:
         if m["suffix"] == ".bias":
@@ -290,6 +291,7 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
             continue
         embedding = m["part"].startswith("lora_embedding")
         pairs.setdefault((module, embedding), {})[m["part"][-1]] = (name, arr)
+        seen_as[module, embedding] = m["module"]  # the path PEFT matched its config against
     if towers:
         what = ", ".join(f"{t} ({n} tensors)" for t, n in sorted(towers.items()))
         if text_only:
@@ -297,7 +299,7 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
         else:
             problems.append(f"LoRA on the multimodal towers {what}: a text GGUF base has no such layers; "
                             "pass --text-only to convert the text model's part alone")
-    modules = _pair_up(pairs, config, problems)
+    modules = _pair_up(pairs, config, problems, seen_as)
     if allow_dora and config is not None:
         if magnitudes and not config.use_dora:
             problems.append(f"{len(magnitudes)} DoRA magnitudes (lora_magnitude_vector) but use_dora is not true in "
@@ -390,9 +392,14 @@ def _pair_up(
     pairs: dict[tuple[str, bool], dict[str, tuple[str, np.ndarray]]],
     config: PeftConfig | None,
     problems: list[str],
+    seen_as: dict[tuple[str, bool], str] | None = None,
 ) -> list[LoraModule]:
+    """The modules of ``pairs`` (by the text model's module path), their rank, alpha and targeting
+    read from ``config`` as PEFT did: against the path PEFT saw (``seen_as``: a composite model's
+    ``model.language_model.layers.N...``, which ``target_modules`` and the patterns may spell out)."""
     modules: list[LoraModule] = []
     for (module, embedding), sides in sorted(pairs.items()):
+        peft_path = (seen_as or {}).get((module, embedding), module)
         if set(sides) != {"A", "B"}:
             have = next(iter(sides.values()))[0]
             missing = "B" if "A" in sides else "A"
@@ -406,14 +413,14 @@ def _pair_up(
             continue
         if config is None:
             continue  # its problems are reported; pairing problems are still collected
-        unwrapped = _BASE_LAYERS.sub("", module)
+        unwrapped, peft_unwrapped = _BASE_LAYERS.sub("", module), _BASE_LAYERS.sub("", peft_path)
         # a module target_modules selects is a module LoRA (PEFT refuses to wrap both ways); the
         # parameter names of target_parameters are matched by suffix, as PEFT does, on the others
-        wrapped = module != unwrapped or not (config.target_modules and config.is_targeted(module))
-        params = config.parameters_of(unwrapped) if wrapped and not embedding else ()
+        wrapped = module != unwrapped or not (config.target_modules and config.is_targeted(peft_path))
+        params = config.parameters_of(peft_unwrapped) if wrapped and not embedding else ()
         if params:
-            targets = tuple(ParamTarget(n, *config.rank_and_alpha(f"{unwrapped}.{n}"),
-                                        config.module_scale(f"{unwrapped}.{n}")) for n in params)
+            targets = tuple(ParamTarget(n, *config.rank_and_alpha(f"{peft_unwrapped}.{n}"),
+                                        config.module_scale(f"{peft_unwrapped}.{n}")) for n in params)
             fits = [t for t in targets if a.shape[0] % t.rank == 0]
             if not fits:
                 problems.append(f"{module}: lora_A's {a.shape[0]} rows are no multiple of the configured rank of "
@@ -428,14 +435,14 @@ def _pair_up(
             modules.append(LoraModule(unwrapped, LINEAR, a, b, fits[0].scale, fits[0].alpha, (a_name, b_name),
                                       parameters=tuple(fits)))
             continue
-        r_cfg, alpha = config.rank_and_alpha(module)
+        r_cfg, alpha = config.rank_and_alpha(peft_path)
         if a.shape[0] != r_cfg:
             problems.append(f"{module}: tensor rank {a.shape[0]} differs from the configured rank {r_cfg}")
             continue
-        if not config.is_targeted(module):
+        if not config.is_targeted(peft_path):
             problems.append(f"{module}: has LoRA weights but is not selected by target_modules/layers_to_transform")
             continue
-        scale = config.module_scale(module)
+        scale = config.module_scale(peft_path)
         kind: Layout = EMBEDDING if embedding else LINEAR
         modules.append(LoraModule(module, kind, a, b, scale, float(alpha), (a_name, b_name)))
     if not modules and not problems:

@@ -148,12 +148,47 @@ TURN3 = FIELD / "turn3" / "cases"
 
 @needs_field
 @pytest.mark.parametrize("case,reference", [("orig-mod-prefix", FIELD / "cases" / "plain"),
-                                            ("unsloth-mlx-config", TURN3 / "mlx-reference")])
+                                            ("unsloth-mlx-config", TURN3 / "mlx-reference"),
+                                            ("composite-target-paths", TURN3 / "composite-reference")])
 def test_trainer_saves_convert_like_their_reference(case, reference, tmp_path):
     base = FIELD / "base-llama2-tiny-f32.gguf"
     convert(reference, base=base, out=tmp_path / "ref.gguf")
     convert(TURN3 / case, base=base, out=tmp_path / "case.gguf")
     assert same_tensors(tmp_path / "ref.gguf", tmp_path / "case.gguf")
+
+
+@pytest.mark.parametrize("config", [
+    # LLaMA-Factory: full paths of the composite model, an alpha_pattern by full path
+    dict(target_modules=[f"model.language_model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")],
+         alpha_pattern={"model.language_model.layers.0.self_attn.q_proj": 32}),
+    # ms-swift: an anchored regex on the same paths, a rank_pattern by full path
+    dict(target_modules=r"^(model\.language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj))$",
+         rank_pattern={"model.language_model.layers.1.self_attn.v_proj": 2}),
+], ids=["llama-factory", "ms-swift"])
+def test_config_matched_against_the_path_peft_saw(plain, config, tmp_path):
+    """A composite model's save (keys under model.language_model.) whose config names those paths: the
+    patterns apply as PEFT applied them (not silently ignored), the reference being the same factors
+    saved the ordinary way with the same per-module rank and alpha."""
+    t, src, _ = plain
+    base = dict(r=4, lora_alpha=8)
+    tensors = {k: v for k, v in load_file(src / "adapter_model.safetensors").items() if ".mlp." not in k}
+    if "rank_pattern" in config:  # layer 1's v_proj at rank 2: its factors cut to rank 2
+        for side, axis in (("lora_A", 0), ("lora_B", 1)):
+            key = f"base_model.model.model.layers.1.self_attn.v_proj.{side}.weight"
+            tensors[key] = tensors[key].narrow(axis, 0, 2).contiguous()
+    ordinary = {k: v for k, v in config.items() if k != "target_modules"}
+    ordinary = {k: {p.replace("model.language_model.", "model."): x for p, x in v.items()} for k, v in ordinary.items()}
+    for folder, cfg, keys in ((tmp_path / "ref", {**base, "target_modules": ["q_proj", "v_proj"], **ordinary}, tensors),
+                              (tmp_path / "comp", {**base, **config},
+                               {k.replace("base_model.model.model.", "base_model.model.model.language_model."): v
+                                for k, v in tensors.items()})):
+        folder.mkdir()
+        save_file(keys, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+        full = json.loads((src / "adapter_config.json").read_text())
+        full.update(cfg)
+        (folder / "adapter_config.json").write_text(json.dumps(full))
+        convert(folder, base=t.base_path, out=folder.with_suffix(".gguf"))
+    assert same_tensors(tmp_path / "ref.gguf", tmp_path / "comp.gguf")
 
 
 @needs_field
