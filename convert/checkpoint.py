@@ -286,6 +286,10 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
             problems.append(f"{name}: unexpected '.weight' on an embedding LoRA factor")
             continue
         module, tower = unwrap_text_model(m["module"])
+        if module in _HEAD_ALIASES:
+            note = f"{module}: the output head as {_HEAD_ALIASES[module]} names it: read as lm_head"
+            notes += [note] if note not in notes else []
+            module = "lm_head"
         if tower:
             towers[tower] = towers.get(tower, 0) + 1
             continue
@@ -449,6 +453,9 @@ def _pair_up(
         problems.append("no LoRA tensors found")
     return modules
 
+
+#: other trainers' names of the output head (``lm_head``), and who uses them
+_HEAD_ALIASES = {"model.unembed_tokens": "Tinker"}
 
 #: PEFT's wrapper segments of a nested ``ParamWrapper`` (several parameters of one module)
 _BASE_LAYERS = re.compile(r"(?:\.base_layer)+$")

@@ -191,6 +191,26 @@ def test_config_matched_against_the_path_peft_saw(plain, config, tmp_path):
     assert same_tensors(tmp_path / "ref.gguf", tmp_path / "comp.gguf")
 
 
+def test_tinkers_head_name_is_the_output_head(tiny, tmp_path):
+    """Tinker names the head model.unembed_tokens: on an untied base exactly output.weight's LoRA; on
+    a tied one refused for the tied head, the right reason."""
+    t = tiny("llama2")
+    make_peft_adapter(t.model, tmp_path / "a", dict(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"]))
+    convert(tmp_path / "a", base=t.base_path, out=tmp_path / "a.gguf")
+    _rekey(tmp_path / "a", tmp_path / "tinker", lambda k: k.replace("base_model.model.lm_head.", "base_model.model.model.unembed_tokens."))
+    edit_config(tmp_path / "tinker", target_modules=["q_proj", "unembed_tokens"])
+    r = convert(tmp_path / "tinker", base=t.base_path, out=tmp_path / "tinker.gguf")
+    assert same_tensors(tmp_path / "a.gguf", tmp_path / "tinker.gguf")
+    assert any("as Tinker names it" in n for n in r.notes)
+    tied = tiny("llama3")
+    make_peft_adapter(tied.model, tmp_path / "b", dict(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    edit_adapter(tmp_path / "b", lambda d: {**d, "base_model.model.model.unembed_tokens.lora_A.weight": torch.zeros(4, 64),
+                                            "base_model.model.model.unembed_tokens.lora_B.weight": torch.zeros(320, 4)})
+    edit_config(tmp_path / "b", target_modules=["q_proj", "unembed_tokens"])
+    refused(lambda: convert(tmp_path / "b", base=tied.base_path, out=tmp_path / "b.gguf"), "lm_head LoRA on a base whose output",
+            "tied")
+
+
 @needs_field
 def test_an_ungathered_zero3_save_is_named(tmp_path):
     refused(lambda: convert(TURN3 / "zero3-empty", base=FIELD / "base-llama2-tiny-f32.gguf", out=tmp_path / "z.gguf"),
