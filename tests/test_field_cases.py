@@ -109,7 +109,7 @@ def _retyped(src: Path, dst: Path, key: str, vtype: gguf.GGUFValueType, value) -
         if name == key:
             continue
         w.add_key_value(name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
-    w.add_key_value(key, value, vtype)
+    w.add_key_value(key, value, vtype, sub_type=gguf.GGUFValueType.UINT32 if vtype == gguf.GGUFValueType.ARRAY else None)
     for t in reader.tensors:
         w.add_tensor(t.name, np.array(t.data), raw_shape=list(reversed(t.shape.tolist())), raw_dtype=t.tensor_type)
     w.write_header_to_file()
@@ -141,6 +141,10 @@ def test_typed_keys_llama_cpp_would_abort_on_are_refused(tmp_path):
             assert not describe(path, base=base)["compatibility"]["compatible"]
         rt.load_adapter("ok", plain)  # still usable
         assert list(rt.adapters) == ["ok"]
+        # an aLoRA (llama.cpp's converter writes its invocation tokens): not applied to every token
+        alora = _retyped(plain, tmp_path / "alora.gguf", gguf.Keys.Adapter.ALORA_INVOCATION_TOKENS,
+                         gguf.GGUFValueType.ARRAY, [37, 251])
+        refused(lambda: rt.load_adapter("a", alora), "activated LoRA (aLoRA)", err=IncompatibleAdapterError)
 
 
 TURN3 = FIELD / "turn3" / "cases"

@@ -46,6 +46,10 @@ def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bo
         problems.append(f"general.type is {kind!r}, not 'adapter' (is this a base model?)")
         return problems
     problems += key_type_problems(adapter)
+    if Keys.Adapter.ALORA_INVOCATION_TOKENS in adapter.metadata:
+        problems.append(f"{Keys.Adapter.ALORA_INVOCATION_TOKENS} is set: an activated LoRA (aLoRA), meant to act only "
+                        "from its invocation tokens on; applied to every token (as llama.cpp's loader would let it "
+                        "be) its outputs are wrong, so it is refused until edge-lora runs aLoRA")
     adapter_type = adapter.metadata.get(Keys.Adapter.TYPE)
     if adapter_type != "lora":
         problems.append(f"adapter.type is {adapter_type!r}, only 'lora' is supported")
