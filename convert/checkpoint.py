@@ -326,6 +326,7 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
             "weights_dtypes": ",".join(dtypes),
             "peft_version": config.peft_version,
             "text_only": bool(towers) and text_only,
+            "alora_invocation_tokens": list(config.alora_invocation_tokens),
         },
         notes=notes,
     )

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import MODEL_TENSOR, Keys, TensorNameMap
+from gguf import MODEL_TENSOR, GGUFValueType, Keys, TensorNameMap
 
 from edge_lora.errors import ConversionError, IncompatibleAdapterError
 from edge_lora._validate import F16_MAX, f16_problem
 from edge_lora.formats.gguf_file import OUTPUT_TENSOR, TOKEN_EMBD_TENSOR, GGUFInfo, read_gguf, require_base
-from edge_lora.formats.adapter_file import OUTTYPES, pair_tensors, write_adapter
+from edge_lora.formats.adapter_file import OUTTYPES, GGUFArray, pair_tensors, write_adapter
 from edge_lora.formats.keys import EdgeLoraKeys
 from edge_lora.lora.pair import EMBEDDING, LINEAR, LoraPair
 from edge_lora.families import Family, family_for
@@ -100,6 +100,14 @@ def convert(
     problems: list[str] = []
     notes: list[str] = list(ckpt.notes)
     out_tensors = pair_tensors(_plan(ckpt, shape, problems, notes))
+    tokens = ckpt.provenance.get("alora_invocation_tokens") or []
+    if tokens:
+        if vocab is not None and max(tokens) >= vocab:
+            problems.append(f"alora_invocation_tokens {tokens}: id {max(tokens)} is beyond the base's {vocab} tokens "
+                            "(tokenized for another model?)")
+        notes.append(f"an activated LoRA (aLoRA) invoked by tokens {tokens}: written as "
+                     f"{Keys.Adapter.ALORA_INVOCATION_TOKENS}, which llama.cpp's server runs from the invocation on; "
+                     "edge-lora's runtime refuses aLoRA until it runs it")
     alpha_problem = f16_problem("the file's alpha", ckpt.alpha)
     if alpha_problem:
         problems.append(f"{alpha_problem}: the runtime refuses such adapters")
@@ -391,4 +399,6 @@ def _provenance(ckpt: Checkpoint, shape: BaseShape) -> dict[str, object]:
         meta[EdgeLoraKeys.PEFT_VERSION] = p["peft_version"]
     if p.get("text_only"):
         meta[EdgeLoraKeys.TEXT_ONLY] = True
+    if p.get("alora_invocation_tokens"):  # llama.cpp reads them as UINT32 (llama_adapter_lora_init_impl)
+        meta[Keys.Adapter.ALORA_INVOCATION_TOKENS] = GGUFArray(tuple(p["alora_invocation_tokens"]), GGUFValueType.UINT32)
     return meta

@@ -21,7 +21,6 @@ _UNSUPPORTED: dict[str, str] = {
     "fan_in_fan_out": "fan_in_fan_out=True (Conv1D layers) is not supported",  # see fan_in_fan_out_note
     "layer_replication": "layer_replication changes the base's layer layout",
     "use_qalora": "QALoRA (use_qalora=True) is not supported",
-    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens) is not supported yet",
     "trainable_token_indices": "trainable token deltas (trainable_token_indices) are not supported",
     "modules_to_save": "modules_to_save holds full trained weights, which a llama.cpp adapter cannot carry",
 }
@@ -76,6 +75,9 @@ def type_problems(cfg: dict[str, Any]) -> list[str]:
         v = cfg.get(key)
         if v is not None and not (isinstance(v, str) and _regex_ok(v)) and not strs(v):
             out.append(f"adapter_config.json: '{key}' must be a list of names or a valid regular expression, found {v!r}")
+    v = cfg.get("alora_invocation_tokens")
+    if v is not None and not (ints(v) and v and all(x >= 0 for x in v)):
+        out.append(f"adapter_config.json: 'alora_invocation_tokens' must be a non-empty list of token ids, found {v!r}")
     v = cfg.get("target_parameters")
     if v is not None and not strs(v):
         out.append(f"adapter_config.json: 'target_parameters' must be a list of parameter names, found {v!r}")
@@ -126,6 +128,9 @@ def config_problems(cfg: dict[str, Any], *, allow_dora: bool = False) -> list[st
             continue  # decided with the base's layer type (see fan_in_fan_out_note); DoRA merges exactly
         if cfg.get(key):
             problems.append(f"adapter_config.json: {why}")
+    if cfg.get("invocation_string") and not cfg.get("alora_invocation_tokens"):
+        problems.append("adapter_config.json: an aLoRA with an invocation_string but no alora_invocation_tokens: "
+                        "tokenize the string with the base model's tokenizer and save the ids as alora_invocation_tokens")
     bias = cfg.get("bias", "none")
     if bias not in (None, "none"):
         problems.append(f"adapter_config.json: bias={bias!r}: trained biases are not supported by llama.cpp adapters")
@@ -153,6 +158,9 @@ class PeftConfig:
     fan_in_fan_out: bool = False
     base_model_name_or_path: str = ""
     peft_version: str = ""
+    #: activated LoRA (aLoRA): the token ids from which on the adapter acts (PEFT
+    #: ``alora_invocation_tokens``); empty for a plain LoRA
+    alora_invocation_tokens: tuple[int, ...] = ()
     #: parameters adapted directly (``lora.ParamWrapper``: transformers 5's 3-D expert weights),
     #: as configured: ``gate_up_proj`` or ``mlp.experts.gate_up_proj``
     target_parameters: tuple[str, ...] = ()
@@ -187,6 +195,7 @@ class PeftConfig:
             base_model_name_or_path=str(cfg.get("base_model_name_or_path") or ""),
             peft_version=str(cfg.get("peft_version") or ""),
             target_parameters=tuple(cfg.get("target_parameters") or ()),
+            alora_invocation_tokens=tuple(int(x) for x in cfg.get("alora_invocation_tokens") or ()),
         )
         return config, problems
 

@@ -215,6 +215,33 @@ def test_tinkers_head_name_is_the_output_head(tiny, tmp_path):
             "tied")
 
 
+def test_peft_alora_converts_with_the_invocation_tokens_llama_cpp_reads(tiny, tmp_path):
+    """PEFT's aLoRA (alora_invocation_tokens): the factors as a plain LoRA's, the invocation tokens as
+    adapter.alora.invocation_tokens (UINT32, which llama.cpp's loader requires and reads back);
+    edge-lora's runtime refuses it rather than apply it to every token."""
+    import llama_cpp
+
+    from edge_lora import IncompatibleAdapterError, Runtime
+
+    t = tiny("llama2")
+    cfg = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    make_peft_adapter(t.model, tmp_path / "plain", cfg, seed=2)
+    make_peft_adapter(t.model, tmp_path / "alora", {**cfg, "alora_invocation_tokens": [37, 251]}, seed=2)
+    convert(tmp_path / "plain", base=t.base_path, out=tmp_path / "plain.gguf")
+    r = convert(tmp_path / "alora", base=t.base_path, out=tmp_path / "alora.gguf")
+    assert same_tensors(tmp_path / "plain.gguf", tmp_path / "alora.gguf")
+    assert any("activated LoRA" in n for n in r.notes)
+    field = gguf.GGUFReader(tmp_path / "alora.gguf").fields[gguf.Keys.Adapter.ALORA_INVOCATION_TOKENS]
+    assert field.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32] and list(field.contents()) == [37, 251]
+    # llama.cpp's loader throws on invocation tokens of another element type: stock llama.cpp loads it
+    llm = llama_cpp.Llama(model_path=str(t.base_path), lora_path=str(tmp_path / "alora.gguf"), n_ctx=32, verbose=False)
+    llm.close()
+    with Runtime(t.base_path, n_ctx=64) as rt:
+        refused(lambda: rt.load_adapter("a", tmp_path / "alora.gguf"), "activated LoRA", err=IncompatibleAdapterError)
+    make_peft_adapter(t.model, tmp_path / "far", {**cfg, "alora_invocation_tokens": [37, 9999]}, seed=2)
+    refused(lambda: convert(tmp_path / "far", base=t.base_path, out=tmp_path / "far.gguf"), "id 9999 is beyond")
+
+
 @needs_field
 def test_an_ungathered_zero3_save_is_named(tmp_path):
     refused(lambda: convert(TURN3 / "zero3-empty", base=FIELD / "base-llama2-tiny-f32.gguf", out=tmp_path / "z.gguf"),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFType, GGUFWriter, Keys
+from gguf import GGMLQuantizationType, GGUFType, GGUFValueType, GGUFWriter, Keys
 from gguf.quants import QuantError, quantize
 
 from ..outputs import atomic_path
@@ -89,8 +89,19 @@ def write_adapter(
 _NATIVE = {GGMLQuantizationType.F32, GGMLQuantizationType.F16}
 
 
+@dataclass(frozen=True)
+class GGUFArray:
+    """A metadata array written with an explicit element type (llama.cpp checks some: the aLoRA
+    invocation tokens must be UINT32, which gguf-py would not infer from Python ints)."""
+
+    values: tuple[Any, ...]
+    element_type: GGUFValueType
+
+
 def _add_value(writer: GGUFWriter, key: str, value: Any) -> None:
-    if isinstance(value, bool):
+    if isinstance(value, GGUFArray):
+        writer.add_key_value(key, list(value.values), GGUFValueType.ARRAY, value.element_type)
+    elif isinstance(value, bool):
         writer.add_bool(key, value)
     elif isinstance(value, int):
         writer.add_uint32(key, value)
