@@ -183,6 +183,54 @@ def test_threads_with_different_sets_match_sequential(world):
     assert len({tuple(e) for e in expected}) > 3
 
 
+def test_load_and_unload_while_other_contexts_decode(world):
+    """llama.cpp's adapter init/free edit the model's adapter set, which every context iterates
+    while it sizes its graph: 3 contexts decode continuously (each call checked against its
+    sequential output) while another thread loads and unloads adapters hundreds of times."""
+    rt = world.rt
+    sets = [{}, {"sql": 1.0}, {"tone": 0.8}]
+    jobs = [(p, a) for p in PROMPTS[:2] for a in sets]
+    expected = {i: rt.complete(p, a, **GREEDY).tokens for i, (p, a) in enumerate(jobs)}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    done = {"decodes": 0, "swaps": 0}
+
+    def decode(k: int) -> None:
+        try:
+            i = k
+            while not stop.is_set():
+                p, a = jobs[i % len(jobs)]
+                assert rt.complete(p, a, **GREEDY).tokens == expected[i % len(jobs)], (p, a)
+                done["decodes"] += 1
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            stop.set()
+
+    def swap() -> None:
+        try:
+            for n in range(300):
+                rt.load_adapter(f"churn{n % 3}", world.ggufs[("sql", "tone", "style")[n % 3]])
+                if n % 2:
+                    rt.unload_adapter(f"churn{(n - 1) % 3}")
+                done["swaps"] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    threads = [threading.Thread(target=decode, args=(k,)) for k in range(3)] + [threading.Thread(target=swap)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for name in [n for n in rt.adapters if n.startswith("churn")]:
+        rt.unload_adapter(name)
+    assert not errors, errors
+    assert done["swaps"] == 300 and done["decodes"] >= 3, done
+    print(f"load/unload under decode {world.case}: {done['swaps']} loads, {done['decodes']} checked decodes")
+
+
 def test_unload_while_streaming(world):
     rt = world.rt
     rt.load_adapter("tmp", world.ggufs["sql"])

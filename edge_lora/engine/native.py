@@ -14,13 +14,14 @@ Python executable and in the current directory).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +213,54 @@ def quantize_rows(data: np.ndarray, ggml_type: int) -> bytes:
     return out.raw[:n]
 
 
+class AdapterSetLock:
+    """Orders adapter init/free against every context's use of the model.
+
+    ``llama_adapter_lora_init`` and ``llama_adapter_lora_free`` insert into and erase from the
+    model's adapter set (``model.loras``, a ``std::unordered_set``), which llama.cpp iterates from
+    any context sizing its graph (``llama_context::graph_max_nodes``, called when a context is
+    created, its adapters change or a batch is evaluated). Contexts hold it shared around those
+    calls; adapter init/free hold it exclusive. A waiting writer stops new readers, so a stream of
+    decodes cannot starve a load; a thread that holds it shared must not ask for it exclusive."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting_writers = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            try:
+                while self._writing or self._readers:
+                    self._cond.wait()
+            finally:
+                self._waiting_writers -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class NativeModel:
     """A loaded base model (weights memory-mapped) and its vocabulary."""
 
@@ -219,6 +268,7 @@ class NativeModel:
         """Load ``path``. ``on_progress(fraction)`` is called from this thread as llama.cpp loads
         (0.0 to 1.0); returning False cancels (:class:`CancelledError`); its exceptions propagate."""
         backend_init()
+        self.adapter_lock = AdapterSetLock()
         params = ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.load_mode = ll.LLAMA_LOAD_MODE_MMAP  # keep mmap on: the base is shared, not copied
@@ -305,15 +355,18 @@ class NativeAdapter:
     """A LoRA adapter loaded onto a model (freed before the model)."""
 
     def __init__(self, model: NativeModel, path: str) -> None:
-        ptr = ll.llama_adapter_lora_init(model.ptr, path.encode())
+        with model.adapter_lock.exclusive():  # inserts into the model's adapter set
+            ptr = ll.llama_adapter_lora_init(model.ptr, path.encode())
         if not ptr:
             raise GGUFFileError(f"{path}: llama.cpp refused this adapter (see the log for its reason)")
         self.ptr = ptr
+        self.model = model
         self.serial = next(_serials)  # never reused, unlike id() or a freed pointer
 
     def close(self) -> None:
         if self.ptr:
-            ll.llama_adapter_lora_free(self.ptr)
+            with self.model.adapter_lock.exclusive():  # erases from the model's adapter set
+                ll.llama_adapter_lora_free(self.ptr)
             self.ptr = None
 
 
@@ -439,7 +492,8 @@ class NativeContext:
         if p.input_stats is not None:
             params.cb_eval = p.input_stats.callback
             params.cb_eval_user_data = None
-        ptr = ll.llama_init_from_model(model.ptr, params)
+        with model.adapter_lock.shared():  # sizes the graph over the model's adapters
+            ptr = ll.llama_init_from_model(model.ptr, params)
         if not ptr:
             raise NativeError("llama.cpp could not create a context (out of memory for this n_ctx?)")
         self.ptr = ptr
@@ -468,7 +522,8 @@ class NativeContext:
         n = len(adapters)
         arr = (ll.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.ptr for a, _ in adapters])
         scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])
-        rc = ll.llama_set_adapters_lora(self.ptr, arr if n else None, n, scales if n else None)
+        with self.model.adapter_lock.shared():
+            rc = ll.llama_set_adapters_lora(self.ptr, arr if n else None, n, scales if n else None)
         if rc != 0:
             raise NativeError(f"llama_set_adapters_lora failed ({rc})")
         self._adapters = key
@@ -527,7 +582,8 @@ class NativeContext:
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = all_logits or all_rows or (off + i == n_total - 1)
-            rc = ll.llama_decode(self.ptr, batch)
+            with self.model.adapter_lock.shared():  # may re-size the graph over the model's adapters
+                rc = ll.llama_decode(self.ptr, batch)
             if rc == 2 and self._abort_check is not None:  # llama_decode: 2 = aborted
                 raise CancelledError("the evaluation was cancelled")
             if rc != 0:
