@@ -44,6 +44,9 @@ def describe_adapter(info: GGUFInfo) -> dict[str, Any]:
         "architecture": info.architecture,
         "adapter_type": md.get(Keys.Adapter.TYPE),
         "alpha": md.get(Keys.Adapter.LORA_ALPHA, 0.0),
+        # an activated LoRA's invocation tokens (None for a plain LoRA)
+        "alora_invocation_tokens": _plain(md[Keys.Adapter.ALORA_INVOCATION_TOKENS])
+        if Keys.Adapter.ALORA_INVOCATION_TOKENS in md else None,
         "ranks": sorted(set(ranks.values())),
         "targets": sorted(ranks),
         "n_targets": len(ranks),

@@ -236,6 +236,10 @@ def test_peft_alora_converts_with_the_invocation_tokens_llama_cpp_reads(tiny, tm
     # llama.cpp's loader throws on invocation tokens of another element type: stock llama.cpp loads it
     llm = llama_cpp.Llama(model_path=str(t.base_path), lora_path=str(tmp_path / "alora.gguf"), n_ctx=32, verbose=False)
     llm.close()
+    from edge_lora.inspect import describe
+
+    assert describe(tmp_path / "alora.gguf")["alora_invocation_tokens"] == [37, 251]
+    assert describe(tmp_path / "plain.gguf")["alora_invocation_tokens"] is None
     with Runtime(t.base_path, n_ctx=64) as rt:
         refused(lambda: rt.load_adapter("a", tmp_path / "alora.gguf"), "activated LoRA", err=IncompatibleAdapterError)
     make_peft_adapter(t.model, tmp_path / "far", {**cfg, "alora_invocation_tokens": [37, 9999]}, seed=2)
