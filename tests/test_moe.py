@@ -47,6 +47,15 @@ def _logits(base: Path, adapters: dict[Path, float]) -> np.ndarray:
         return rt.logits(TOKENS, {f"a{i}": s for i, s in enumerate(adapters.values())})
 
 
+def _check_parity(model, base: Path, gguf_path: Path, want: np.ndarray, label: str) -> float:
+    """The adapter moves the logits (> MIN_EFFECT) and edge-lora's runtime gives PEFT's (<= RTOL)."""
+    assert rel_err(want, hf_logits(model, TOKENS)) > MIN_EFFECT
+    err = rel_err(_logits(base, {gguf_path: 1.0}), want)
+    print(f"parity {label}: {err:.2e}")
+    assert err <= RTOL
+    return err
+
+
 @pytest.fixture(scope="module")
 def moe(tiny, tmp_path_factory):
     t = tiny("qwen3moe")
@@ -63,11 +72,7 @@ def test_expert_lora_runs_in_the_runtime_as_peft(moe):
     assert shapes["blk.0.ffn_up_exps.weight.lora_a"] == (4, 16, 64)  # (experts, rank, in)
     assert shapes["blk.0.ffn_up_exps.weight.lora_b"] == (4, 48, 16)  # (experts, out, rank)
     assert shapes["blk.0.ffn_down_exps.weight.lora_a"] == (4, 8, 48)
-    want = peft_logits(ref, TOKENS)
-    assert rel_err(want, hf_logits(t.model, TOKENS)) > MIN_EFFECT
-    err = rel_err(_logits(t.base_path, {d / "a.gguf": 1.0}), want)
-    print(f"parity moe runtime: {err:.2e}")
-    assert err <= RTOL
+    _check_parity(t.model, t.base_path, d / "a.gguf", peft_logits(ref, TOKENS), "moe runtime")
 
 
 def _peft_from(model, folder: Path):
@@ -107,10 +112,7 @@ def test_target_parameters_with_the_router_match_peft(tiny, case, tmp_path):
     assert shapes["blk.1.ffn_gate_inp.weight.lora_a"] == (4, 64)
     assert shapes["blk.1.ffn_up_exps.weight.lora_b"] == (4, 48, 4)
     want = peft_logits(ref, TOKENS)
-    assert rel_err(want, hf_logits(t.model, TOKENS)) > MIN_EFFECT
-    err = rel_err(_logits(t.base_path, {tmp_path / "f.gguf": 1.0}), want)
-    print(f"parity {case} target_parameters (router, rsLoRA): {err:.2e}")
-    assert err <= RTOL
+    _check_parity(t.model, t.base_path, tmp_path / "f.gguf", want, f"{case} target_parameters (router, rsLoRA)")
     # and back: export writes transformers 5's fused parameters, which PEFT loads to the same logits
     export_peft(tmp_path / "f.gguf", tmp_path / "back", base=t.base_path)
     cfg_back = json.loads((tmp_path / "back" / "adapter_config.json").read_text())
