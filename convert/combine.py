@@ -249,7 +249,7 @@ def _read_all(specs: list[tuple[Path, float]]) -> list[LoraSource]:
             sources.append(read_gguf_lora(path, scale=scale))
         except EdgeLoraError as exc:
             errors.append(exc)
-    mismatches = _mismatches(sources)
+    mismatches = _mismatches(sources) + [p for s in sources if (p := s.alora_problem("combined with others"))]
     if errors or mismatches:
         raise combined_error("cannot combine these adapters", errors, mismatches)
     return sources

@@ -106,8 +106,8 @@ def convert(
             problems.append(f"alora_invocation_tokens {tokens}: id {max(tokens)} is beyond the base's {vocab} tokens "
                             "(tokenized for another model?)")
         notes.append(f"an activated LoRA (aLoRA) invoked by tokens {tokens}: written as "
-                     f"{Keys.Adapter.ALORA_INVOCATION_TOKENS}, which llama.cpp's server runs from the invocation on; "
-                     "edge-lora's runtime refuses aLoRA until it runs it")
+                     f"{Keys.Adapter.ALORA_INVOCATION_TOKENS}: edge-lora's runtime and llama.cpp's server apply it "
+                     "from the invocation on (it cannot be merged)")
     alpha_problem = f16_problem("the file's alpha", ckpt.alpha)
     if alpha_problem:
         problems.append(f"{alpha_problem}: the runtime refuses such adapters")

@@ -126,7 +126,7 @@ def export_peft(
     check_output(out, inputs=[source.path] + ([base_info.path] if base_info else []), overwrite=overwrite,
                  folder=True, replaceable=_only_an_adapter)
     base_model = str(info.metadata.get(EdgeLoraKeys.BASE_MODEL) or "") or None
-    config, r, lora_alpha = peft_config(plan.ranks, alpha, base_model, plan.parameters)
+    config, r, lora_alpha = peft_config(plan.ranks, alpha, base_model, plan.parameters, source.invocation_tokens)
     notes += _scale_notes(plan.ranks, alpha, r) + vllm_notes(plan.ranks, r, plan.vocab_modules)
     atomic_dir(out, {CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode("utf-8"),
                      WEIGHTS_FILE: safetensors_bytes(plan.tensors, {"format": "pt"})}, overwrite=overwrite)
@@ -322,14 +322,15 @@ def _storage(info: GGUFInfo, name: str, quantized: Counter[str]) -> str:
 
 
 def peft_config(ranks: Mapping[str, int], alpha: float, base_model: str | None,
-                parameters: Sequence[str] = ()) -> tuple[dict[str, object], int, float]:
+                parameters: Sequence[str] = (), invocation_tokens: Sequence[int] = ()) -> tuple[dict[str, object], int, float]:
     """adapter_config.json for these module ranks and the GGUF file's alpha; returns (config, r, lora_alpha).
 
     llama.cpp scales a tensor of rank ``r_t`` by ``alpha / r_t`` (1 when alpha is 0); PEFT a
     module by ``alpha_m / r_m``. ``r`` is the most common rank, the others go to ``rank_pattern``;
     ``lora_alpha`` is the file's alpha. Alpha 0 becomes ``lora_alpha = r`` with ``alpha_m = r_m``
     in ``alpha_pattern`` for the other ranks: scale 1 everywhere, and vLLM (which reads
-    ``lora_alpha / r`` alone) gets it right whenever the ranks agree.
+    ``lora_alpha / r`` alone) gets it right whenever the ranks agree. An aLoRA's
+    ``invocation_tokens`` become PEFT's ``alora_invocation_tokens``.
     """
     r = Counter(ranks.values()).most_common(1)[0][0]
     others = {m: k for m, k in sorted(ranks.items()) if k != r}
@@ -357,6 +358,8 @@ def peft_config(ranks: Mapping[str, int], alpha: float, base_model: str | None,
         "layers_pattern": None,
         "inference_mode": True,
     }
+    if invocation_tokens:
+        config["alora_invocation_tokens"] = [int(t) for t in invocation_tokens]
     return config, r, lora_alpha
 
 

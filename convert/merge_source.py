@@ -42,4 +42,5 @@ def lora_source(adapter: str | os.PathLike[str], base: str | os.PathLike[str], *
         label=f"{Path(adapter).name}:{scale:g}", path=ckpt.path, arch=info.architecture,
         sha256=file_sha256(weights_file) if weights_file.is_file() else "",
         user_scale=scale, weights=weights, source_format=str(ckpt.provenance.get("source_format", ckpt.format)),
+        invocation_tokens=tuple(ckpt.provenance.get("alora_invocation_tokens") or ()),
     )

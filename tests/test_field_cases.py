@@ -98,8 +98,9 @@ def test_field_nan_factors_refused_by_runtime_inspect_and_cli(tmp_path):
     assert cli(["run", str(base), "--adapter", f"x={bad}", "-p", "hi", "--max-tokens", "2"]) == 2
 
 
-def _retyped(src: Path, dst: Path, key: str, vtype: gguf.GGUFValueType, value) -> Path:
-    """``src`` rewritten with ``key`` stored as ``vtype`` (as third-party writers do)."""
+def _retyped(src: Path, dst: Path, key: str, vtype: gguf.GGUFValueType, value,
+             sub_type: gguf.GGUFValueType = gguf.GGUFValueType.UINT32) -> Path:
+    """``src`` rewritten with ``key`` stored as ``vtype`` (arrays of ``sub_type``), as third-party writers do."""
     reader = gguf.GGUFReader(src)
     arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
     w = gguf.GGUFWriter(str(dst), arch)
@@ -109,7 +110,7 @@ def _retyped(src: Path, dst: Path, key: str, vtype: gguf.GGUFValueType, value) -
         if name == key:
             continue
         w.add_key_value(name, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
-    w.add_key_value(key, value, vtype, sub_type=gguf.GGUFValueType.UINT32 if vtype == gguf.GGUFValueType.ARRAY else None)
+    w.add_key_value(key, value, vtype, sub_type=sub_type if vtype == gguf.GGUFValueType.ARRAY else None)
     for t in reader.tensors:
         w.add_tensor(t.name, np.array(t.data), raw_shape=list(reversed(t.shape.tolist())), raw_dtype=t.tensor_type)
     w.write_header_to_file()
@@ -141,10 +142,16 @@ def test_typed_keys_llama_cpp_would_abort_on_are_refused(tmp_path):
             assert not describe(path, base=base)["compatibility"]["compatible"]
         rt.load_adapter("ok", plain)  # still usable
         assert list(rt.adapters) == ["ok"]
-        # an aLoRA (llama.cpp's converter writes its invocation tokens): not applied to every token
-        alora = _retyped(plain, tmp_path / "alora.gguf", gguf.Keys.Adapter.ALORA_INVOCATION_TOKENS,
-                         gguf.GGUFValueType.ARRAY, [37, 251])
-        refused(lambda: rt.load_adapter("a", alora), "activated LoRA (aLoRA)", err=IncompatibleAdapterError)
+        # aLoRA invocation tokens: llama.cpp's loader throws on any element type but UINT32
+        key, array = gguf.Keys.Adapter.ALORA_INVOCATION_TOKENS, gguf.GGUFValueType.ARRAY
+        for sub, stored in ((gguf.GGUFValueType.INT32, "an array of INT32"), (gguf.GGUFValueType.UINT64, "an array of UINT64")):
+            bad = _retyped(plain, tmp_path / f"alora-{stored[-6:]}.gguf", key, array, [37, 251], sub)
+            refused(lambda: rt.load_adapter("a", bad), f"{key} is stored as {stored}", "array of UINT32",
+                    err=IncompatibleAdapterError)
+        far = _retyped(plain, tmp_path / "alora-far.gguf", key, array, [37, 99999])
+        refused(lambda: rt.load_adapter("a", far), "id 99999 is beyond the base's", err=IncompatibleAdapterError)
+        rt.load_adapter("a", _retyped(plain, tmp_path / "alora.gguf", key, array, [37, 251]))
+        assert rt.adapters["a"].invocation_tokens == (37, 251)
 
 
 TURN3 = FIELD / "turn3" / "cases"
@@ -217,11 +224,15 @@ def test_tinkers_head_name_is_the_output_head(tiny, tmp_path):
 
 def test_peft_alora_converts_with_the_invocation_tokens_llama_cpp_reads(tiny, tmp_path):
     """PEFT's aLoRA (alora_invocation_tokens): the factors as a plain LoRA's, the invocation tokens as
-    adapter.alora.invocation_tokens (UINT32, which llama.cpp's loader requires and reads back);
-    edge-lora's runtime refuses it rather than apply it to every token."""
+    adapter.alora.invocation_tokens (UINT32, which llama.cpp's loader requires and reads back); it
+    exports back to a PEFT aLoRA; merge and combine refuse it (it would act on every token).
+    (The runtime's aLoRA against PEFT: test_alora.py.)"""
     import llama_cpp
 
     from edge_lora import IncompatibleAdapterError, Runtime
+    from edge_lora.merge import merge
+    from edge_lora_convert import combine
+    from edge_lora_convert.export_peft import export_peft
 
     t = tiny("llama2")
     cfg = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
@@ -241,7 +252,18 @@ def test_peft_alora_converts_with_the_invocation_tokens_llama_cpp_reads(tiny, tm
     assert describe(tmp_path / "alora.gguf")["alora_invocation_tokens"] == [37, 251]
     assert describe(tmp_path / "plain.gguf")["alora_invocation_tokens"] is None
     with Runtime(t.base_path, n_ctx=64) as rt:
-        refused(lambda: rt.load_adapter("a", tmp_path / "alora.gguf"), "activated LoRA", err=IncompatibleAdapterError)
+        assert rt.load_adapter("a", tmp_path / "alora.gguf").invocation_tokens == (37, 251)
+    export_peft(tmp_path / "alora.gguf", tmp_path / "back", base=t.base_path)
+    assert json.loads((tmp_path / "back" / "adapter_config.json").read_text())["alora_invocation_tokens"] == [37, 251]
+    convert(tmp_path / "back", base=t.base_path, out=tmp_path / "again.gguf")
+    assert same_tensors(tmp_path / "alora.gguf", tmp_path / "again.gguf")
+    assert describe(tmp_path / "again.gguf")["alora_invocation_tokens"] == [37, 251]
+    refused(lambda: merge(t.base_path, [(tmp_path / "alora.gguf", 1.0)], tmp_path / "m.gguf"),
+            "activated LoRA (aLoRA, invocation tokens [37, 251])", "merged into the base it would apply it to every token",
+            err=IncompatibleAdapterError)
+    refused(lambda: combine([(tmp_path / "alora.gguf", 1.0), (tmp_path / "plain.gguf", 1.0)], tmp_path / "c.gguf"),
+            "combined with others it would apply it to every token", err=IncompatibleAdapterError)
+    assert not (tmp_path / "m.gguf").exists() and not (tmp_path / "c.gguf").exists()
     make_peft_adapter(t.model, tmp_path / "far", {**cfg, "alora_invocation_tokens": [37, 9999]}, seed=2)
     refused(lambda: convert(tmp_path / "far", base=t.base_path, out=tmp_path / "far.gguf"), "id 9999 is beyond")
 

@@ -275,5 +275,5 @@ def test_snapshot_store_threshold_holds_when_empty():
     assert len(store) == 0
     history = (Segment((), tuple(range(40))),)
     store.put(history, b"y" * 100)
-    snap = store.best((), list(range(35)) + [99])
+    snap = store.best((Segment((), tuple(range(35)) + (99,)),))
     assert (snap.n, snap.segments, snap.state) == (35, history, b"y" * 100)

@@ -63,6 +63,8 @@ class GGUFInfo:
     kv_spans: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
     #: the stored type of each metadata value (llama.cpp's typed getters abort on another)
     value_types: dict[str, GGUFValueType] = field(default_factory=dict, repr=False)
+    #: the element type of each array value
+    array_types: dict[str, GGUFValueType] = field(default_factory=dict, repr=False)
 
     @property
     def architecture(self) -> str:
@@ -156,7 +158,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
             raise GGUFFileError(f"{p}: not a GGUF file (bad magic {magic!r})")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             try:
-                metadata, raw_tensors, data_start, spans, types = _parse(_Cursor(mm))
+                metadata, raw_tensors, data_start, spans, types, etypes = _parse(_Cursor(mm))
             except (ValueError, struct.error, UnicodeDecodeError) as exc:
                 raise GGUFFileError(f"{p}: malformed or truncated GGUF header ({exc})") from exc
     tensors: dict[str, TensorInfo] = {}
@@ -176,11 +178,12 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         tensors[name] = TensorInfo(name, shape, qtype.name, n_bytes, data_start + offset)
     if problems:
         raise GGUFFileError(f"{p}: truncated or malformed GGUF file", problems[:5] + ([f"... {len(problems) - 5} more"] if len(problems) > 5 else []))
-    return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors, kv_spans=spans, value_types=types)
+    return GGUFInfo(path=p, file_size=size, metadata=metadata, tensors=tensors, kv_spans=spans, value_types=types,
+                    array_types=etypes)
 
 
 def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]], int,
-                                  dict[str, tuple[int, int]], dict[str, GGUFValueType]]:
+                                  dict[str, tuple[int, int]], dict[str, GGUFValueType], dict[str, GGUFValueType]]:
     cur.take("<I")
     version = cur.take("<I")
     if version not in (2, 3):
@@ -189,13 +192,17 @@ def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...
     metadata: dict[str, Any] = {}
     spans: dict[str, tuple[int, int]] = {}
     types: dict[str, GGUFValueType] = {}
+    etypes: dict[str, GGUFValueType] = {}
     for _ in range(n_kv):
         start = cur.pos
         key = cur.string()
         vtype = cur.take("<I")
+        value_at = cur.pos
         metadata[key] = cur.value(vtype)
         spans[key] = (start, cur.pos)
         types[key] = GGUFValueType(vtype)
+        if types[key] == GGUFValueType.ARRAY:
+            etypes[key] = GGUFValueType(struct.unpack_from("<I", cur.buf, value_at)[0])
     raw = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -208,7 +215,7 @@ def _parse(cur: _Cursor) -> tuple[dict[str, Any], list[tuple[str, tuple[int, ...
         raw.append((name, tuple(reversed(dims)), qtype, offset))
     align = int(metadata.get(Keys.General.ALIGNMENT, 32)) or 32
     data_start = (cur.pos + align - 1) // align * align
-    return metadata, raw, data_start, spans, types
+    return metadata, raw, data_start, spans, types, etypes
 
 
 def tensor_data(data: np.ndarray, t: TensorInfo) -> np.ndarray:

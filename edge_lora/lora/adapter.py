@@ -20,7 +20,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, Keys
 from gguf.quants import dequantize
 
-from .compat import adapter_problems, lora_pairs
+from .compat import adapter_problems, invocation_tokens, lora_pairs
 from .pair import LoraPair, layout_for
 from .scales import llama_cpp_scale
 from ..errors import IncompatibleAdapterError, InvalidRequestError
@@ -51,6 +51,17 @@ class LoraSource:
     user_scale: float
     weights: dict[str, LoraPair] = field(repr=False)
     source_format: str = "gguf"
+    #: an activated LoRA's invocation tokens (it acts only from them on); () for a plain LoRA
+    invocation_tokens: tuple[int, ...] = ()
+
+    def alora_problem(self, what: str) -> str | None:
+        """Why an aLoRA cannot be ``what`` (merged, combined): its weights act only from its
+        invocation on, which a weight change applied to every token cannot express."""
+        if not self.invocation_tokens:
+            return None
+        return (f"{self.label}: an activated LoRA (aLoRA, invocation tokens {list(self.invocation_tokens)}) acts only "
+                f"from its invocation on; {what} it would apply it to every token (PEFT refuses to merge aLoRA too): "
+                "load it at run time instead (edge-lora run/serve --lora)")
 
     @property
     def is_dora(self) -> bool:
@@ -110,7 +121,8 @@ def read_gguf_lora(path: str | os.PathLike[str], *, scale: float = 1.0, base: GG
         b = read_tensor_f32(data, info.tensors[name + LORA_B_SUFFIX])
         weights[name] = LoraPair(a, b, llama_cpp_scale(alpha, int(b.shape[-1]), scale), layout_for(name, a.ndim))
     return LoraSource(label=label or f"{info.path.name}:{scale:g}", path=info.path, arch=info.architecture,
-                      sha256=file_sha256(info.path), user_scale=scale, weights=weights)
+                      sha256=file_sha256(info.path), user_scale=scale, weights=weights,
+                      invocation_tokens=invocation_tokens(info))
 
 
 def write_gguf_lora(src: LoraSource, path: str | os.PathLike[str]) -> None:

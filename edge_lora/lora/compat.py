@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from gguf import Keys
+from gguf import GGUFValueType, Keys
 
 from .._validate import f16_problem, is_number
 from ..formats.values import nonfinite_tensors
@@ -35,6 +35,33 @@ def lora_pairs(adapter: GGUFInfo) -> tuple[dict[str, dict[str, tuple[int, ...]]]
     return pairs, problems
 
 
+def invocation_tokens(adapter: GGUFInfo) -> tuple[int, ...]:
+    """An activated LoRA's invocation sequence (``adapter.alora.invocation_tokens``), or () for a
+    plain LoRA. Only meaningful once :func:`invocation_problems` found none."""
+    v = adapter.metadata.get(Keys.Adapter.ALORA_INVOCATION_TOKENS)
+    return tuple(int(t) for t in v) if isinstance(v, list) else ()
+
+
+def invocation_problems(adapter: GGUFInfo, base: GGUFInfo | None) -> list[str]:
+    """What is wrong with an aLoRA's invocation tokens as llama.cpp reads them (an array of
+    UINT32, ``llama_adapter_lora_init_impl``), and ids beyond ``base``'s vocabulary."""
+    key = Keys.Adapter.ALORA_INVOCATION_TOKENS
+    if key not in adapter.metadata:
+        return []
+    v = adapter.metadata[key]
+    found = adapter.value_types.get(key)
+    if found != GGUFValueType.ARRAY or adapter.array_types.get(key) != GGUFValueType.UINT32:
+        what = f"an array of {adapter.array_types[key].name}" if key in adapter.array_types else getattr(found, "name", found)
+        return [f"{key} is stored as {what}, but llama.cpp reads it only as an array of UINT32 (it refuses the file); "
+                f"rewrite it as UINT32 token ids"]
+    if not isinstance(v, list) or not v:
+        return [f"{key} must list 1 to 256 token ids, found {len(v) if isinstance(v, list) else getattr(v, 'length', v)}"]
+    vocab = base.tensors[TOKEN_EMBD_TENSOR].shape[0] if base is not None and TOKEN_EMBD_TENSOR in base.tensors else None
+    if vocab is not None and max(v) >= vocab:
+        return [f"{key} {v}: id {max(v)} is beyond the base's {vocab} tokens (tokenized for another model?)"]
+    return []
+
+
 def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bool = True,
                      archs: Collection[str] = ()) -> list[str]:
     """Every reason llama.cpp would refuse ``adapter`` (on ``base`` when given), and every tensor
@@ -46,10 +73,7 @@ def adapter_problems(adapter: GGUFInfo, base: GGUFInfo | None, *, check_data: bo
         problems.append(f"general.type is {kind!r}, not 'adapter' (is this a base model?)")
         return problems
     problems += key_type_problems(adapter)
-    if Keys.Adapter.ALORA_INVOCATION_TOKENS in adapter.metadata:
-        problems.append(f"{Keys.Adapter.ALORA_INVOCATION_TOKENS} is set: an activated LoRA (aLoRA), meant to act only "
-                        "from its invocation tokens on; applied to every token (as llama.cpp's loader would let it "
-                        "be) its outputs are wrong, so it is refused until edge-lora runs aLoRA")
+    problems += invocation_problems(adapter, base)
     adapter_type = adapter.metadata.get(Keys.Adapter.TYPE)
     if adapter_type != "lora":
         problems.append(f"adapter.type is {adapter_type!r}, only 'lora' is supported")

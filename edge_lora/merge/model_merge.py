@@ -213,6 +213,7 @@ def _read_sources(adapters: Sequence[AdapterArg], info: GGUFInfo) -> list[LoraSo
                                           archs=adapter_archs(info.architecture)))
         except (IncompatibleAdapterError, GGUFFileError, InvalidRequestError) as exc:
             errors.append(exc)
+    problems += [p for s in sources if (p := s.alora_problem("merged into the base"))]
     if errors or problems:
         raise combined_error(f"cannot merge into {info.path.name}", errors, problems)
     for s in sources:  # a weight change beyond what f16 holds is no trained adapter's (and overflows)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..engine.native import NativeModel, NativeSampler
 from ..cancel import CancelToken
 from ..errors import CancelledError, InvalidRequestError, NonFiniteLogitsError
+from .activation import Run, plan, segments
 from .kv import KVState
 from .stops import StopScanner
 from .scheduler import Scheduler, Slot
@@ -47,6 +48,23 @@ def sampler_for(model: NativeModel, params: SamplingParams) -> NativeSampler:
     return sampler.add_temperature(params.temperature).add_dist(seed)
 
 
+def evaluate(slot: Slot, runs: Sequence[Run], tokens: Sequence[int], start: int, *, all_logits: bool = False,
+             cancel: CancelToken | None = None) -> np.ndarray | None:
+    """Evaluate ``tokens[start:]`` after what ``slot``'s KV holds (its first ``start`` tokens),
+    each run under its own set's adapters (:func:`.activation.plan`). Returns the logits
+    ``[len(tokens) - start, n_vocab]`` with ``all_logits``, else None (the last token's logits
+    stay in the context, under the last run's set, which generation continues with)."""
+    outs = []
+    for r in runs:
+        if r.end <= start:
+            continue
+        slot.ctx.set_adapters(r.aset.natives)
+        out = slot.kv.decode(r.aset.key, tokens[max(start, r.start) : r.end], all_logits=all_logits, cancel=cancel)
+        if out is not None:
+            outs.append(out)
+    return np.concatenate(outs) if all_logits else None
+
+
 def generate(
     pool: Scheduler,
     slot: Slot,
@@ -64,9 +82,10 @@ def generate(
         raise InvalidRequestError("the prompt is empty")
     n_ctx = slot.ctx.n_ctx
     kv = slot.kv
-    cached = pool.prepare(slot, aset, prompt)
+    runs = plan(aset, prompt)  # an aLoRA acts from its invocation on
+    cached = pool.prepare(slot, segments(runs, prompt))
     try:
-        kv.decode(aset.key, prompt[cached:], cancel=cancel)  # leaves the last token's logits for the sampler
+        evaluate(slot, runs, prompt, cached, cancel=cancel)  # leaves the last token's logits for the sampler
     except CancelledError:
         t = (time.perf_counter() - t0) * 1000
         return Completion("", [], "cancelled", len(prompt), 0, cached, aset.scales, Timings(t, t, 0.0, t))

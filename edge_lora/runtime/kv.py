@@ -6,9 +6,10 @@ A context's KV holds a history of tokens, each computed under the adapter set th
 one owner of the invariant *what the context's KV holds == its segments*: only its methods
 clear, truncate, restore or extend a context's KV. A call under set ``S`` may reuse the longest
 prefix of its tokens held by leading segments computed under ``S`` (:func:`reusable`); KV
-computed under another set is never reused. A history is one segment today; a call that
-starts under one set and continues under another (aLoRA: the base up to the invocation, then
-the adapter) makes two.
+computed under another set is never reused. A call names the history it wants as segments
+too: one for a plain call, several when an activated LoRA starts at its invocation (the base,
+or the other adapters, up to it; see :mod:`.activation`), so the base's KV of a conversation
+is reused by an aLoRA turn.
 
 When a context leaves a set, its KV can be kept as a snapshot (:class:`SnapshotStore`,
 bounded in bytes, least recently used evicted), so returning to that set restores the history
@@ -52,22 +53,43 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def reusable(segments: Sequence[Segment], key: SetKey, tokens: Sequence[int]) -> int:
-    """How many leading ``tokens`` the KV of ``segments`` holds validly for a call under ``key``:
-    their common prefix, through the leading segments computed under ``key``."""
-    n = 0
-    for seg in segments:
-        if seg.key != key:
+def reusable(held: Sequence[Segment], want: Sequence[Segment]) -> int:
+    """How many leading tokens of the history ``want`` the KV of ``held`` holds validly: each of
+    them the same token computed under the same set, after the same tokens."""
+    n = i = j = oi = oj = 0
+    while i < len(held) and j < len(want):
+        h, w = held[i], want[j]
+        if h.key != w.key:
             break
-        m = common_prefix(seg.tokens, tokens[n:])
-        n += m
-        if m < len(seg.tokens):
-            break
+        m = common_prefix(h.tokens[oi:], w.tokens[oj:])
+        n, oi, oj = n + m, oi + m, oj + m
+        if oi < len(h.tokens) and oj < len(w.tokens):
+            break  # the tokens differ here
+        if oi == len(h.tokens):
+            i, oi = i + 1, 0
+        if oj == len(w.tokens):
+            j, oj = j + 1, 0
     return n
+
+
+def one_segment(key: SetKey, tokens: Sequence[int]) -> Segments:
+    """The history of ``tokens`` all computed under ``key``."""
+    return (Segment(key, tuple(tokens)),) if len(tokens) else ()
 
 
 def n_tokens(segments: Sequence[Segment]) -> int:
     return sum(len(s.tokens) for s in segments)
+
+
+def cut(history: Sequence[Segment], n: int) -> Segments:
+    """The first ``n`` tokens of ``history`` (its segments cut to fit)."""
+    out: list[Segment] = []
+    for s in history:
+        if n <= 0:
+            break
+        out.append(s if len(s.tokens) <= n else Segment(s.key, s.tokens[:n]))
+        n -= len(s.tokens)
+    return tuple(out)
 
 
 def _holds(segments: Sequence[Segment], uid: int) -> bool:
@@ -108,8 +130,8 @@ class KVState:
     def __len__(self) -> int:
         return n_tokens(self._segments)
 
-    def reusable(self, key: SetKey, tokens: Sequence[int]) -> int:
-        return reusable(self._segments, key, tokens)
+    def reusable(self, want: Sequence[Segment]) -> int:
+        return reusable(self._segments, want)
 
     def clear(self) -> None:
         self.ctx.clear()
@@ -126,14 +148,7 @@ class KVState:
         if not self.ctx.truncate(n):
             self.clear()
             return 0
-        kept: list[Segment] = []
-        left = n
-        for s in self._segments:
-            if left <= 0:
-                break
-            kept.append(s if len(s.tokens) <= left else Segment(s.key, s.tokens[:left]))
-            left -= len(s.tokens)
-        self._segments = kept
+        self._segments = list(cut(self._segments, n))
         return n
 
     def save(self) -> bytes:
@@ -219,13 +234,13 @@ class SnapshotStore:
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= len(dropped)
 
-    def best(self, key: SetKey, tokens: Sequence[int]) -> Snapshot | None:
-        """The snapshot from which the most leading ``tokens`` are reusable under ``key`` (any
-        prefix of a snapshot is valid KV), or None when none has any."""
+    def best(self, want: Sequence[Segment]) -> Snapshot | None:
+        """The snapshot from which the most leading tokens of the history ``want`` are reusable
+        (any prefix of a snapshot is valid KV), or None when none has any."""
         with self._lock:
             found, found_n = None, 0
             for k in self._items:
-                n = reusable(k, key, tokens)
+                n = reusable(k, want)
                 if n > found_n:
                     found, found_n = k, n
             if found is None:

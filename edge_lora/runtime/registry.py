@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +17,12 @@ from gguf import GGUFValueType, Keys
 
 from .._validate import is_number
 from ..families import adapter_archs
-from ..lora.compat import adapter_problems, adapter_ranks
+from ..lora.compat import adapter_problems, adapter_ranks, invocation_tokens
 from ..errors import IncompatibleAdapterError, InvalidRequestError, UnknownAdapterError
 from ..formats.gguf_copy import write_model_copy
 from ..formats.gguf_file import GGUFInfo, read_gguf, require_adapter
 from ..engine.native import NativeAdapter, NativeModel
+from .activation import activation_starts
 
 @dataclass(frozen=True)
 class AdapterInfo:
@@ -34,6 +35,8 @@ class AdapterInfo:
     targets: list[str]
     size_bytes: int
     scale: float  # default scale when a call names the adapter without one
+    #: an activated LoRA's invocation sequence (it acts from its last occurrence on); () for a plain LoRA
+    invocation_tokens: tuple[int, ...]
     #: the one identity of this load (llama.cpp's adapter, never reused): it keys the KV and contexts
     uid: int = field(repr=False)
 
@@ -56,10 +59,23 @@ class AdapterSet:
 
     key: SetKey
     natives: tuple[tuple[NativeAdapter, float], ...]
+    #: each adapter's aLoRA invocation tokens, in ``key``'s order (() for a plain LoRA)
+    invocations: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.invocations:
+            object.__setattr__(self, "invocations", ((),) * len(self.key))
 
     @property
     def scales(self) -> dict[str, float]:
         return {name: scale for name, _, scale in self.key}
+
+    def subset(self, names: set[str]) -> AdapterSet:
+        """The set of those of its adapters named in ``names`` (its key is what a call naming
+        only them resolves to, so their KV is shared)."""
+        keep = [i for i, (n, _, _) in enumerate(self.key) if n in names]
+        return AdapterSet(tuple(self.key[i] for i in keep), tuple(self.natives[i] for i in keep),
+                          tuple(self.invocations[i] for i in keep))
 
 
 def check_name(name: object) -> str:
@@ -113,9 +129,15 @@ class AdapterRegistry:
         with self._lock:
             return {n: e.info for n, e in sorted(self._entries.items())}
 
-    def check(self, adapters: Mapping[str, float] | None) -> None:
-        """Raise now for unknown names or bad scales (streams resolve adapters lazily)."""
-        self.release(self.acquire(adapters))
+    def check(self, adapters: Mapping[str, float] | None, tokens: Sequence[int] | None = None) -> None:
+        """Raise now for unknown names or bad scales (streams resolve adapters lazily), and, given
+        the prompt's ``tokens``, for an aLoRA whose invocation sequence is not in them."""
+        aset = self.acquire(adapters)
+        try:
+            if tokens is not None:
+                activation_starts(aset, tokens)
+        finally:
+            self.release(aset)
 
     def acquire(self, adapters: Mapping[str, float] | None) -> AdapterSet:
         """Resolve a call's adapters (names to scales); ``None`` or ``{}`` is the base alone."""
@@ -136,7 +158,8 @@ class AdapterRegistry:
             for _, entry, _ in chosen:
                 entry.refs += 1
         key = tuple((n, e.info.uid, s) for n, e, s in chosen)
-        return AdapterSet(key, tuple((e.native, s) for _, e, s in chosen))
+        return AdapterSet(key, tuple((e.native, s) for _, e, s in chosen),
+                          tuple(e.info.invocation_tokens for _, e, _ in chosen))
 
     def release(self, aset: AdapterSet) -> None:
         to_free: list[_Entry] = []
@@ -199,5 +222,6 @@ def _describe(name: str, info: GGUFInfo, scale: float, uid: int) -> AdapterInfo:
         targets=sorted(ranks),
         size_bytes=info.file_size,
         scale=scale,
+        invocation_tokens=invocation_tokens(info),
         uid=uid,
     )

@@ -27,7 +27,8 @@ from .._validate import Problems, int_problem, is_int, number_problem
 from ..cancel import CancelToken
 from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError
 from .request import Completion, GenerationRequest, SamplingParams, TextStream, Timings
-from .decode import check_finite, generate
+from .activation import plan
+from .decode import check_finite, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
 from ..formats.gguf_file import read_gguf, require_base
 from ..engine.check import ensure_engine_ok
@@ -164,7 +165,8 @@ class Runtime:
 
     # -- evaluation --------------------------------------------------------------------
     def logits(self, token_ids: Sequence[int], adapters: Adapters = None, *, cancel: CancelToken | None = None) -> np.ndarray:
-        """Logits ``[n_tokens, n_vocab]`` of ``token_ids`` evaluated from scratch under ``adapters``.
+        """Logits ``[n_tokens, n_vocab]`` of ``token_ids`` evaluated from scratch under ``adapters``
+        (an aLoRA among them from its invocation on, as in generation).
 
         Raises :class:`NonFiniteLogitsError` rather than return NaN or infinite logits,
         :class:`CancelledError` when ``cancel`` fires."""
@@ -175,10 +177,10 @@ class Runtime:
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"{len(ids)} tokens do not fit the context of {self.n_ctx}",
                                        needed=len(ids), n_ctx=self.n_ctx)
+        self._registry.check(adapters, ids)
         with self._call(adapters, cancel) as (slot, aset):
-            slot.ctx.set_adapters(aset.natives)
             slot.kv.clear()
-            out = slot.kv.decode(aset.key, ids, all_logits=True, cancel=cancel)
+            out = evaluate(slot, plan(aset, ids), ids, 0, all_logits=True, cancel=cancel)
             check_finite(out, slot.kv, aset, f"over {len(ids)} tokens")
             return out
 
@@ -211,6 +213,7 @@ class Runtime:
         self.check_adapters(request.adapters)
         ids = self.chat_tokens(request.messages) if request.messages is not None else self.tokenize(request.prompt)
         self._check_fits(ids)
+        self._registry.check(request.adapters, ids)  # an aLoRA's invocation must be in the prompt
         return TextStream(self._run(ids, request.adapters, request.params, request.cancel))
 
     def memory(self) -> MemoryUsage:

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..cancel import CancelToken
 from ..engine.native import ContextParams, NativeAdapter, NativeContext, NativeModel
 from ..errors import CancelledError, InvalidRequestError
-from .kv import KVState, SnapshotStore
-from .registry import AdapterSet
+from .kv import KVState, Segments, SnapshotStore, cut, n_tokens
 
 
 @dataclass
@@ -116,23 +115,24 @@ class Scheduler:
         return len(idle) == len(self._slots)
 
     # -- KV reuse ------------------------------------------------------------------
-    def prepare(self, slot: Slot, aset: AdapterSet, tokens: Sequence[int]) -> int:
-        """Put ``aset``'s adapters on ``slot``'s context and make its KV hold the longest reusable
-        prefix of ``tokens`` under ``aset``.
+    def prepare(self, slot: Slot, want: Segments) -> int:
+        """Make ``slot``'s KV hold the longest reusable prefix of the history ``want`` (the call's
+        tokens, as segments under the sets that evaluate them), from the context itself or from a
+        snapshot; what the context drops is kept as a snapshot first.
 
-        Returns how many tokens are already evaluated (always < len(tokens), so the
+        Returns how many tokens are already evaluated (always < the history's length, so the
         caller evaluates at least the last one and gets its logits).
         """
         kv = slot.kv
-        keep = min(kv.reusable(aset.key, tokens), len(tokens) - 1)
-        snap = self.snapshots.best(aset.key, tokens[: len(tokens) - 1]) if self.snapshots is not None else None
+        total = n_tokens(want)
+        keep = min(kv.reusable(want), total - 1)
+        snap = self.snapshots.best(cut(want, total - 1)) if self.snapshots is not None else None
         if snap is not None and snap.n > keep:
             self._stash(kv)
             keep = snap.n if kv.restore(snap.segments, snap.state) else 0
-        elif kv.key != aset.key or len(kv) - keep >= (self.snapshots.min_tokens if self.snapshots is not None else 1):
-            # leaving this set, or dropping much of its history: keep it for a later return
+        elif len(kv) - keep >= (self.snapshots.min_tokens if self.snapshots is not None else 1):
+            # leaving much of this history (another set, another conversation): keep it for a return
             self._stash(kv)
-        slot.ctx.set_adapters(aset.natives)
         return kv.truncate(keep)
 
     def _stash(self, kv: KVState) -> None:
@@ -140,3 +140,4 @@ class Scheduler:
         if self.snapshots is None or not kv.segments or len(kv) < self.snapshots.min_tokens:
             return
         self.snapshots.put(kv.segments, kv.save())
+

@@ -7,7 +7,7 @@ import pytest
 
 from edge_lora.cancel import CancelToken
 from edge_lora.errors import CancelledError, ContextOverflowError
-from edge_lora.runtime.kv import KVState, Segment, SnapshotStore, reusable
+from edge_lora.runtime.kv import KVState, Segment, SnapshotStore, cut, one_segment, reusable
 
 A = (("a", 1, 1.0),)
 B = (("b", 2, 0.5),)
@@ -73,12 +73,27 @@ def test_decode_extends_one_segment_per_set(kv):
 
 def test_reuse_only_under_the_set_that_computed_it(kv):
     kv.decode(A, [1, 2, 3, 4])
-    assert kv.reusable(A, [1, 2, 3, 9]) == 3
-    assert kv.reusable(B, [1, 2, 3, 4]) == 0
-    assert kv.reusable(A, [1, 2, 3, 4, 5]) == 4
+    assert kv.reusable(one_segment(A, [1, 2, 3, 9])) == 3
+    assert kv.reusable(one_segment(B, [1, 2, 3, 4])) == 0
+    assert kv.reusable(one_segment(A, [1, 2, 3, 4, 5])) == 4
     segs = (Segment(BASE, (1, 2)), Segment(A, (3, 4)))
-    assert reusable(segs, BASE, [1, 2, 3]) == 2  # the base part, not the adapter's after it
-    assert reusable(segs, A, [1, 2, 3]) == 0  # KV after a base segment is not A's from the start
+    assert reusable(segs, one_segment(BASE, [1, 2, 3])) == 2  # the base part, not the adapter's after it
+    assert reusable(segs, one_segment(A, [1, 2, 3])) == 0  # KV after a base segment is not A's from the start
+
+
+def test_reuse_of_a_history_of_several_segments():
+    """An aLoRA call wants (base, up to the invocation) then (aLoRA, from it on)."""
+    held = (Segment(BASE, (1, 2, 3, 4)),)
+    assert reusable(held, (Segment(BASE, (1, 2, 3)), Segment(A, (4, 5)))) == 3  # 4 was the base's, not A's
+    assert reusable(held, (Segment(BASE, (1, 2, 3, 4)), Segment(A, (5, 6)))) == 4
+    assert reusable(held, (Segment(BASE, (1, 2, 3, 4, 7)), Segment(A, (5,)))) == 4
+    held = (Segment(BASE, (1, 2)), Segment(A, (3, 4, 5)))
+    assert reusable(held, (Segment(BASE, (1, 2)), Segment(A, (3, 4, 9)))) == 4
+    assert reusable(held, (Segment(BASE, (1, 2)), Segment(A, (3, 4, 5, 6)))) == 5
+    assert reusable(held, (Segment(BASE, (1, 2, 3)), Segment(A, (4, 5)))) == 2  # 3 now under the base
+    assert reusable(held, one_segment(BASE, [1, 2, 3, 4])) == 2  # back to the base: its prefix stays
+    assert reusable(held, ()) == 0 and reusable((), one_segment(A, [1])) == 0
+    assert cut(held, 3) == (Segment(BASE, (1, 2)), Segment(A, (3,))) and cut(held, 0) == ()
 
 
 def test_truncate_cuts_segments_and_clears_when_it_cannot(kv):
@@ -128,9 +143,9 @@ def test_snapshot_store_best_prefix_redundancy_and_budget():
     store.put(_segs(A, 8), b"b" * 100)  # makes the 5-token one redundant
     assert store.histories() == [_segs(A, 8)] and store.bytes_used == 100
     store.put(_segs(B, 6), b"c" * 100)
-    snap = store.best(A, list(range(6)) + [99])
+    snap = store.best(one_segment(A, list(range(6)) + [99]))
     assert (snap.n, snap.segments) == (6, _segs(A, 8))
-    assert store.best(B, [5, 5]) is None
+    assert store.best(one_segment(B, [5, 5])) is None
     store.put(_segs(BASE, 6, start=50), b"d" * 100)  # over budget: the least recently used goes
     assert store.histories() == [_segs(A, 8), _segs(BASE, 6, start=50)] and store.bytes_used == 200
 
