@@ -213,6 +213,33 @@ def test_load_and_unload(server, reference, tmp_path):
         client.completions.create(model="spare", prompt="once upon", **GREEDY)
 
 
+def test_an_alora_is_served_by_name(server, reference, tiny, tmp_path):
+    """An aLoRA loaded at run time: served by name from its invocation on (what the in-process
+    runtime gives), listed with its invocation, and a prompt without the invocation is a 400."""
+    t = tiny("qwen3")
+    cfg = dict(r=8, lora_alpha=16, target_modules="all-linear", alora_invocation_tokens=[67, 38])  # "@#"
+    make_peft_adapter(t.model, tmp_path / "al", cfg, seed=77)
+    convert(tmp_path / "al", base=t.base_path, out=server.adapter_dir / "al.gguf")
+    r = server.post("/v1/load_lora_adapter", {"lora_name": "al", "lora_path": "al.gguf"})
+    assert r.status_code == 200, r.text
+    try:
+        client = server.client()
+        listed = {m.id: m.model_extra for m in client.models.list().data}
+        assert listed["al"]["alora_invocation_tokens"] == [67, 38] and listed["al"]["alora_invocation_string"] == "@#"
+        assert "alora_invocation_tokens" not in listed["sql"]
+        reference.load_adapter("al", server.adapter_dir / "al.gguf")
+        prompt = "the cat sat on the mat. @# answer:"
+        want = reference.complete(prompt, {"al": 1.0}, **GREEDY)
+        assert want.text != reference.complete(prompt, **GREEDY).text  # the aLoRA changes the answer
+        assert client.completions.create(model="al", prompt=prompt, **GREEDY).choices[0].text == want.text
+        r = server.post("/v1/completions", {"model": "al", "prompt": "no invocation here", "max_tokens": 2})
+        assert r.status_code == 400 and _err(r)["param"] == "adapters", r.text
+        assert "'al': its invocation tokens [67, 38] are not in the prompt" in _err(r)["message"]
+    finally:
+        assert server.post("/v1/unload_lora_adapter", {"lora_name": "al"}).status_code == 200
+        reference.unload_adapter("al")
+
+
 def _stream_text(server: Server, model: str, prompt: str, errors: list, out: dict, key: int) -> None:
     try:
         chunks = server.client().chat.completions.create(

@@ -40,8 +40,12 @@ def router(service: Service, auth: Callable[..., None]) -> APIRouter:
         data = [{"id": model_id, "object": "model", "created": created, "owned_by": "edge-lora",
                  "root": model_id, "parent": None}]
         for name, info in service.rt.adapters.items():
-            data.append({"id": name, "object": "model", "created": created, "owned_by": "edge-lora",
-                         "root": str(info.path), "parent": model_id})
+            entry = {"id": name, "object": "model", "created": created, "owned_by": "edge-lora",
+                     "root": str(info.path), "parent": model_id}
+            if info.invocation_tokens:  # an aLoRA acts from these tokens on (llama.cpp's server lists them too)
+                entry["alora_invocation_tokens"] = list(info.invocation_tokens)
+                entry["alora_invocation_string"] = service.rt.detokenize(info.invocation_tokens)
+            data.append(entry)
         return {"object": "list", "data": data}
 
     @api.post("/v1/chat/completions")
