@@ -12,11 +12,13 @@ Measured side by side in one run (2 threads, greedy decoding), printed as markdo
      vs constructing a new Llama with the other lora_path (llama-cpp-python's only way)
   3. time to first token when a 1,000-token session switches A -> B -> A, with and without
      KV snapshots, vs a turn with no switch
-  4. resident memory of N = 1, 4, 8 loaded adapters (fresh process each) vs their file sizes
+  4. time to first token of an aLoRA turn after a 1,000-token base conversation, vs a plain
+     LoRA switch on the same history and vs no switch
+  5. resident memory of N = 1, 4, 8 loaded adapters (fresh process each) vs their file sizes
 A third base, ``moe`` (Qwen3-MoE's layout: hidden 1024, 8 layers, 16 experts of ff 512, 4 used), measures
 one thing: decode with an expert adapter (rank 16 on attention, router and every expert) against the base.
 
-    python benchmarks/bench_runtime.py [--base gemma|synthetic|moe|all] [--quick]
+    python benchmarks/bench_runtime.py [--base gemma|synthetic|moe|all] [--quick] [--only alora ...]
 """
 
 from __future__ import annotations
@@ -194,9 +196,10 @@ def _moe_hparams(w: GGUFWriter) -> None:
     _spm_vocab(w, M_VOCAB)
 
 
-def write_adapter(path: Path, base: Path, seed: int) -> None:
+def write_adapter(path: Path, base: Path, seed: int, invocation: Sequence[int] = ()) -> None:
     """A rank-16 LoRA GGUF on every ``blk.*.weight`` matrix of ``base`` (A ~ N(0, 1/in), B ~ 0.01 N);
-    on expert tensors (3-D) one pair per expert, stacked as llama.cpp reads them."""
+    on expert tensors (3-D) one pair per expert, stacked as llama.cpp reads them. ``invocation``:
+    an activated LoRA's invocation tokens (``adapter.alora.invocation_tokens``, UINT32)."""
     info = read_gguf(base)
     rng = np.random.default_rng(seed)
     tmp = path.with_suffix(".tmp")
@@ -204,6 +207,9 @@ def write_adapter(path: Path, base: Path, seed: int) -> None:
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, ALPHA)
+    if invocation:
+        w.add_key_value(gguf.Keys.Adapter.ALORA_INVOCATION_TOKENS, [int(t) for t in invocation], gguf.GGUFValueType.ARRAY,
+                        sub_type=gguf.GGUFValueType.UINT32)
     for name, t in info.tensors.items():
         if name.startswith("blk.") and name.endswith(".weight") and len(t.shape) in (2, 3):
             *experts, out_f, in_f = t.shape
@@ -454,7 +460,53 @@ def bench_history(base: Path, adapters: list[Path], repeats: int) -> None:
           "so every measured turn starts from the same store state.")
 
 
-# --- 4. memory ----------------------------------------------------------------------------
+# --- 4. aLoRA after a base conversation ------------------------------------------------------
+
+
+def invocation_for(rt: Runtime) -> list[int]:
+    """The aLoRA's invocation: the tokens that open the assistant's turn in this base's chat
+    template (as IBM's Granite intrinsics are invoked), so every rendered prompt ends with it."""
+    msgs = [{"role": "user", "content": "x"}]
+    with_turn = rt.chat_tokens(msgs)
+    return with_turn[-4:]
+
+
+def bench_alora(base: Path, key: str, adapters: list[Path], repeats: int) -> None:
+    """TTFT of a turn under an aLoRA after a ~1,000-token conversation under the base, against a
+    turn under a plain LoRA on the same history (a full prefill: its KV differs from the first
+    token) and against a base turn with no switch. One runtime, snapshots off (so a plain switch
+    cannot be served from a snapshot either), fresh histories per repeat."""
+    rt = edge_runtime(base, adapters[:1], 4096, snapshot_mb=0)
+    invocation = invocation_for(rt)
+    path = CACHE / f"{key}-alora-r{RANK}-{'-'.join(map(str, invocation))}.gguf"
+    if not path.exists():
+        write_adapter(path, base, seed=100, invocation=invocation)  # a0's factors, as an aLoRA
+    rt.load_adapter("al", path)
+    turns: dict[str, list[Any]] = {"noswitch": [], "alora": [], "plain": []}
+    for r in range(repeats):
+        for turn, mix in (("noswitch", {}), ("alora", {"al": 1.0}), ("plain", {"a0": 1.0})):
+            s = rt.session({}, messages=history(rt, f"al{r}{turn[0]}"), temperature=0.0, max_tokens=8)
+            s.send("What was the main export?")  # the base conversation, held in the KV
+            s.use(mix)
+            turns[turn].append(s.send("Summarize the answer in one line."))
+    n_hist = turns["alora"][-1].prompt_tokens
+    rt.close()
+    base_ms = med([c.timings.ttft_ms for c in turns["noswitch"]])
+    rows = []
+    for label, turn in (("no switch: base after base", "noswitch"),
+                        ("aLoRA turn after the base conversation", "alora"),
+                        ("plain LoRA switch on the same history", "plain")):
+        cs = turns[turn]
+        ms = med([c.timings.ttft_ms for c in cs])
+        rows.append([label, f"{ms:.0f}", str(cs[-1].prompt_tokens), str(cs[-1].cached_tokens), f"**{ms / base_ms:.2f}**"])
+    table(f"4. aLoRA: TTFT of a turn after a {n_hist}-token base conversation (session, snapshot_mb=0, "
+          f"median of {repeats}; invocation = the {len(invocation)} tokens opening the assistant turn)",
+          ["turn", "ttft ms", "prompt tokens", "cached tokens", "x no switch"], rows)
+    print("\nThe aLoRA evaluates only the tokens from its invocation on (the base's KV before it is reused); "
+          "a plain LoRA must recompute the whole history under itself.")
+
+
+# --- 5. memory ----------------------------------------------------------------------------
 
 
 def rss_kb() -> dict[str, int]:
@@ -487,14 +539,14 @@ def bench_memory(base: Path, adapters: list[Path], ns: Sequence[int]) -> None:
         anon = (res["after"]["RssAnon"] - res["before"]["RssAnon"]) / 1024
         rows.append([str(n), f"{res['before']['VmRSS'] / 1024:.0f}", f"{delta:.1f}", f"{anon:.1f}", f"{files:.1f}",
                      f"**{delta / files:.2f}**"])
-    table("4. Resident memory of loaded adapters (fresh process per N; RSS after 1 completion, MiB)",
+    table("5. Resident memory of loaded adapters (fresh process per N; RSS after 1 completion, MiB)",
           ["N adapters", "RSS base alone", "RSS delta", "RssAnon delta", "adapter files", "ratio delta/files"], rows)
 
 
 # --- main ---------------------------------------------------------------------------------
 
 
-def run_base(key: str, quick: bool) -> None:
+def run_base(key: str, quick: bool, only: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     base = gemma_base() if key == "gemma" else synthetic_base(key)
     adapters = adapters_for(key, base, 1 if key == "moe" else N_ADAPTERS)
@@ -509,10 +561,14 @@ def run_base(key: str, quick: bool) -> None:
         print(f"\n(measured in {timed(lambda: bench_moe_decode(base, adapters[0], n_tok, reps + 2)):.0f} s)")
         print(f"\n({key}: {time.perf_counter() - t0:.0f} s)")
         return
-    for step in (lambda: bench_decode(base, adapters, n_tok, reps), lambda: bench_switch(base, adapters, 3 if quick else 6),
-                 lambda: bench_history(base, adapters, 1 if quick else 2),
-                 lambda: bench_memory(base, adapters, (1, 8) if quick else (1, 4, 8))):
-        print(f"\n(measured in {timed(step):.0f} s)")
+    steps = {"decode": lambda: bench_decode(base, adapters, n_tok, reps),
+             "switch": lambda: bench_switch(base, adapters, 3 if quick else 6),
+             "history": lambda: bench_history(base, adapters, 1 if quick else 2),
+             "alora": lambda: bench_alora(base, key, adapters, 1 if quick else 3),
+             "memory": lambda: bench_memory(base, adapters, (1, 8) if quick else (1, 4, 8))}
+    for name, step in steps.items():
+        if only is None or name in only:
+            print(f"\n(measured in {timed(step):.0f} s)")
     print(f"\n({key}: {time.perf_counter() - t0:.0f} s)")
 
 
@@ -523,6 +579,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", choices=["gemma", "synthetic", "moe", "all"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats: a fast smoke run")
+    ap.add_argument("--only", action="append", choices=["decode", "switch", "history", "alora", "memory"],
+                    help="run only these measurements (repeatable; the moe base has its own one)")
     args = ap.parse_args()
     logging.getLogger("edge_lora").setLevel(logging.ERROR)
     backend_init()  # llama.cpp's log (the quantizer's too) goes to logging, silenced above
@@ -532,7 +590,7 @@ def main() -> int:
           f"python {platform.python_version()}; llama-cpp-python {llama_cpp.__version__}; "
           f"load average at start {os.getloadavg()[0]:.2f} (ggml's OpenMP threads spin: other load skews absolutes)")
     for key in (["gemma", "synthetic", "moe"] if args.base == "all" else [args.base]):
-        run_base(key, args.quick)
+        run_base(key, args.quick, args.only)
     print(f"\ntotal: {time.perf_counter() - t0:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     return 0
 
