@@ -20,6 +20,7 @@ from edge_lora._validate import F16_MAX, is_number
 from edge_lora.lora.pair import EMBEDDING, LINEAR, Layout
 
 from .peft_config import PeftConfig
+from .peft_variants import TRAINING_ONLY, BlockDiagonal, refused_tensor, training_only
 from edge_lora.lora.scales import mlx_scale
 from .tensors import read_safetensors, read_torch_bin, safetensors_dtypes
 
@@ -253,7 +254,19 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
     problems += nonfinite_problems(tensors)
     parsed = []
     magnitudes: dict[str, np.ndarray] = {}
+    dropped: dict[str, int] = {}
     for name, arr in tensors.items():
+        seg = training_only(name)
+        if seg is not None:
+            field_ = TRAINING_ONLY[seg][0]
+            if cfg.get(field_):
+                dropped[seg] = dropped.get(seg, 0) + 1
+            else:
+                problems.append(f"{name}: {TRAINING_ONLY[seg][1].split(',')[0]}, but adapter_config.json has no "
+                                f"{field_}: the config and the weights disagree")
+            continue
+        if refused_tensor(name, cfg):
+            continue  # the config's refusal says why
         m = _PEFT_KEY.match(name)
         dm = _PEFT_MAGNITUDE.match(name) if allow_dora and m is None else None
         if dm is not None:
@@ -303,6 +316,8 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
         else:
             problems.append(f"LoRA on the multimodal towers {what}: a text GGUF base has no such layers; "
                             "pass --text-only to convert the text model's part alone")
+    notes += [f"dropped {n} tensors of {TRAINING_ONLY[seg][1]}" for seg, n in sorted(dropped.items())]
+    _expand_block_diagonal(cfg, pairs, seen_as, problems, notes)
     modules = _pair_up(pairs, config, problems, seen_as)
     if allow_dora and config is not None:
         if magnitudes and not config.use_dora:
@@ -330,6 +345,28 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
         },
         notes=notes,
     )
+
+
+def _expand_block_diagonal(cfg: dict[str, Any], pairs: dict[tuple[str, bool], dict[str, tuple[str, np.ndarray]]],
+                           seen_as: dict[tuple[str, bool], str], problems: list[str], notes: list[str]) -> None:
+    """BD-LoRA (``use_bdlora``): each block-diagonal factor replaced, in ``pairs``, by its dense
+    matrix (:meth:`BlockDiagonal.expand`), so the pair is an ordinary LoRA, exactly."""
+    bd = BlockDiagonal.of(cfg)
+    if bd is None:
+        return
+    n = 0
+    for key, parts in pairs.items():
+        path = seen_as.get(key, key[0])
+        try:
+            side = bd.side(path)
+            if side is not None and side in parts:
+                name, arr = parts[side]
+                parts[side] = (name, bd.expand(path, side, arr))
+                n += 1
+        except ValueError as exc:
+            problems.append(f"BD-LoRA: {exc}")
+    notes.append(f"BD-LoRA: {n} block-diagonal factors (nblocks={bd.nblocks}) expanded to dense ones: the same "
+                 "weights, as an ordinary LoRA")
 
 
 #: module-path segments of the non-text towers of multimodal checkpoints

@@ -14,6 +14,8 @@ from typing import Any
 from edge_lora._validate import f16_problem, is_int, is_number
 from edge_lora.lora.scales import peft_scale
 
+from .peft_variants import variant_problems
+
 # Config fields whose non-default value changes the math in a way llama.cpp cannot carry.
 _UNSUPPORTED: dict[str, str] = {
     "use_dora": "DoRA (use_dora=True): llama.cpp has no magnitude vector; merge it into the base with edge-lora merge",
@@ -131,6 +133,7 @@ def config_problems(cfg: dict[str, Any], *, allow_dora: bool = False) -> list[st
     if cfg.get("invocation_string") and not cfg.get("alora_invocation_tokens"):
         problems.append("adapter_config.json: an aLoRA with an invocation_string but no alora_invocation_tokens: "
                         "tokenize the string with the base model's tokenizer and save the ids as alora_invocation_tokens")
+    problems += variant_problems(cfg)
     bias = cfg.get("bias", "none")
     if bias not in (None, "none"):
         problems.append(f"adapter_config.json: bias={bias!r}: trained biases are not supported by llama.cpp adapters")
