@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -69,6 +70,20 @@ class ConvertResult:
     notes: list[str] = field(default_factory=list)
 
 
+#: how hub names mark a bitsandbytes 4-bit base (Unsloth's ``-bnb-4bit``, others' ``bnb_4bit`` / ``4bit-bnb``)
+_BNB_4BIT = re.compile(r"bnb[-_]?4bit|4bit[-_]bnb|[-_]nf4(?:$|[-_])", re.IGNORECASE)
+
+
+def quantized_base_note(base_model: str) -> str | None:
+    """A note when ``base_model_name_or_path`` names a bitsandbytes 4-bit base (QLoRA)."""
+    if not _BNB_4BIT.search(base_model):
+        return None
+    return (f"base_model_name_or_path {base_model!r} is a bitsandbytes 4-bit base: the adapter was trained against "
+            "NF4-rounded weights, and a GGUF base quantizes the original weights differently, so outputs differ a "
+            "little from the training setup (as with any QLoRA adapter on another quantization); convert the "
+            "original (16-bit) model to GGUF as the base")
+
+
 def convert(
     adapter: str | Path,
     *,
@@ -99,6 +114,9 @@ def convert(
     shape = _base_shape(ckpt, base_info, arch)
     problems: list[str] = []
     notes: list[str] = list(ckpt.notes)
+    quantized = quantized_base_note(str(ckpt.provenance.get("base_model") or ""))
+    if quantized:
+        notes.append(quantized)
     out_tensors = pair_tensors(_plan(ckpt, shape, problems, notes))
     tokens = ckpt.provenance.get("alora_invocation_tokens") or []
     if tokens:

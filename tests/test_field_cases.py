@@ -550,3 +550,16 @@ def test_odd_config_types_are_refused_not_crashes(plain, changes, needle, tmp_pa
     shutil.copytree(src, tmp_path / "a")
     edit_config(tmp_path / "a", **changes)
     refused(lambda: convert(tmp_path / "a", base=t.base_path, out=tmp_path / "o.gguf"), needle)
+
+
+@pytest.mark.parametrize("name,noted", [("unsloth/llama-3-8b-bnb-4bit", True), ("unsloth/Qwen3-4B-unsloth-bnb-4bit", True),
+                                        ("someone/mistral-7b-nf4", True), ("meta-llama/Llama-3.2-1B", False),
+                                        ("unsloth/Llama-3.2-1B-Instruct", False)])
+def test_a_bitsandbytes_4bit_base_is_noted(plain, tmp_path, name, noted):
+    """A QLoRA adapter trained on a bitsandbytes 4-bit base converts, with a note that it was trained
+    against NF4-rounded weights (the GGUF base rounds the originals differently)."""
+    t, src, _ = plain
+    shutil.copytree(src, tmp_path / "a")
+    edit_config(tmp_path / "a", base_model_name_or_path=name)
+    res = convert(tmp_path / "a", base=t.base_path, out=tmp_path / "a.gguf")
+    assert any("bitsandbytes 4-bit base" in n for n in res.notes) == noted, res.notes
