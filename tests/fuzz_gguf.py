@@ -1,7 +1,8 @@
 """Seeded fuzzing of GGUF adapters and bases through the runtime, each case in a worker process.
 
 A case is a valid file mutated once or a few times, structure-aware: header counts and
-version, metadata value types and values (NaN, infinities, huge, zero, negative), string and
+version, metadata value types and values (NaN, infinities, huge, zero, negative), a value
+retyped keeping its value (an alpha of 8 as UINT32 or FLOAT64, a token array as INT32), string and
 array lengths, tensor dimensions, types and offsets, tensor data (NaN/Inf, huge, random
 bytes), truncation, and plain byte flips. A worker process loads each case (adapters:
 ``Runtime.load_adapter`` then a short greedy completion and ``logits``; bases: ``Runtime``
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import struct
@@ -65,6 +67,8 @@ class Layout:
     fields: list[Field]
     tensors: list[TInfo]
     data_start: int
+    header_end: int = 0  # where the tensor infos end (padding to the alignment follows)
+    align: int = 32
 
 
 def layout(buf: bytes) -> Layout:
@@ -129,7 +133,66 @@ def layout(buf: bytes) -> Layout:
         offset = u64()
         tensors.append(TInfo(name, ndims_pos, dims_pos, n_dims, type_pos, offset_pos, offset, ggml_type))
     data_start = (pos + align - 1) // align * align
-    return Layout(n_tensors_pos, n_kv_pos, fields, tensors, data_start)
+    return Layout(n_tensors_pos, n_kv_pos, fields, tensors, data_start, pos, align)
+
+
+#: the numeric GGUF value types and their struct formats
+_NUMERIC = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 10: "Q", 11: "q", 12: "d"}
+
+
+def _holds(vtype: int, v: float | int) -> bool:
+    """Whether GGUF type ``vtype`` stores ``v`` exactly."""
+    fmt = _NUMERIC[vtype]
+    if fmt in "fd":
+        return float(struct.unpack("<" + fmt, struct.pack("<" + fmt, float(v)))[0]) == v
+    if isinstance(v, float) and not v.is_integer():
+        return False
+    bits = struct.calcsize(fmt) * 8
+    lo, hi = (0, 2**bits - 1) if fmt.isupper() else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return lo <= int(v) <= hi
+
+
+def retype(buf: bytes, rng: random.Random, lay: Layout) -> tuple[bytes, str]:
+    """A metadata value stored as another numeric type holding the same value (an alpha of 8 as
+    UINT32 or FLOAT64, a UINT32 token array as INT32: what third-party writers do); the header is
+    re-laid and the data section copied after it, aligned as before."""
+    cands = []
+    for f in lay.fields:
+        if f.vtype in _NUMERIC:
+            cands.append((f, None))
+        elif f.vtype == ARRAY:
+            et = struct.unpack_from("<I", buf, f.value_pos)[0]
+            if et in _NUMERIC:
+                cands.append((f, et))
+    if not cands:
+        return buf, "noop"
+    f, et = rng.choice(cands)
+    if et is None:
+        (value,) = struct.unpack_from("<" + _NUMERIC[f.vtype], buf, f.value_pos)
+        if isinstance(value, float) and not math.isfinite(value):
+            return buf, "noop"  # an earlier mutation made it NaN or infinite: no value to keep
+        others = [t for t in _NUMERIC if t != f.vtype and _holds(t, value)]
+        if not others:
+            return buf, "noop"
+        t = rng.choice(others)
+        new = struct.pack("<I", t) + struct.pack("<" + _NUMERIC[t], value if _NUMERIC[t] in "fd" else int(value))
+        what = f"retype {f.key} {_NUMERIC[f.vtype]}->{_NUMERIC[t]}"
+    else:
+        count = struct.unpack_from("<Q", buf, f.value_pos + 4)[0]
+        if 12 + count * struct.calcsize(_NUMERIC[et]) != f.size:
+            return buf, "noop"  # an earlier mutation of this case changed the array's length
+        values = struct.unpack_from(f"<{count}{_NUMERIC[et]}", buf, f.value_pos + 12)
+        others = [t for t in _NUMERIC if t != et and all(_holds(t, v) for v in values)]
+        if not others:
+            return buf, "noop"
+        t = rng.choice(others)
+        fmt = _NUMERIC[t]
+        new = struct.pack("<IIQ", ARRAY, t, count) + struct.pack(f"<{count}{fmt}", *(
+            float(v) if fmt in "fd" else int(v) for v in values))
+        what = f"retype {f.key} array of {_NUMERIC[et]}->{fmt}"
+    header = buf[: f.type_pos] + new + buf[f.value_pos + f.size : lay.header_end]
+    header += bytes(-len(header) % lay.align)
+    return header + buf[lay.data_start :], what
 
 
 _NASTY_F32 = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 0.0, -1.0, 1e-30, 3.4e38]
@@ -140,7 +203,9 @@ def mutate(buf: bytes, rng: random.Random, lay: Layout) -> tuple[bytes, str]:
     """One structure-aware mutation; returns the new bytes and what was done."""
     b = bytearray(buf)
     kind = rng.choice(["count", "version", "vtype", "value", "value", "alpha", "strlen", "ndims", "dim", "dim",
-                       "ttype", "toffset", "data_nan", "data_big", "data_bytes", "truncate", "flip"])
+                       "ttype", "toffset", "data_nan", "data_big", "data_bytes", "truncate", "flip", "retype", "retype"])
+    if kind == "retype":
+        return retype(buf, rng, lay)
     if kind == "count":
         pos = rng.choice([lay.n_tensors_pos, lay.n_kv_pos])
         struct.pack_into("<Q", b, pos, rng.choice(_NASTY_INT))
@@ -217,7 +282,7 @@ def make_cases(seed_file: Path, out_dir: Path, n: int, seed: int, prefix: str) -
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             data, w = mutate(data, rng, lay)
             what.append(w)
-            if len(data) != len(buf):  # truncated: the layout's positions no longer hold
+            if len(data) != len(buf):  # truncated or re-laid: the layout's positions no longer hold
                 break
         path = out_dir / f"{prefix}-{i:05d}.gguf"
         path.write_bytes(data)
@@ -226,6 +291,9 @@ def make_cases(seed_file: Path, out_dir: Path, n: int, seed: int, prefix: str) -
 
 
 # --- the worker -----------------------------------------------------------------------------
+
+
+PROMPT = "tok1 tok2"
 
 
 def worker(kind: str, base: str) -> None:
@@ -242,8 +310,8 @@ def worker(kind: str, base: str) -> None:
             if kind == "adapter":
                 rt.load_adapter("fz", path)
                 try:
-                    c = rt.complete("tok1 tok2", {"fz": 1.0}, max_tokens=3, temperature=0.0)
-                    logits = rt.logits([300, 301, 302], {"fz": 1.0})
+                    c = rt.complete(PROMPT, {"fz": 1.0}, max_tokens=3, temperature=0.0)
+                    logits = rt.logits([300, 301, 302, *rt.adapters["fz"].invocation_tokens], {"fz": 1.0})
                     out["outcome"] = "accepted" if np.isfinite(logits).all() else "nonfinite"
                     out["text"] = c.text
                 except NonFiniteLogitsError:
@@ -323,17 +391,22 @@ def run_cases(kind: str, base: Path, cases: list[tuple[Path, str]], timeout: flo
 
 
 def seeds(tmp: Path) -> dict[str, Path]:
-    """Seed files: tiny llama bases (f32 and Q8_0) and f32/f16 adapters for them."""
+    """Seed files: tiny llama bases (f32 and Q8_0) and f32/f16 adapters for them, one an aLoRA."""
     from gguf import GGMLQuantizationType as QT
 
     from edge_lora.engine import tiny
+
+    from edge_lora import Runtime
 
     model = tiny.write_base(tmp / "base.gguf", QT.F32)
     tiny.write_base(tmp / "base-q8.gguf", QT.Q8_0)
     tiny.write_adapter(tmp / "adapter-f32.gguf", model)
     tiny.write_adapter(tmp / "adapter-f16.gguf", model, storage=QT.F16)
-    return {"base": tmp / "base.gguf", "base_q8": tmp / "base-q8.gguf",
-            "adapter_f32": tmp / "adapter-f32.gguf", "adapter_f16": tmp / "adapter-f16.gguf"}
+    with Runtime(tmp / "base.gguf", n_ctx=64) as rt:  # an aLoRA invoked by the worker's prompt's last 2 tokens
+        invocation = rt.tokenize(PROMPT, add_bos=False)[-2:]
+    tiny.write_adapter(tmp / "adapter-alora.gguf", model, invocation_tokens=invocation)
+    return {"base": tmp / "base.gguf", "base_q8": tmp / "base-q8.gguf", "adapter_f32": tmp / "adapter-f32.gguf",
+            "adapter_f16": tmp / "adapter-f16.gguf", "adapter_alora": tmp / "adapter-alora.gguf"}
 
 
 def campaign(n_adapters: int, n_bases: int, seed: int, tmp: Path) -> tuple[dict[str, Counter], list[dict]]:
@@ -341,7 +414,8 @@ def campaign(n_adapters: int, n_bases: int, seed: int, tmp: Path) -> tuple[dict[
     s = seeds(tmp)
     counts: dict[str, Counter] = {}
     failures: list[dict] = []
-    for label, n, parts in (("adapters", n_adapters, [("adapter_f32", "af32"), ("adapter_f16", "af16")]),
+    for label, n, parts in (("adapters", n_adapters, [("adapter_f32", "af32"), ("adapter_f16", "af16"),
+                                                      ("adapter_alora", "aal")]),
                             ("bases", n_bases, [("base", "bf32"), ("base_q8", "bq8")])):
         if not n:
             continue

@@ -43,12 +43,34 @@ _initialized = False
 KV_TYPES = {"f16": ll.GGML_TYPE_F16, "f32": ll.GGML_TYPE_F32, "q8_0": ll.GGML_TYPE_Q8_0}
 
 
+_capture = threading.local()
+
+
 @ll.llama_log_callback
 def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     # ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 cont
     msg = text.decode("utf-8", errors="replace").rstrip()
     if msg:
         log.log(logging.ERROR if level == 4 else logging.WARNING if level == 3 else logging.DEBUG, msg)
+        lines = getattr(_capture, "lines", None)
+        if lines is not None and level == 4:
+            lines.append(msg)
+
+
+@contextlib.contextmanager
+def logged_errors() -> Iterator[list[str]]:
+    """The error lines llama.cpp logs from this thread inside the block (its reason for a refusal)."""
+    prev = getattr(_capture, "lines", None)
+    _capture.lines = lines = []
+    try:
+        yield lines
+    finally:
+        _capture.lines = prev
+
+
+def _reason(lines: list[str]) -> str:
+    """llama.cpp's own words for a failure: its last error lines, or a pointer to the log."""
+    return "; ".join(lines[-2:]) if lines else "see the log for its reason"
 
 
 def lib_dir() -> Path:
@@ -286,7 +308,8 @@ class NativeModel:
             callback = ll.llama_progress_callback(_progress)  # referenced until the load returns
             params.progress_callback = callback
             params.progress_callback_user_data = None
-        ptr = ll.llama_model_load_from_file(path.encode(), params)
+        with logged_errors() as errors:
+            ptr = ll.llama_model_load_from_file(path.encode(), params)
         if failure:
             if ptr:
                 ll.llama_model_free(ptr)
@@ -296,7 +319,7 @@ class NativeModel:
                 ll.llama_model_free(ptr)
             raise CancelledError(f"{path}: loading was cancelled by the progress callback")
         if not ptr:
-            raise GGUFFileError(f"{path}: llama.cpp could not load this model (see the log for its reason)")
+            raise GGUFFileError(f"{path}: llama.cpp could not load this model ({_reason(errors)})")
         self.ptr = ptr
         self.vocab = ll.llama_model_get_vocab(ptr)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
@@ -355,10 +378,10 @@ class NativeAdapter:
     """A LoRA adapter loaded onto a model (freed before the model)."""
 
     def __init__(self, model: NativeModel, path: str) -> None:
-        with model.adapter_lock.exclusive():  # inserts into the model's adapter set
+        with model.adapter_lock.exclusive(), logged_errors() as errors:  # inserts into the model's adapter set
             ptr = ll.llama_adapter_lora_init(model.ptr, path.encode())
         if not ptr:
-            raise GGUFFileError(f"{path}: llama.cpp refused this adapter (see the log for its reason)")
+            raise GGUFFileError(f"{path}: llama.cpp refused this adapter ({_reason(errors)})")
         self.ptr = ptr
         self.model = model
         self.serial = next(_serials)  # never reused, unlike id() or a freed pointer

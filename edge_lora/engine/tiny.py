@@ -171,15 +171,18 @@ def write_base(path: str | Path, types: Mapping[MODEL_TENSOR, QT] | QT = MIXED_T
 
 def write_adapter(path: str | Path, model: TinyModel, *, rank: int = 8, alpha: float = 16.0, seed: int = 1,
                   targets: Sequence[MODEL_TENSOR] = (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.FFN_UP),
-                  storage: QT = QT.F32) -> TinyAdapter:
+                  storage: QT = QT.F32, invocation_tokens: Sequence[int] = ()) -> TinyAdapter:
     """Write a GGUF LoRA adapter (f32 or f16 ``storage``) over ``model`` on ``targets`` of every layer;
-    the returned factors are the stored values."""
+    the returned factors are the stored values. ``invocation_tokens``: an aLoRA's (UINT32)."""
     rng = np.random.default_rng(seed)
     c = model.config
     w = GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     w.add_type(GGUFType.ADAPTER)
     w.add_string(Keys.Adapter.TYPE, "lora")
     w.add_float32(Keys.Adapter.LORA_ALPHA, float(alpha))
+    if invocation_tokens:
+        w.add_key_value(Keys.Adapter.ALORA_INVOCATION_TOKENS, [int(t) for t in invocation_tokens],
+                        gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.UINT32)
     pairs = {}
     for i in range(c.n_layer):
         for t in targets:
