@@ -79,6 +79,10 @@ class Checkpoint:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: what the reader decided on the user's behalf (shown by the CLI, kept in ConvertResult.notes)
     notes: list[str] = field(default_factory=list)
+    #: on a base whose output is the token embedding (tied weights), the trainer tied the
+    #: embedding's LoRA to the output too (PEFT ``ensure_weight_tying``; MLX-LM's
+    #: ``LoRAEmbedding.as_linear``, which tied models call for their output)
+    ties_output: bool = False
 
 
 #: weight files PEFT itself loads, in its order of preference (peft.utils.load_peft_weights)
@@ -318,6 +322,8 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
                             "pass --text-only to convert the text model's part alone")
     notes += [f"dropped {n} tensors of {TRAINING_ONLY[seg][1]}" for seg, n in sorted(dropped.items())]
     _expand_block_diagonal(cfg, pairs, seen_as, problems, notes)
+    if cfg.get("ensure_weight_tying"):
+        _drop_tied_head_copy(pairs, notes)
     modules = _pair_up(pairs, config, problems, seen_as)
     if allow_dora and config is not None:
         if magnitudes and not config.use_dora:
@@ -344,7 +350,24 @@ def _read_peft(p: Path, cfg: dict[str, Any], weights_file: Path, adapter_name: s
             "alora_invocation_tokens": list(config.alora_invocation_tokens),
         },
         notes=notes,
+        ties_output=bool(cfg.get("ensure_weight_tying")),
     )
+
+
+def _drop_tied_head_copy(pairs: dict[tuple[str, bool], dict[str, tuple[str, np.ndarray]]], notes: list[str]) -> None:
+    """PEFT's ``ensure_weight_tying`` on a tied model saves the head's LoRA as the embedding's, tied
+    (lm_head's A is embed_tokens' B transposed, its B their A transposed): that copy is dropped from
+    ``pairs``, the embedding's LoRA standing for both. Factors that differ are an untied head's: kept."""
+    emb = next((k for k in pairs if k[1] and k[0].endswith("embed_tokens")), None)
+    head = next((k for k in pairs if not k[1] and k[0].rsplit(".", 1)[-1] == "lm_head"), None)
+    if emb is None or head is None or set(pairs[emb]) != {"A", "B"} or set(pairs[head]) != {"A", "B"}:
+        return
+    (_, ea), (_, eb) = pairs[emb]["A"], pairs[emb]["B"]
+    (_, ha), (_, hb) = pairs[head]["A"], pairs[head]["B"]
+    if ha.shape == eb.T.shape and hb.shape == ea.T.shape and np.array_equal(ha, eb.T) and np.array_equal(hb, ea.T):
+        notes.append(f"{head[0]}: the LoRA PEFT tied to {emb[0]}'s (ensure_weight_tying): the embedding's LoRA "
+                     "stands for both")
+        del pairs[head]
 
 
 def _expand_block_diagonal(cfg: dict[str, Any], pairs: dict[tuple[str, bool], dict[str, tuple[str, np.ndarray]]],
@@ -579,6 +602,7 @@ def _read_mlx(p: Path, cfg: dict[str, Any], weights_file: Path, allow_dora: bool
         raise ConversionError(f"{p}: cannot convert this MLX-LM adapter", problems)
     rank = ranks.pop()
     return Checkpoint(
+        ties_output=True,  # tied MLX-LM models call embed_tokens.as_linear: its LoRA acts on the output too
         path=p,
         format="mlx",
         config=cfg,

@@ -205,10 +205,13 @@ def _first_int(value: object) -> int | None:
     return int(value) if isinstance(value, (int, float)) else None
 
 
-def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[str]) -> dict[str, LoraPair]:
+def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[str], *,
+          merging: bool = False) -> dict[str, LoraPair]:
     """The adapter's pairs by GGUF tensor name, in GGUF layout: each module's scale folded into B
     for llama.cpp's rule (the file's alpha over the tensor's rank), rows transformed like the
-    base's; a DoRA module keeps its magnitude ``m``, its rows transformed the same way."""
+    base's; a DoRA module keeps its magnitude ``m``, its rows transformed the same way.
+    ``merging``: for a merge, where an embedding LoRA the trainer tied to the output too
+    (``ckpt.ties_output``) goes into ``token_embd``, which a tied base's output is."""
     out: dict[str, LoraPair] = {}
     seen: dict[str, str] = {}
     unmapped: list[str] = []
@@ -235,7 +238,7 @@ def _plan(ckpt: Checkpoint, shape: BaseShape, problems: list[str], notes: list[s
             for gname, pair in _split_pairs(ckpt, mod, parts, shape, problems).items():
                 seen[gname], out[gname] = mod.module, pair
             continue
-        target = _target(ckpt, mod, shape, problems, unmapped)
+        target = _target(ckpt, mod, shape, problems, unmapped, merging)
         if target is None:
             continue
         ttype, gname = target
@@ -322,7 +325,8 @@ def _base_model_note(ckpt: Checkpoint, spec: Family) -> str | None:
 
 
 def _target(
-    ckpt: Checkpoint, mod: LoraModule, shape: BaseShape, problems: list[str], unmapped: list[str]
+    ckpt: Checkpoint, mod: LoraModule, shape: BaseShape, problems: list[str], unmapped: list[str],
+    merging: bool = False,
 ) -> tuple[MODEL_TENSOR, str] | None:
     spec = shape.spec
     last = mod.module.rsplit(".", 1)[-1]
@@ -350,10 +354,21 @@ def _target(
             )
             return None
     if mod.kind == EMBEDDING and shape.tensors is not None and OUTPUT_TENSOR not in shape.tensors:
-        problems.append(
-            f"{mod.module}: embedding LoRA on a base whose output shares the token embedding (tied weights): "
-            "llama.cpp would apply it to the output layer too, where PEFT does not"
-        )
+        if ckpt.ties_output and merging:
+            return found  # into token_embd, which is the output too: both uses, as trained
+        if ckpt.ties_output:
+            how = "MLX-LM's as_linear" if ckpt.format == "mlx" else "PEFT's ensure_weight_tying"
+            problems.append(
+                f"{mod.module}: embedding LoRA trained tied to the output ({how}) on a base whose output is the token "
+                "embedding: it cannot be a GGUF adapter, because llama.cpp stores an embedding LoRA in a layout its "
+                "output matmul cannot use (loading it would abort the process); merge it into the base instead "
+                "(edge-lora merge: exact, token_embd is the output too)")
+        else:
+            problems.append(
+                f"{mod.module}: embedding LoRA on a base whose output shares the token embedding (tied weights): "
+                "PEFT trained it on the embedding alone (ensure_weight_tying is off), and llama.cpp would apply it "
+                "to the output layer too, in a layout that aborts the process; it cannot be converted or merged "
+                "into this base as trained")
         return None
     if mod.kind == EMBEDDING and found[0] != MODEL_TENSOR.TOKEN_EMBD:
         problems.append(f"{mod.module}: embedding LoRA on a module that is not the token embedding")

@@ -32,7 +32,7 @@ def lora_source(adapter: str | os.PathLike[str], base: str | os.PathLike[str], *
     shape = _base_shape(ckpt, info, None)
     problems: list[str] = []
     notes: list[str] = list(ckpt.notes)
-    pairs = _plan(ckpt, shape, problems, notes)
+    pairs = _plan(ckpt, shape, problems, notes, merging=True)
     if problems:
         raise ConversionError(f"{ckpt.path}: cannot merge into this {shape.spec.name} base", problems)
     # the pairs are folded for a file of alpha ckpt.alpha: llama.cpp's rule gives their scale
@@ -43,4 +43,5 @@ def lora_source(adapter: str | os.PathLike[str], base: str | os.PathLike[str], *
         sha256=file_sha256(weights_file) if weights_file.is_file() else "",
         user_scale=scale, weights=weights, source_format=str(ckpt.provenance.get("source_format", ckpt.format)),
         invocation_tokens=tuple(ckpt.provenance.get("alora_invocation_tokens") or ()),
+        ties_output=ckpt.ties_output,
     )

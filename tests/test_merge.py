@@ -27,6 +27,7 @@ from tiny_models import CASES, TOKENS, hf_logits, is_moe, llama_logits, quantize
 from edge_lora import Runtime
 from edge_lora.cli import main as cli
 from edge_lora.errors import (
+    ConversionError,
     IncompatibleAdapterError,
     InvalidRequestError,
     OutputExistsError,
@@ -209,6 +210,77 @@ def test_dora_cannot_be_converted_but_says_merge(tiny, tmp_path, capsys):
     _peft_dora(t.fresh_model(), tmp_path / "dora", dict(r=4, lora_alpha=8, target_modules=["q_proj"]), seed=1)
     assert cli(["convert", str(tmp_path / "dora"), "--base", str(t.base_path), "-o", str(tmp_path / "x.gguf")]) == 2
     assert "edge-lora merge" in capsys.readouterr().err
+
+
+# --- embedding LoRA on a tied base ------------------------------------------------------------
+
+
+def _mlx_tied(model: torch.nn.Module, folder: Path, rank: int = 4, scale: float = 2.0, seed: int = 9) -> torch.nn.Module:
+    """An MLX-LM adapter on embed_tokens and the last layer's q_proj of a tied model, and its reference:
+    mlx_lm.tuner.lora.LoRAEmbedding adds ``scale * lora_a[ids] @ lora_b`` to the lookup and, through
+    ``as_linear`` (which tied models call for the output), ``scale * x @ (lora_a @ lora_b).T`` to the
+    logits: the tied weight becomes ``W + scale * lora_a @ lora_b`` in both uses."""
+    g = torch.Generator().manual_seed(seed)
+    ref = copy.deepcopy(model)
+    emb = ref.model.embed_tokens.weight
+    vocab, dims = emb.shape
+    a, b = torch.randn(vocab, rank, generator=g) / np.sqrt(vocab), torch.randn(rank, dims, generator=g) * 0.5
+    q = ref.model.layers[-1].self_attn.q_proj
+    qa = torch.randn(q.weight.shape[1], rank, generator=g) / np.sqrt(q.weight.shape[1])
+    qb = torch.randn(rank, q.weight.shape[0], generator=g) * 0.5 / np.sqrt(rank)
+    with torch.no_grad():
+        emb += scale * a @ b  # tied: the output layer is this tensor too
+        q.weight += scale * (qa @ qb).T
+    n = len(ref.model.layers) - 1
+    folder.mkdir(parents=True)
+    save_np({"model.embed_tokens.lora_a": a.numpy(), "model.embed_tokens.lora_b": b.numpy(),
+             f"model.layers.{n}.self_attn.q_proj.lora_a": qa.numpy(),
+             f"model.layers.{n}.self_attn.q_proj.lora_b": qb.numpy()}, str(folder / "adapters.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": {
+        "rank": rank, "scale": scale, "dropout": 0.0, "keys": ["self_attn.q_proj"]}}))
+    return ref.eval()
+
+
+@pytest.mark.parametrize("trainer", ["peft-ensure-weight-tying", "mlx-as-linear"])
+def test_an_embedding_lora_trained_tied_merges_exactly_and_says_why_it_is_no_adapter(tiny, tmp_path, trainer):
+    """On a base whose output is the token embedding, an embedding LoRA the trainer tied to the output
+    (PEFT ensure_weight_tying, which saves lm_head's LoRA as the embedding's transposed; MLX-LM's
+    as_linear) acts on both. No GGUF adapter can carry it (llama.cpp's embedding-LoRA layout aborts in
+    the output matmul): convert says so and names merge; merge puts it into token_embd, exactly."""
+    t = tiny("llama3")
+    assert "output.weight" not in read_gguf(t.base_path).tensors  # tied
+    folder = tmp_path / "a"
+    if trainer == "mlx-as-linear":
+        want = hf_logits(_mlx_tied(t.model, folder), TOKENS)
+        how = "MLX-LM's as_linear"
+    else:
+        ref = make_peft_adapter(t.model, folder, dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"],
+                                                      ensure_weight_tying=True), seed=4)
+        assert type(ref.base_model.model.lm_head).__name__ == "Linear"  # PEFT's LoRA layer on the tied head
+        want = hf_logits(ref, TOKENS)
+        how = "PEFT's ensure_weight_tying"
+    assert rel_err(want, hf_logits(t.model, TOKENS)) > MIN_EFFECT
+    with pytest.raises(ConversionError) as e:
+        convert(folder, base=t.base_path, out=tmp_path / "x.gguf")
+    assert f"trained tied to the output ({how})" in str(e.value) and "edge-lora merge" in str(e.value)
+    out = tmp_path / "merged.gguf"
+    src = lora_source(folder, t.base_path)
+    assert src.ties_output and "token_embd.weight" in src.weights and "output.weight" not in src.weights
+    merge(t.base_path, [src], out)
+    err = rel_err(llama_logits(out, TOKENS), want)
+    print(f"tied embedding LoRA ({trainer}) merged vs its trainer: {err:.1e}")
+    assert err <= DORA_RTOL
+
+
+def test_an_untied_embedding_lora_on_a_tied_base_is_refused_for_merge_and_convert(tiny, tmp_path):
+    """PEFT without ensure_weight_tying trains the embedding alone; on a tied base llama.cpp has one
+    tensor for both uses: neither a GGUF adapter nor a merge can give that model."""
+    t = tiny("llama3")
+    make_peft_adapter(t.model, tmp_path / "a", dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"]))
+    with pytest.raises(ConversionError, match="ensure_weight_tying is off"):
+        convert(tmp_path / "a", base=t.base_path, out=tmp_path / "x.gguf")
+    with pytest.raises(ConversionError, match="ensure_weight_tying is off"):
+        lora_source(tmp_path / "a", t.base_path)
 
 
 # --- quantized bases ---------------------------------------------------------------------------

@@ -53,6 +53,9 @@ class LoraSource:
     source_format: str = "gguf"
     #: an activated LoRA's invocation tokens (it acts only from them on); () for a plain LoRA
     invocation_tokens: tuple[int, ...] = ()
+    #: its token_embd LoRA was trained tied to the output too (PEFT ensure_weight_tying, MLX-LM's
+    #: as_linear): on a tied base it merges into token_embd, which is the output as well
+    ties_output: bool = False
 
     def alora_problem(self, what: str) -> str | None:
         """Why an aLoRA cannot be ``what`` (merged, combined): its weights act only from its

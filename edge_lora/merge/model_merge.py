@@ -236,7 +236,7 @@ def source_problems(src: LoraSource, info: GGUFInfo) -> list[str]:
         problem = f"{name}: the base has no such tensor" if t is None else w.fits(name, t.shape)
         if problem:
             problems.append(problem)
-    tied = tied_embedding_problem(src.weights, info)
+    tied = None if src.ties_output else tied_embedding_problem(src.weights, info)
     if tied:
         problems.append(f"{tied}: merging it would change the output layer too")
     return problems
