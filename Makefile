@@ -24,7 +24,7 @@ $(VENV)/bin/python:
 
 # one native build per configuration; `cmake --install` puts the bindings and the libraries
 # into the venv, so pip never builds llama-cpp-python itself
-$(ENGINE_STAMP): CMakeLists.txt $(wildcard cmake/*.cmake) | $(VENV)/bin/python
+$(ENGINE_STAMP): CMakeLists.txt $(wildcard cmake/*.cmake) $(wildcard cmake/patches/*.patch) | $(VENV)/bin/python
 	cmake -S . -B $(ENGINE_BUILD) $(ENGINE_ARGS) -DPython3_EXECUTABLE=$(abspath $(PY))
 	cmake --build $(ENGINE_BUILD) --config Release -j $(JOBS)
 	cmake --install $(ENGINE_BUILD) --config Release
