@@ -124,7 +124,7 @@ class Runtime:
 
     @property
     def adapters(self) -> dict[str, AdapterInfo]:
-        """Loaded adapters: name -> path, alpha, ranks, targets, size, default scale."""
+        """Loaded adapters: name -> path, alpha, ranks, targets, size, default scale, aLoRA invocation tokens."""
         return self._registry.infos()
 
     # -- tokens ------------------------------------------------------------------------
