@@ -40,7 +40,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_sampling_flags(p)
     p.add_argument("--n-ctx", type=int, default=4096, metavar="N", help="context length (default 4096)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
-    p.add_argument("--gpu-layers", type=int, default=0, metavar="N", help="layers to offload to Metal/CUDA (-1: all)")
+    p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
+                   help="layers to offload to the GPU (CUDA, Metal, Vulkan; -1: all)")
+    p.add_argument("--no-op-offload", action="store_true",
+                   help="compute layers kept on the CPU there, also for long prompts (llama.cpp's op offload off)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +64,8 @@ def _open(args: argparse.Namespace) -> tuple[Runtime, dict[str, float]]:
     specs = [parse_adapter_spec(s) for s in args.adapter]
     from ..runtime.runtime import Runtime
 
-    rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers)
+    rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+                 op_offload=not args.no_op_offload)
     try:
         for name, path, scale in specs:
             rt.load_adapter(name, path, scale)

@@ -39,7 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", default=None, help="the base's model id (default: the file name without .gguf)")
     p.add_argument("--n-ctx", type=int, default=4096, metavar="N", help="context length per request slot")
     p.add_argument("--threads", type=int, default=None, metavar="N")
-    p.add_argument("--gpu-layers", type=int, default=0, metavar="N")
+    p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
+                   help="layers to offload to the GPU (CUDA, Metal, Vulkan; -1: all)")
+    p.add_argument("--no-op-offload", action="store_true",
+                   help="compute layers kept on the CPU there, also for long prompts (llama.cpp's op offload off)")
     p.add_argument("--max-tokens-limit", type=int, default=4096, metavar="N", help="largest max_tokens accepted")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body accepted")
     p.set_defaults(func=run)
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if not d.is_dir():
             raise InvalidRequestError(f"--adapter-dir {d}: not a folder")
     rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-                 n_parallel=args.parallel)
+                 n_parallel=args.parallel, op_offload=not args.no_op_offload)
     with rt:
         for name, path, scale in specs:
             rt.load_adapter(name, path, scale)

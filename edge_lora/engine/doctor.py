@@ -12,6 +12,8 @@ from typing import Any
 
 from . import check
 from .cpu import cpu_info
+from .native import Device
+from .offload import skipped_devices_note
 
 
 def _version(dist: str) -> str:
@@ -56,6 +58,11 @@ def diagnose(*, smoke: bool = True) -> dict[str, Any]:
     result = check.run_probe(["--smoke"] if smoke else [])
     report["probe"] = result.data
     report["probe_seconds"] = round(result.seconds, 3)
+    if result.data:
+        seen = [Device(**d) for d in result.data.get("devices", [])]
+        skipped = skipped_devices_note(result.data.get("backends", []), seen)
+        if skipped:
+            report["notes"].append(skipped)
     if smoke:
         check.record(check.fingerprint(libdir), result)
     if not result.ok:

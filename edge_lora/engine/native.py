@@ -399,6 +399,8 @@ class ContextParams:
     n_batch: int
     n_threads: int
     kv_type: str = "f16"
+    #: llama.cpp's op offload: large batches' products go to the GPU even for layers kept on the CPU
+    op_offload: bool = True
     #: gathers input statistics while the graph is evaluated (slower: llama.cpp syncs at each product)
     input_stats: InputStats | None = None
 
@@ -512,6 +514,7 @@ class NativeContext:
         if p.kv_type == "f32":  # exact evaluation: the flash-attention CPU path accumulates in f16
             params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
+        params.op_offload = p.op_offload
         if p.input_stats is not None:
             params.cb_eval = p.input_stats.callback
             params.cb_eval_user_data = None

@@ -32,7 +32,8 @@ from .decode import check_finite, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
 from ..formats.gguf_file import read_gguf, require_base
 from ..engine.check import ensure_engine_ok
-from ..engine.native import ContextParams, NativeModel
+from ..engine.native import ContextParams, NativeModel, backends, devices
+from ..engine.offload import no_device_problem
 from .kv import SnapshotStore
 from .scheduler import Scheduler, Slot
 from .registry import AdapterInfo, AdapterRegistry, AdapterSet
@@ -58,6 +59,7 @@ class Runtime:
         n_batch: int = 512,
         kv_type: str = "f16",
         snapshot_mb: float = 256,
+        op_offload: bool = True,
         on_load_progress: Callable[[float], object] | None = None,
     ) -> None:
         """Load ``model_path`` (mmap kept on). ``n_parallel`` contexts serve calls in parallel,
@@ -67,7 +69,13 @@ class Runtime:
         ``on_load_progress(fraction)`` is called from this thread while llama.cpp loads the model
         (0.0 to 1.0, from its own progress reports); returning False cancels the load
         (:class:`CancelledError`). Raises :class:`GGUFFileError` for a bad file,
-        :class:`EngineBuildError` when the native build cannot run on this machine."""
+        :class:`EngineBuildError` when the native build cannot run on this machine.
+
+        ``n_gpu_layers`` (0: none, -1: all) needs a GPU device llama.cpp can use: with none, an
+        :class:`InvalidRequestError` says why (a CPU-only engine; a software Vulkan device
+        skipped), never a silent CPU run. ``op_offload`` (llama.cpp's, on by default) sends the
+        products of large batches (32 tokens and more) to the GPU even for layers kept on the CPU;
+        off, a partly offloaded model computes those layers where they are."""
         problems = Problems()
         for name, v, lo in (("n_ctx", n_ctx, 16), ("n_parallel", n_parallel, 1), ("n_batch", n_batch, 1)):
             problems.add(int_problem(name, v, lo=lo), param=name)
@@ -76,6 +84,9 @@ class Runtime:
         if n_threads is not None:
             problems.add(int_problem("n_threads", n_threads, lo=1), param="n_threads")
         problems.add(number_problem("snapshot_mb", snapshot_mb, lo=0), param="snapshot_mb")
+        problems.add(int_problem("n_gpu_layers", n_gpu_layers, lo=-1), param="n_gpu_layers")
+        if not isinstance(op_offload, bool):
+            problems.add(f"op_offload must be True or False, got {op_offload!r}", param="op_offload")
         problems.raise_if_any(InvalidRequestError, "invalid Runtime options")
         self.base_info = read_gguf(model_path)
         require_base(self.base_info)
@@ -84,11 +95,14 @@ class Runtime:
             raise GGUFFileError(f"{self.base_info.path}: hyperparameters llama.cpp cannot run with", bad)
         self.model_path = Path(model_path)
         ensure_engine_ok()  # once per native build and CPU: a child process runs the smoke test
+        no_device = no_device_problem(n_gpu_layers, backends(), devices())
+        if no_device:
+            raise InvalidRequestError(no_device, param="n_gpu_layers")
         self._model = NativeModel(str(self.model_path), n_gpu_layers=n_gpu_layers, on_progress=on_load_progress)
         # llama.cpp's worker threads spin while they wait: contexts running at once must not
         # oversubscribe the cores, so by default they share them
         threads = n_threads or max(1, (os.cpu_count() or 1) // n_parallel)
-        params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, kv_type=kv_type)
+        params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, kv_type=kv_type, op_offload=op_offload)
         self._params = params
         store = SnapshotStore(int(snapshot_mb * 1024 * 1024)) if snapshot_mb > 0 else None
         try:
