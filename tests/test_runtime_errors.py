@@ -87,3 +87,29 @@ def test_unknown_adapter_lists_loaded(setup):
         rt.unload_adapter("nope")
     with pytest.raises(UnknownAdapterError):
         rt.stream("x", {"nope": 1.0})  # raised at the call, not at the first piece
+
+
+def test_gpu_layers_without_a_gpu_device_is_an_error_not_a_silent_cpu_run(setup):
+    """On an engine that lists no GPU-type device (this CPU build, or a Vulkan one whose only device
+    is a software one llama.cpp skipped), asking for offload is refused, with the reason."""
+    from edge_lora import InvalidRequestError
+    from edge_lora.engine.native import devices
+    from edge_lora.engine.offload import offload_devices
+
+    t, _, rt = setup
+    if offload_devices(devices()):
+        pytest.skip("this engine has a GPU device: offload is what happens (tests/test_offload.py)")
+    for layers in (-1, 4):
+        with pytest.raises(InvalidRequestError) as e:
+            Runtime(t.base_path, n_ctx=64, n_gpu_layers=layers)
+        assert e.value.param == "n_gpu_layers" and "sees no GPU device" in str(e.value)
+    with pytest.raises(InvalidRequestError, match="n_gpu_layers must be an integer"):
+        Runtime(t.base_path, n_ctx=64, n_gpu_layers=-2)
+
+
+def test_op_offload_off_is_accepted_and_changes_nothing_on_the_cpu(setup):
+    t, _, rt = setup
+    with Runtime(t.base_path, n_ctx=256, op_offload=False) as off:
+        off.load_adapter("ok", setup[1] / "ok.gguf")
+        ids = list(range(3, 80))  # a batch over op offload's 32 tokens
+        np.testing.assert_array_equal(off.logits(ids, {"ok": 1.0}), rt.logits(ids, {"ok": 1.0}))
