@@ -6,7 +6,10 @@ faults on this CPU cannot kill the caller) and caches the verdict in
 ``engine-verdicts.json`` under the user cache folder (``$EDGE_LORA_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/edge-lora``, ``~/Library/Caches/edge-lora`` or ``%LOCALAPPDATA%\\edge-lora``).
 The key is the library files (name, size, mtime), the CPU (:mod:`edge_lora.engine.cpu`) and
-the smoke test's version. ``EDGE_LORA_ENGINE_CHECK=0`` turns the check off (for an app that
+the smoke test's version; on a GPU build also the device's driver (:func:`driver_signature`),
+and the smoke test then runs offloaded to the device, across adapter-set changes on batches
+that llama.cpp's op offload sends to the GPU: a faulting driver is an :class:`EngineBuildError`
+naming the device, the driver and the fix, not a dead process. ``EDGE_LORA_ENGINE_CHECK=0`` turns the check off (for an app that
 ran ``edge-lora doctor`` at install time).
 """
 
@@ -30,11 +33,19 @@ from ..errors import EngineBuildError
 from .cpu import cpu_info
 
 #: bump when the smoke test changes, so cached verdicts are taken again
-SMOKE_VERSION = 1
+SMOKE_VERSION = 2
 FIX = (
     "rebuild the engine with edge-lora's portable CPU build: from a clone of edge-lora, `make engine` "
     "(or the cmake commands under Install in README); `edge-lora doctor` shows what failed"
 )
+FIX_DEVICE = (
+    "update the GPU driver (Mesa's lavapipe: 25.0 or later), or hide the device to run on the CPU "
+    "(GGML_VK_VISIBLE_DEVICES= for Vulkan, CUDA_VISIBLE_DEVICES= for CUDA); `edge-lora doctor` shows what failed"
+)
+#: what selects a GPU device and its driver: part of the verdict's key on GPU builds
+DEVICE_ENV = ("GGML_VK_VISIBLE_DEVICES", "VK_ICD_FILENAMES", "VK_DRIVER_FILES", "CUDA_VISIBLE_DEVICES",
+              "HIP_VISIBLE_DEVICES", "LD_LIBRARY_PATH")
+_ICD_DIRS = ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d")
 _lock = threading.Lock()
 _passed: set[str] = set()
 
@@ -68,7 +79,57 @@ def fingerprint(directory: Path | None = None) -> str:
             if ("ggml" in p.name or "llama" in p.name) and p.is_file():
                 st = p.stat()
                 files.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
-    return json.dumps([SMOKE_VERSION, str(d), files, cpu_info().fingerprint, sys.platform])
+    key: list[Any] = [SMOKE_VERSION, str(d), files, cpu_info().fingerprint, sys.platform]
+    if gpu_build(d):
+        key.append(driver_signature())
+    return json.dumps(key)
+
+
+def gpu_build(directory: Path | None = None) -> bool:
+    """Whether these libraries were built with a GPU backend (edge-lora's build record says)."""
+    m = manifest(directory)
+    return bool(m) and m.get("backend", "cpu") != "cpu"
+
+
+def _stat(path: Path) -> str:
+    try:
+        st = path.stat()
+        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return f"{path}:-"
+
+
+def driver_signature() -> list[str]:
+    """What decides the device and its driver, read without loading them: the selecting
+    environment variables, the Vulkan ICD manifests and the libraries they name, NVIDIA's
+    kernel driver version."""
+    out = [f"{k}={os.environ[k]}" for k in DEVICE_ENV if k in os.environ]
+    named = [Path(p) for k in ("VK_ICD_FILENAMES", "VK_DRIVER_FILES") for p in os.environ.get(k, "").split(os.pathsep) if p]
+    icds = named or [p for d in _ICD_DIRS if Path(d).is_dir() for p in sorted(Path(d).glob("*.json"))]
+    for icd in icds:
+        out.append(_stat(icd))
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            lib = Path(json.loads(icd.read_text())["ICD"]["library_path"])
+            out.append(_stat(lib if lib.is_absolute() else icd.parent / lib) if "/" in str(lib) else f"lib:{lib}")
+    with contextlib.suppress(OSError):
+        out.append(Path("/proc/driver/nvidia/version").read_text().splitlines()[0])
+    return out
+
+
+def probe_args() -> list[str]:
+    """The smoke test's arguments for these libraries: offloaded on a GPU build."""
+    return ["--smoke", "--offload"] if gpu_build() else ["--smoke"]
+
+
+def failure_message(result: ProbeResult | dict[str, Any]) -> tuple[str, str]:
+    """``(what failed, the fix)`` for a failed verdict: a GPU device is named with its driver."""
+    data = result.data if isinstance(result, ProbeResult) else result
+    reason = result.reason if isinstance(result, ProbeResult) else str(result.get("reason"))
+    device = data.get("offload_device") if isinstance(data, dict) else None
+    if device:
+        drivers = [x for x in driver_signature() if x.startswith(("/", "lib:")) or "NVRM" in x]
+        return (f"offloaded to {device} (driver {', '.join(drivers) or 'unknown'}): {reason}", FIX_DEVICE)
+    return reason, FIX
 
 
 @dataclass
@@ -179,9 +240,11 @@ def record(key: str, result: ProbeResult) -> None:
     if not definitive(result):
         return
     verdicts = _read_cache()
+    what, fix = failure_message(result)
     verdicts[key] = {
         "ok": result.ok,
-        "reason": result.reason,
+        "reason": what if not result.ok else "",
+        "fix": fix if not result.ok else "",
         "cpu_variant": result.data.get("cpu_variant"),
         "seconds": round(result.seconds, 3),
         "checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -206,12 +269,13 @@ def ensure_engine_ok() -> None:
         if not isinstance(verdict, dict):  # none yet, or a damaged entry
             verdict = None
         if verdict is None:
-            result = run_probe()
+            result = run_probe(probe_args())
             record(key, result)
-            verdict = {"ok": result.ok, "reason": result.reason}
+            what, fix = failure_message(result)
+            verdict = {"ok": result.ok, "reason": what, "fix": fix}
         if not verdict.get("ok"):
             raise EngineBuildError(
                 f"the native engine in {lib_dir()} failed its smoke test on this machine: {verdict.get('reason')}",
-                [FIX],
+                [verdict.get("fix") or FIX],
             )
         _passed.add(key)

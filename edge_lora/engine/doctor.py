@@ -8,11 +8,11 @@ The fresh verdict also replaces the runtime's cached one.
 from __future__ import annotations
 
 import importlib.metadata
+from types import SimpleNamespace
 from typing import Any
 
 from . import check
 from .cpu import cpu_info
-from .native import Device
 from .offload import skipped_devices_note
 
 
@@ -55,21 +55,22 @@ def diagnose(*, smoke: bool = True) -> dict[str, Any]:
         report["notes"].append("a native build: it runs on CPUs with this machine's features only")
     if "amx_tile" in cpu.features and (build is None or build.get("cpu") == "native"):
         report["notes"].append("this CPU lists AMX: builds that use ggml's AMX path fault on some Linux hosts")
-    result = check.run_probe(["--smoke"] if smoke else [])
+    result = check.run_probe(check.probe_args() if smoke else [])
     report["probe"] = result.data
     report["probe_seconds"] = round(result.seconds, 3)
     if result.data:
-        seen = [Device(**d) for d in result.data.get("devices", [])]
+        seen = [SimpleNamespace(**d) for d in result.data.get("devices", [])]  # the child's devices
         skipped = skipped_devices_note(result.data.get("backends", []), seen)
         if skipped:
             report["notes"].append(skipped)
     if smoke:
         check.record(check.fingerprint(libdir), result)
     if not result.ok:
-        report["problems"].append(result.reason)
+        what, fix = check.failure_message(result)
+        report["problems"].append(what)
         if result.stderr:
             report["stderr_tail"] = result.stderr
-        report["fix"] = check.FIX
+        report["fix"] = fix
     report["ok"] = result.ok
     return report
 
@@ -106,6 +107,8 @@ def format_text(r: dict[str, Any]) -> str:
             mem = f", {d['memory_total'] / 2**30:.1f} GiB ({d['memory_free'] / 2**30:.1f} free)" if d["kind"] != "cpu" and d["memory_total"] else ""
             row("device", f"{d['name']}: {d['description']} [{d['kind']}{mem}]")
         row("GPU offload", probe.get("gpu_offload"))
+        if probe.get("offload_device"):
+            row("smoke test on", probe["offload_device"])
     smoke = probe.get("smoke")
     if smoke:
         errs = smoke["logits_rel_err"]

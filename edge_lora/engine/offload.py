@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from .native import Device
+if TYPE_CHECKING:  # no native import here: the doctor reads the probe child's devices with it
+    from .native import Device
 
 #: device kinds llama.cpp offloads layers to (ggml_backend_dev_type: GPU, IGPU, ACCEL)
 OFFLOAD_KINDS = ("gpu", "igpu", "accel")

@@ -32,6 +32,8 @@ QUANT_DELTA_TOL = 0.15  # the adapter's own effect, a difference of two noisy lo
 F32_TOL = 5e-3  # f32 weights, f16 KV cache: measured 8e-4
 MARGIN_TOL = 0.25  # logits have std ~3: a tie within 0.25 may go either way
 PROMPT = [300, 271, 265, 290, 303, 265, 312, 280]  # plain tokens of the tiny vocabulary
+#: 40 tokens: past llama.cpp's op-offload threshold (batches of 32 tokens and more go to the GPU)
+LONG_PROMPT = PROMPT * 5
 N_GENERATE = 4
 
 
@@ -61,9 +63,12 @@ def _rel(a: Any, b: Any) -> float:
 
 
 def _logits_check(workdir: Path, label: str, types: Any, tol: float, delta_tol: float, n_threads: int,
-                  problems: list[str], generate: int = 0) -> tuple[dict[str, float], list[int], list[str]]:
+                  problems: list[str], generate: int = 0, n_gpu_layers: int = 0) -> tuple[dict[str, float], list[int], list[str]]:
     """Evaluate PROMPT on a tiny base of ``types`` without and with a LoRA adapter against the
-    reference; then ``generate`` greedy tokens with the adapter. Appends to ``problems``."""
+    reference; then ``generate`` greedy tokens with the adapter. With ``n_gpu_layers`` (the
+    offloaded check) the layers go to the GPU and LONG_PROMPT, past llama.cpp's op-offload batch
+    size, is evaluated across adapter-set changes (base, adapter, base), each against the
+    reference: where faulting drivers die. Appends to ``problems``."""
     import numpy as np
 
     from . import tiny
@@ -71,7 +76,7 @@ def _logits_check(workdir: Path, label: str, types: Any, tol: float, delta_tol: 
 
     model = tiny.write_base(workdir / f"{label}-base.gguf", types)
     adapter = tiny.write_adapter(workdir / f"{label}-lora.gguf", model)
-    nm = NativeModel(str(workdir / f"{label}-base.gguf"))
+    nm = NativeModel(str(workdir / f"{label}-base.gguf"), n_gpu_layers=n_gpu_layers)
     na = NativeAdapter(nm, str(workdir / f"{label}-lora.gguf"))
     ctx = NativeContext(nm, ContextParams(n_ctx=64, n_batch=64, n_threads=n_threads))
     generated: list[int] = []
@@ -87,6 +92,13 @@ def _logits_check(workdir: Path, label: str, types: Any, tol: float, delta_tol: 
             f"{label}_adapter": (_rel(with_lora, ref_lora), tol),
             f"{label}_adapter_delta": (_rel(with_lora - base, ref_lora - ref_base), delta_tol),
         }
+        if n_gpu_layers:
+            for i, with_adapter in enumerate((True, False, True)):  # two set changes on long batches
+                ctx.clear()
+                ctx.set_adapters([(na, 1.0)] if with_adapter else [])
+                got = ctx.decode(LONG_PROMPT, 0, all_logits=True)
+                want = tiny.reference_logits(model, LONG_PROMPT, adapter if with_adapter else None)
+                errs[f"{label}_long_{'adapter' if with_adapter else 'base'}_{i}"] = (_rel(got, want), tol)
         for what, (err, limit) in errs.items():
             if not np.isfinite(err) or err > limit:
                 problems.append(f"{what} logits differ from the reference by {err:.3g} (tolerance {limit})")
@@ -113,8 +125,9 @@ def _logits_check(workdir: Path, label: str, types: Any, tol: float, delta_tol: 
     return {k: v for k, (v, _) in errs.items()}, generated, sorted({t.name for t in model.types.values()})
 
 
-def smoke_test(workdir: Path, n_threads: int) -> dict[str, Any]:
-    """Run the smoke test in ``workdir``; returns its figures and ``problems`` (empty when it passed)."""
+def smoke_test(workdir: Path, n_threads: int, n_gpu_layers: int = 0) -> dict[str, Any]:
+    """Run the smoke test in ``workdir`` (``n_gpu_layers``: offloaded, see :func:`_logits_check`);
+    returns its figures and ``problems`` (empty when it passed)."""
     from gguf import GGMLQuantizationType
 
     from . import tiny
@@ -122,14 +135,16 @@ def smoke_test(workdir: Path, n_threads: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     problems: list[str] = []
     q_errs, tokens, types = _logits_check(workdir, "quantized", tiny.MIXED_TYPES, QUANT_TOL, QUANT_DELTA_TOL,
-                                          n_threads, problems, generate=N_GENERATE)
-    f_errs, _, _ = _logits_check(workdir, "f32", GGMLQuantizationType.F32, F32_TOL, F32_TOL, n_threads, problems)
+                                          n_threads, problems, generate=N_GENERATE, n_gpu_layers=n_gpu_layers)
+    f_errs, _, _ = _logits_check(workdir, "f32", GGMLQuantizationType.F32, F32_TOL, F32_TOL, n_threads, problems,
+                                 n_gpu_layers=n_gpu_layers)
     return {
         "ok": not problems,
         "problems": problems,
         "logits_rel_err": {**q_errs, **f_errs},
         "tokens": tokens,
         "weight_types": types,
+        "n_gpu_layers": n_gpu_layers,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -159,20 +174,29 @@ def greedy_decode(base: Path, prompt: list[int] | str, n_tokens: int, n_threads:
 
 
 def probe(smoke: bool, decode: Path | None = None, n_tokens: int = 8, n_threads: int | None = None,
-          text: str | None = None) -> dict[str, Any]:
+          text: str | None = None, offload: bool = False) -> dict[str, Any]:
+    """What llama.cpp sees, and the smoke test; ``offload``: offloaded to the GPU device when
+    there is one (what a Runtime on this build uses). The devices are printed first, so a
+    driver that kills the process is still named."""
     from . import native
+    from .offload import offload_devices
 
     threads = n_threads or min(4, os.cpu_count() or 1)
     native.backend_init()
+    seen = native.devices()
     out: dict[str, Any] = {
         "lib_dir": str(native.lib_dir()),
         "backends": native.backends(),
-        "devices": [d.__dict__ for d in native.devices()],
+        "devices": [d.__dict__ for d in seen],
         **native.system_info(),
     }
+    gpu = offload_devices(seen) if offload else []
+    out["offload_device"] = f"{gpu[0].name}: {gpu[0].description}" if gpu else None
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
     if smoke:
         with tempfile.TemporaryDirectory(prefix="edge-lora-smoke-") as tmp:
-            out["smoke"] = smoke_test(Path(tmp), threads)
+            out["smoke"] = smoke_test(Path(tmp), threads, n_gpu_layers=-1 if gpu else 0)
     if decode is not None:
         out["decode"] = greedy_decode(decode, text if text is not None else PROMPT, n_tokens, threads)
     out["libraries"] = loaded_libraries()
@@ -198,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-tokens", type=int, default=8)
     p.add_argument("--text", help="with --decode: this prompt (tokenized by the model) instead of fixed token ids")
     p.add_argument("--threads", type=int)
+    p.add_argument("--offload", action="store_true", help="run the smoke test offloaded to the GPU device, if any")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    result = probe(args.smoke, args.decode, args.n_tokens, args.threads, args.text)
+    result = probe(args.smoke, args.decode, args.n_tokens, args.threads, args.text, args.offload)
     result["probe_seconds"] = round(time.perf_counter() - t0, 3)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0 if result.get("smoke", {"ok": True})["ok"] else 1
