@@ -16,7 +16,7 @@ ENGINE_BUILD  := build/engine-$(ENGINE_CONFIG)
 ENGINE_STAMP  := $(VENV)/.edge-lora-engine-$(ENGINE_CONFIG)
 ENGINE_ARGS   := -DEDGE_LORA_CPU=$(CPU) $(if $(BACKEND),-DEDGE_LORA_BACKEND=$(BACKEND)) $(CMAKE_ARGS)
 
-.PHONY: install engine engine-native-build dev test demo fuzz bundle bench-convert bench-runtime bench-server bench-engine bench-merge export-lora-tool clean
+.PHONY: install engine engine-native-build engine-vulkan-build dev test demo fuzz bundle bench-convert bench-runtime bench-server bench-engine bench-merge export-lora-tool clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ $(ENGINE_STAMP): CMakeLists.txt $(wildcard cmake/*.cmake) $(wildcard cmake/patch
 	touch $@
 
 engine: $(ENGINE_STAMP)
+
+# the Vulkan engine the offload tests run on a software device (tests/test_offload.py, through
+# LLAMA_CPP_LIB_PATH), not installed; built where the Vulkan build tools are (Debian: glslc
+# libvulkan-dev spirv-headers), else the offload tests skip
+VULKAN_BUILD := build/engine-vulkan-test
+engine-vulkan-build: | $(VENV)/bin/python
+	@if command -v glslc >/dev/null 2>&1 && pkg-config --exists vulkan 2>/dev/null; then \
+	  cmake -S . -B $(VULKAN_BUILD) -DEDGE_LORA_BACKEND=vulkan -DEDGE_LORA_CPU=native -DPython3_EXECUTABLE=$(abspath $(PY)) && \
+	  cmake --build $(VULKAN_BUILD) -j $(JOBS); \
+	else echo "note: glslc or the Vulkan headers not found: the offload tests will skip (Debian: apt-get install glslc libvulkan-dev spirv-headers)"; fi
 
 # a native CPU build (AMX off) beside the portable one, not installed: bench-engine's reference
 engine-native-build: | $(VENV)/bin/python
@@ -69,7 +79,7 @@ bundle: $(BUNDLE)
 
 # engine-native-build: the portability tests show that a native build faults on older CPUs;
 # the bundle: its test runs it in a clean environment and on an emulated Haswell
-test: $(STAMP) engine-native-build $(BUNDLE)
+test: $(STAMP) engine-native-build engine-vulkan-build $(BUNDLE)
 	@command -v qemu-x86_64 >/dev/null 2>&1 || echo "note: qemu-x86_64 not found: the portability tests will skip (Debian: apt-get install qemu-user)"
 	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc

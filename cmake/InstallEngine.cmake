@@ -70,3 +70,6 @@ file(WRITE "${CMAKE_BINARY_DIR}/edge-lora-engine.json" "{
 }
 ")
 install(FILES "${CMAKE_BINARY_DIR}/edge-lora-engine.json" DESTINATION "${EDGE_LORA_INSTALL_LIBDIR}")
+# also beside the built libraries, so a build used in place (LLAMA_CPP_LIB_PATH=build/.../bin) says what it is
+file(MAKE_DIRECTORY "${CMAKE_BINARY_DIR}/bin")
+file(COPY_FILE "${CMAKE_BINARY_DIR}/edge-lora-engine.json" "${CMAKE_BINARY_DIR}/bin/edge-lora-engine.json" ONLY_IF_DIFFERENT)
