@@ -121,6 +121,12 @@ def probe_args() -> list[str]:
     return ["--smoke", "--offload"] if gpu_build() else ["--smoke"]
 
 
+def probe_timeout() -> float:
+    """Seconds the smoke test may take: a GPU driver compiles its shaders on first use (Mesa's
+    software lavapipe: about 2 minutes the first time, 46 s with its shader cache, on 2 cores)."""
+    return 900.0 if gpu_build() else 300.0
+
+
 def failure_message(result: ProbeResult | dict[str, Any]) -> tuple[str, str]:
     """``(what failed, the fix)`` for a failed verdict: a GPU device is named with its driver."""
     data = result.data if isinstance(result, ProbeResult) else result
@@ -269,7 +275,7 @@ def ensure_engine_ok() -> None:
         if not isinstance(verdict, dict):  # none yet, or a damaged entry
             verdict = None
         if verdict is None:
-            result = run_probe(probe_args())
+            result = run_probe(probe_args(), timeout=probe_timeout())
             record(key, result)
             what, fix = failure_message(result)
             verdict = {"ok": result.ok, "reason": what, "fix": fix}

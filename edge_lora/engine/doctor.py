@@ -55,7 +55,7 @@ def diagnose(*, smoke: bool = True) -> dict[str, Any]:
         report["notes"].append("a native build: it runs on CPUs with this machine's features only")
     if "amx_tile" in cpu.features and (build is None or build.get("cpu") == "native"):
         report["notes"].append("this CPU lists AMX: builds that use ggml's AMX path fault on some Linux hosts")
-    result = check.run_probe(check.probe_args() if smoke else [])
+    result = check.run_probe(check.probe_args() if smoke else [], timeout=check.probe_timeout())
     report["probe"] = result.data
     report["probe_seconds"] = round(result.seconds, 3)
     if result.data:
