@@ -27,7 +27,9 @@ from edge_lora_convert import convert
 ROOT = Path(__file__).resolve().parents[1]
 VULKAN_LIB = ROOT / "build" / "engine-vulkan-test" / "bin"
 LONG = TOKENS * 3  # 48 tokens: past llama.cpp's op-offload threshold (32)
-TINY_RTOL, TINY_DELTA_RTOL = 1e-2, 2e-2  # placeholder until measured
+#: the device keeps f16 where the CPU has f32: the base alone differs by 1.1e-3 (measured, lavapipe),
+#: an adapter or a mix by 2.1e-3 at most and their own effect by 1.7e-3; a misapplied adapter is off by order 1
+TINY_RTOL, TINY_DELTA_RTOL = 5e-3, 5e-3
 REAL_LAST_RTOL, REAL_ROW_RTOL = 0.15, 0.25  # placeholder until measured
 
 
@@ -129,6 +131,8 @@ DEMO_PROMPTS = {"json": "Extract the person as JSON: Meet Sofia, a 29-year-old f
                 "spell": "Spell the number: 2910"}
 
 
+@pytest.mark.skipif(os.environ.get("EDGE_LORA_OFFLOAD_REAL") != "1",
+                    reason="the real base on a software device takes over 15 minutes: EDGE_LORA_OFFLOAD_REAL=1 runs it")
 def test_the_real_base_and_the_demo_adapters_offloaded(device):
     """gemma-3-270m Q4_K_M with the shipped adapters, every layer on the device, against the CPU
     engine: for each demo prompt under the base, its adapter and a mix, the next token (the last
