@@ -16,7 +16,7 @@ ENGINE_BUILD  := build/engine-$(ENGINE_CONFIG)
 ENGINE_STAMP  := $(VENV)/.edge-lora-engine-$(ENGINE_CONFIG)
 ENGINE_ARGS   := -DEDGE_LORA_CPU=$(CPU) $(if $(BACKEND),-DEDGE_LORA_BACKEND=$(BACKEND)) $(CMAKE_ARGS)
 
-.PHONY: install engine engine-native-build engine-vulkan-build dev test demo fuzz bundle bench-convert bench-runtime bench-server bench-engine bench-merge export-lora-tool clean
+.PHONY: install engine engine-native-build engine-vulkan-build dev test demo fuzz bundle bench-convert bench-runtime bench-server bench-engine bench-offload bench-merge export-lora-tool clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -111,6 +111,10 @@ bench-server: $(STAMP)
 
 bench-engine: $(STAMP) engine-native-build
 	$(PY) benchmarks/bench_engine.py --native build/engine-bench-native/bin
+
+# GPU offload and op offload's cost on Mesa's lavapipe (the software Vulkan device .ci/lavapipe fetches)
+bench-offload: $(STAMP) engine-vulkan-build
+	eval "$$(.ci/lavapipe)" && $(PY) benchmarks/bench_offload.py --lib build/engine-vulkan-test/bin
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -33,7 +34,7 @@ from ..errors import EngineBuildError
 from .cpu import cpu_info
 
 #: bump when the smoke test changes, so cached verdicts are taken again
-SMOKE_VERSION = 2
+SMOKE_VERSION = 3
 FIX = (
     "rebuild the engine with edge-lora's portable CPU build: from a clone of edge-lora, `make engine` "
     "(or the cmake commands under Install in README); `edge-lora doctor` shows what failed"
@@ -42,10 +43,15 @@ FIX_DEVICE = (
     "update the GPU driver (Mesa's lavapipe: 25.0 or later), or hide the device to run on the CPU "
     "(GGML_VK_VISIBLE_DEVICES= for Vulkan, CUDA_VISIBLE_DEVICES= for CUDA); `edge-lora doctor` shows what failed"
 )
+FIX_SLOW_DEVICE = (
+    "run it again: the driver keeps the shaders it compiled in its own cache, so the check goes on where it "
+    "stopped (Mesa's software lavapipe compiles for many minutes the first time); EDGE_LORA_ENGINE_CHECK=0 skips it"
+)
 #: what selects a GPU device and its driver: part of the verdict's key on GPU builds
 DEVICE_ENV = ("GGML_VK_VISIBLE_DEVICES", "VK_ICD_FILENAMES", "VK_DRIVER_FILES", "CUDA_VISIBLE_DEVICES",
-              "HIP_VISIBLE_DEVICES", "LD_LIBRARY_PATH")
+              "HIP_VISIBLE_DEVICES", "LD_LIBRARY_PATH", "LP_NATIVE_VECTOR_WIDTH")
 _ICD_DIRS = ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d")
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _passed: set[str] = set()
 
@@ -121,10 +127,14 @@ def probe_args() -> list[str]:
     return ["--smoke", "--offload"] if gpu_build() else ["--smoke"]
 
 
+TIMEOUT_REASON = "the probe did not finish in"
+
+
 def probe_timeout() -> float:
     """Seconds the smoke test may take: a GPU driver compiles its shaders on first use (Mesa's
-    software lavapipe: about 2 minutes the first time, 46 s with its shader cache, on 2 cores)."""
-    return 900.0 if gpu_build() else 300.0
+    software lavapipe on 2 cores, LP_NATIVE_VECTOR_WIDTH=128: PROBE_COLD the first time, PROBE_WARM
+    with its shader cache; a real GPU's driver takes seconds)."""
+    return 1800.0 if gpu_build() else 300.0
 
 
 def failure_message(result: ProbeResult | dict[str, Any]) -> tuple[str, str]:
@@ -132,6 +142,8 @@ def failure_message(result: ProbeResult | dict[str, Any]) -> tuple[str, str]:
     data = result.data if isinstance(result, ProbeResult) else result
     reason = result.reason if isinstance(result, ProbeResult) else str(result.get("reason"))
     device = data.get("offload_device") if isinstance(data, dict) else None
+    if reason.startswith(TIMEOUT_REASON) and gpu_build():
+        return reason, FIX_SLOW_DEVICE
     if device:
         drivers = [x for x in driver_signature() if x.startswith(("/", "lib:")) or "NVRM" in x]
         return (f"offloaded to {device} (driver {', '.join(drivers) or 'unknown'}): {reason}", FIX_DEVICE)
@@ -181,7 +193,7 @@ def run_probe(args: list[str] = ("--smoke",), *, wrapper: list[str] = (), env: d
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return ProbeResult(False, f"the probe did not finish in {timeout:.0f} s", seconds=time.perf_counter() - t0)
+        return ProbeResult(False, f"{TIMEOUT_REASON} {timeout:.0f} s", seconds=time.perf_counter() - t0)
     except OSError as exc:
         return ProbeResult(False, f"could not start the probe: {exc}", seconds=time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
@@ -275,6 +287,9 @@ def ensure_engine_ok() -> None:
         if not isinstance(verdict, dict):  # none yet, or a damaged entry
             verdict = None
         if verdict is None:
+            if gpu_build():
+                log.warning("checking the engine on the GPU device, once per build and driver: the driver compiles "
+                            "its shaders the first time (minutes on a software device)")
             result = run_probe(probe_args(), timeout=probe_timeout())
             record(key, result)
             what, fix = failure_message(result)

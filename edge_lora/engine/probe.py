@@ -35,6 +35,10 @@ PROMPT = [300, 271, 265, 290, 303, 265, 312, 280]  # plain tokens of the tiny vo
 #: 40 tokens: past llama.cpp's op-offload threshold (batches of 32 tokens and more go to the GPU)
 LONG_PROMPT = PROMPT * 5
 N_GENERATE = 4
+#: one layer of a real model's shape for the offloaded check (a 1B model's width, head_dim 128 as
+#: Llama 3 8B, Mistral and Qwen have, TinyLlama's FFN): a GPU backend picks its matmul tiles and
+#: attention kernels by shape, and the tiny model's shapes take other ones than a real model's
+REAL_SHAPE = dict(n_embd=2048, n_ff=5632, n_head=16, n_head_kv=4, n_layer=1)
 
 
 def loaded_libraries() -> list[str]:
@@ -63,8 +67,9 @@ def _rel(a: Any, b: Any) -> float:
 
 
 def _logits_check(workdir: Path, label: str, types: Any, tol: float, delta_tol: float, n_threads: int,
-                  problems: list[str], generate: int = 0, n_gpu_layers: int = 0) -> tuple[dict[str, float], list[int], list[str]]:
-    """Evaluate PROMPT on a tiny base of ``types`` without and with a LoRA adapter against the
+                  problems: list[str], generate: int = 0, n_gpu_layers: int = 0,
+                  shape: dict[str, int] | None = None) -> tuple[dict[str, float], list[int], list[str]]:
+    """Evaluate PROMPT on a tiny base of ``types`` (``shape``: a :class:`tiny.TinyConfig`'s fields) without and with a LoRA adapter against the
     reference; then ``generate`` greedy tokens with the adapter. With ``n_gpu_layers`` (the
     offloaded check) the layers go to the GPU and LONG_PROMPT, past llama.cpp's op-offload batch
     size, is evaluated across adapter-set changes (base, adapter, base), each against the
@@ -74,7 +79,7 @@ def _logits_check(workdir: Path, label: str, types: Any, tol: float, delta_tol: 
     from . import tiny
     from .native import ContextParams, NativeAdapter, NativeContext, NativeModel, NativeSampler
 
-    model = tiny.write_base(workdir / f"{label}-base.gguf", types)
+    model = tiny.write_base(workdir / f"{label}-base.gguf", types, config=tiny.TinyConfig(**(shape or {})))
     adapter = tiny.write_adapter(workdir / f"{label}-lora.gguf", model)
     nm = NativeModel(str(workdir / f"{label}-base.gguf"), n_gpu_layers=n_gpu_layers)
     na = NativeAdapter(nm, str(workdir / f"{label}-lora.gguf"))
@@ -126,7 +131,8 @@ def _logits_check(workdir: Path, label: str, types: Any, tol: float, delta_tol: 
 
 
 def smoke_test(workdir: Path, n_threads: int, n_gpu_layers: int = 0) -> dict[str, Any]:
-    """Run the smoke test in ``workdir`` (``n_gpu_layers``: offloaded, see :func:`_logits_check`);
+    """Run the smoke test in ``workdir`` (``n_gpu_layers``: offloaded, see :func:`_logits_check`,
+    and once more on one layer of REAL_SHAPE);
     returns its figures and ``problems`` (empty when it passed)."""
     from gguf import GGMLQuantizationType
 
@@ -138,6 +144,10 @@ def smoke_test(workdir: Path, n_threads: int, n_gpu_layers: int = 0) -> dict[str
                                           n_threads, problems, generate=N_GENERATE, n_gpu_layers=n_gpu_layers)
     f_errs, _, _ = _logits_check(workdir, "f32", GGMLQuantizationType.F32, F32_TOL, F32_TOL, n_threads, problems,
                                  n_gpu_layers=n_gpu_layers)
+    if n_gpu_layers:  # a real model's shape, where the device's kernels for real models run
+        r_errs, _, _ = _logits_check(workdir, "real_shape", tiny.MIXED_TYPES, QUANT_TOL, QUANT_DELTA_TOL, n_threads,
+                                     problems, generate=N_GENERATE, n_gpu_layers=n_gpu_layers, shape=REAL_SHAPE)
+        f_errs.update(r_errs)
     return {
         "ok": not problems,
         "problems": problems,

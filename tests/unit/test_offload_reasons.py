@@ -28,3 +28,30 @@ def test_a_skipped_software_vulkan_device_names_the_variable():
     p = no_device_problem(8, ["Vulkan", "CPU"], [CPU], env={"GGML_VK_VISIBLE_DEVICES": "0"})
     assert "the Vulkan backend is loaded but found no device" in p and "driver" in p
     assert skipped_devices_note(["Vulkan", "CPU"], [LVP, CPU], env={}) is None
+
+
+def test_a_probe_that_times_out_on_a_gpu_build_says_to_run_again(monkeypatch):
+    """A GPU driver compiles its shaders on the first run (many minutes on lavapipe) and keeps
+    them: a timeout there is not a broken build, and the fix says so; on a CPU build it is."""
+    from edge_lora.engine import check
+
+    timeout = check.ProbeResult(False, f"{check.TIMEOUT_REASON} 1800 s")
+    monkeypatch.setattr(check, "gpu_build", lambda directory=None: True)
+    what, fix = check.failure_message(timeout)
+    assert what.startswith(check.TIMEOUT_REASON) and fix == check.FIX_SLOW_DEVICE and "run it again" in fix
+    assert not check.definitive(timeout)  # not cached: the next Runtime tries again
+    wrong = check.ProbeResult(False, "the smoke test computed wrong numbers: x", {"offload_device": "Vulkan0: llvmpipe"})
+    what, fix = check.failure_message(wrong)
+    assert "Vulkan0: llvmpipe" in what and fix == check.FIX_DEVICE
+    monkeypatch.setattr(check, "gpu_build", lambda directory=None: False)
+    assert check.failure_message(timeout)[1] == check.FIX
+    assert check.probe_timeout() == 300.0
+
+
+def test_the_device_settings_are_part_of_the_verdicts_key(monkeypatch):
+    from edge_lora.engine import check
+
+    monkeypatch.setenv("LP_NATIVE_VECTOR_WIDTH", "128")
+    with_128 = check.driver_signature()
+    monkeypatch.setenv("LP_NATIVE_VECTOR_WIDTH", "256")
+    assert check.driver_signature() != with_128
