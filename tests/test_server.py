@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ import httpx
 import openai
 import pytest
 from adapters import make_peft_adapter
+from serving import serve
 
 from edge_lora import Runtime
 from edge_lora_convert import convert
@@ -41,25 +40,6 @@ class Server:
         return httpx.post(self.url + path, json=body, headers=headers, timeout=60, **kw)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
-
-
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server")
@@ -71,20 +51,12 @@ def server(tiny, tmp_path_factory) -> Iterator[Server]:
         make_peft_adapter(t.model, tmp / name, dict(r=8, lora_alpha=16, target_modules="all-linear"), seed=40 + i)
         paths[name] = adir / f"{name}.gguf"
         convert(tmp / name, base=t.base_path, out=paths[name])
-    port = _free_port()
-    argv = [sys.executable, "-m", "edge_lora.cli", "serve", str(t.base_path), "--port", str(port), "--api-key", KEY,
-            "--adapter-dir", str(adir), "--parallel", "3", "--n-ctx", "2048", "--max-tokens-limit", "1500",
-            "--max-body-bytes", "65536"]
+    args = [str(t.base_path), "--api-key", KEY, "--adapter-dir", str(adir), "--parallel", "3", "--n-ctx", "2048",
+            "--max-tokens-limit", "1500", "--max-body-bytes", "65536"]
     for name in ("sql", "tone", "style"):
-        argv += ["--adapter", f"{name}={paths[name]}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, proc)
+        args += ["--adapter", f"{name}={paths[name]}"]
+    with serve(args) as (url, proc):
         yield Server(url, t.base_path, paths, adir, proc, t.base_path.name.removesuffix(".gguf"))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .common import add_sampling_flags, parse_adapter_spec, parse_use, sampling_options
@@ -17,6 +18,7 @@ RUN_EPILOG = """examples:
   edge-lora run base.gguf -p "Write a haiku about rain"
   edge-lora run base.gguf --adapter sql=sql.gguf -p "orders from 2024" --temp 0
   edge-lora run base.gguf --adapter sql=sql.gguf:0.7 --adapter tone=tone.gguf:0.5 -p "..." --json
+  edge-lora run base.gguf --adapter json=json.gguf -p "..." --json-schema person.schema.json
 
 Each --adapter is loaded and applied at its SCALE (default 1.0). Without --raw
 the prompt is a user message formatted with the base's chat template."""
@@ -53,6 +55,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run.add_argument("-p", "--prompt", required=True)
     run.add_argument("--raw", action="store_true", help="complete the prompt as plain text (no chat template)")
     run.add_argument("--json", action="store_true", help="print one JSON object with text, counts and timings")
+    shape = run.add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", metavar="FILE", default=None,
+                       help="the output matches this JSON schema (constrained decoding)")
+    shape.add_argument("--grammar", metavar="FILE", default=None, help="the output matches this GBNF grammar")
     run.set_defaults(func=cmd_run)
     chat = sub.add_parser("chat", help=CHAT_HELP, description=CHAT_HELP, epilog=CHAT_EPILOG, formatter_class=fmt)
     _common(chat)
@@ -75,13 +81,35 @@ def _open(args: argparse.Namespace) -> tuple[Runtime, dict[str, float]]:
     return rt, {name: scale for name, _, scale in specs}
 
 
+def _structured(args: argparse.Namespace) -> dict[str, Any]:
+    """``json_schema`` or ``grammar`` from the file a flag names (read before the base is loaded)."""
+    from ..errors import InvalidRequestError
+
+    for flag, key in (("--json-schema", "json_schema"), ("--grammar", "grammar")):
+        path = getattr(args, key)
+        if path is None:
+            continue
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError(f"{flag}: cannot read {path}: {exc}", param=key) from None
+        if key == "json_schema":
+            from ..runtime.grammar import Grammar
+
+            return {"grammar": Grammar.from_json_schema(text, param=flag)}
+        return {"grammar": text}
+    return {}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    structured = _structured(args)
     rt, mix = _open(args)
     with rt:
+        options = {**sampling_options(args), **structured}
         if args.raw:
-            stream = rt.stream(args.prompt, mix, **sampling_options(args))
+            stream = rt.stream(args.prompt, mix, **options)
         else:
-            stream = rt.chat_stream([{"role": "user", "content": args.prompt}], mix, **sampling_options(args))
+            stream = rt.chat_stream([{"role": "user", "content": args.prompt}], mix, **options)
         for piece in stream:
             if not args.json:
                 sys.stdout.write(piece)

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import llama_cpp as ll
@@ -66,6 +67,31 @@ def logged_errors() -> Iterator[list[str]]:
         yield lines
     finally:
         _capture.lines = prev
+
+
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[list[str]]:
+    """The lines native code writes to the process's stderr (fd 2) inside the block, kept from
+    the terminal: llama.cpp's grammar parser reports its reason there (``fprintf`` in
+    ``llama_grammar_parser::parse``), not through the log callback. Keep the block short: other
+    threads' stderr output in that window is captured too (and discarded)."""
+    import tempfile
+
+    with _stderr_lock, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        lines: list[str] = []
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", errors="replace").splitlines())
 
 
 def _reason(lines: list[str]) -> str:
@@ -625,13 +651,36 @@ class NativeContext:
         return np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, -1), (self.model.n_vocab,))
 
 
+def json_schema_converter(rules: dict[str, str]) -> Any:
+    """The bindings' JSON-schema-to-GBNF converter (``llama_cpp.llama_grammar.SchemaConverter``,
+    llama-cpp-python's port of llama.cpp's ``json_schema_to_grammar.py``; pure Python), with the
+    built-in rules named in ``rules`` replaced by the given GBNF and remote ``$ref`` fetching off.
+    Use: ``c.resolve_refs(schema, url)``, ``c.visit(schema, "")``, ``c.format_grammar()``."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    class Converter(SchemaConverter):
+        def _add_rule(self, name: str, rule: str) -> str:
+            return super()._add_rule(name, rules.get(name, rule))
+
+    return Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+#: ``llama_token_data`` (include/llama.h) as a NumPy record, to fill candidates without a Python loop
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
 class NativeSampler:
     """A llama.cpp sampler chain, built stage by stage (``llama_sampler_chain_add``); each
-    ``add_*`` returns the sampler. Grammars, logit biases and other stages go here."""
+    ``add_*`` returns the sampler. A grammar (:meth:`set_grammar`) is kept beside the chain, as
+    llama.cpp's ``common_sampler`` keeps it: the chain picks, the grammar checks the pick, and only
+    when it refuses is the grammar applied to the whole vocabulary and the chain run again (a
+    grammar over 262k candidates costs more than a token's decode)."""
 
     def __init__(self, model: NativeModel) -> None:
         self.ptr = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self.model = model
+        self.grammar: ctypes.c_void_p | None = None
+        self._cand: np.ndarray | None = None
 
     def _add(self, stage: object) -> NativeSampler:
         ll.llama_sampler_chain_add(self.ptr, stage)
@@ -658,13 +707,71 @@ class NativeSampler:
     def add_dist(self, seed: int) -> NativeSampler:
         return self._add(ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
+    def set_grammar(self, gbnf: str, root: str = "root") -> NativeSampler:
+        """Constrain every sampled token to ``gbnf`` (llama.cpp's grammar sampler). Raises
+        :class:`InvalidRequestError` with llama.cpp's reason when the grammar does not parse
+        (a syntax error, an undefined rule, left recursion)."""
+        with logged_errors() as lines, native_stderr() as printed:
+            g = ll.llama_sampler_init_grammar(self.model.vocab, gbnf.encode(), root.encode())
+        if not g:
+            why = [ln.split("error parsing grammar: ", 1)[1] for ln in printed if "error parsing grammar: " in ln]
+            raise InvalidRequestError(f"the grammar does not parse: {'; '.join(why) or _reason(lines)}", param="grammar")
+        if self.grammar is not None:
+            ll.llama_sampler_free(self.grammar)
+        self.grammar = g
+        return self
+
     def accept(self, token: int) -> None:
         ll.llama_sampler_accept(self.ptr, token)
 
     def sample(self, ctx: NativeContext) -> int:
-        return int(ll.llama_sampler_sample(self.ptr, ctx.ptr, -1))
+        """Pick the next token from ``ctx``'s last logits and accept it (chain and grammar)."""
+        if self.grammar is None:
+            return int(ll.llama_sampler_sample(self.ptr, ctx.ptr, -1))
+        logits = ctx.last_logits()
+        tok = self._pick(logits, grammar_first=False)
+        one = np.array([(tok, 0.0, 0.0)], dtype=_TOKEN_DATA)
+        self._apply(self.grammar, one)
+        if not np.isfinite(one["logit"][0]):  # the grammar refuses the chain's pick: constrain all, pick again
+            tok = self._pick(logits, grammar_first=True)
+        ll.llama_sampler_accept(self.grammar, tok)
+        ll.llama_sampler_accept(self.ptr, tok)
+        return tok
+
+    def _pick(self, logits: np.ndarray, *, grammar_first: bool) -> int:
+        cand = self._cand
+        if cand is None:
+            cand = self._cand = np.empty(len(logits), dtype=_TOKEN_DATA)
+        cand["id"] = np.arange(len(logits), dtype=np.int32)
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        if grammar_first:
+            self._apply(self.grammar, cand)
+            if not np.isfinite(cand["logit"]).any():
+                raise InvalidRequestError(
+                    "the grammar allows no token here (it cannot be completed, or it ends where the model has no "
+                    "end-of-generation token): check the grammar", param="grammar")
+        size = self._apply(self.ptr, cand)
+        arr = self._last
+        if not 0 <= arr.selected < size:
+            raise NativeError("llama.cpp's sampler chain selected no token")
+        return int(cand["id"][arr.selected])
+
+    def _apply(self, sampler: object, cand: np.ndarray) -> int:
+        """``llama_sampler_apply`` over ``cand`` in place; returns the array's size after it
+        (stages such as top-k shrink it; the kept entries are at the front)."""
+        arr = ll.llama_token_data_array(
+            data=cand.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)), size=len(cand), selected=-1, sorted=False)
+        ll.llama_sampler_apply(sampler, ctypes.byref(arr))
+        self._last = arr
+        if arr.data and ctypes.addressof(arr.data.contents) != cand.ctypes.data:
+            raise NativeError("a sampler stage replaced the candidate array (unsupported by edge-lora's sampler)")
+        return int(arr.size)
 
     def close(self) -> None:
         if self.ptr:
             ll.llama_sampler_free(self.ptr)
             self.ptr = None
+        if self.grammar is not None:
+            ll.llama_sampler_free(self.grammar)
+            self.grammar = None

@@ -16,6 +16,7 @@ from .kv import KVState
 from .stops import StopScanner
 from .scheduler import Scheduler, Slot
 from .registry import AdapterSet
+from .grammar import Grammar
 from .request import Completion, SamplingParams, Timings
 
 
@@ -29,11 +30,19 @@ def check_finite(logits: np.ndarray, kv: KVState, aset: AdapterSet, when: str) -
             "weights overflow the computation; lower the scale")
 
 
+def check_grammar(model: NativeModel, grammar: Grammar) -> None:
+    """Refuse at the call a grammar llama.cpp cannot parse (:class:`InvalidRequestError`)."""
+    NativeSampler(model).set_grammar(grammar.gbnf, grammar.root).close()
+
+
 def sampler_for(model: NativeModel, params: SamplingParams) -> NativeSampler:
     """llama.cpp's sampler chain for ``params``, in llama.cpp's order (``common/sampling.cpp``):
     penalties, then greedy at temperature 0, else top-k, top-p, min-p, temperature and a seeded draw.
-    Disabled stages (their neutral values) are left out."""
+    Disabled stages (their neutral values) are left out. A grammar constrains whatever the chain
+    picks (:meth:`NativeSampler.set_grammar`)."""
     sampler = NativeSampler(model)
+    if params.grammar is not None:
+        sampler.set_grammar(params.grammar.gbnf, params.grammar.root)
     if params.repeat_penalty != 1.0:
         sampler.add_penalties(params.repeat_last_n, params.repeat_penalty)
     if params.temperature <= 0.0:

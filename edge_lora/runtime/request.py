@@ -10,6 +10,7 @@ from typing import Any
 from .._validate import Problems, int_problem, number_problem
 from ..cancel import CancelToken
 from ..errors import InvalidRequestError
+from .grammar import Grammar
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ OPTIONS: dict[str, Option] = {
 @dataclass(frozen=True)
 class SamplingParams:
     """Validated generation options (the keyword arguments of the text APIs); defaults and
-    ranges are :data:`OPTIONS`'. ``stop``: strings that end the generation (not returned)."""
+    ranges are :data:`OPTIONS`'. ``stop``: strings that end the generation (not returned).
+    ``grammar``: what every generated token must keep matching (structured outputs); with one,
+    the generation ends only where the grammar is complete (or at ``max_tokens``)."""
 
     max_tokens: int = OPTIONS["max_tokens"].default  # type: ignore[assignment]
     temperature: float = OPTIONS["temperature"].default  # type: ignore[assignment]
@@ -53,6 +56,7 @@ class SamplingParams:
     repeat_last_n: int = OPTIONS["repeat_last_n"].default  # type: ignore[assignment]
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         problems = Problems()
@@ -64,22 +68,32 @@ class SamplingParams:
             problems.add(check(name, value, lo=opt.lo, hi=opt.hi), param=name)  # type: ignore[arg-type]
         if not all(isinstance(s, str) and s for s in self.stop):
             problems.add(f"stop must be a list of non-empty strings, got {list(self.stop)!r}", param="stop")
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            problems.add(f"grammar must be a Grammar, got {type(self.grammar).__name__}", param="grammar")
         problems.raise_if_any(InvalidRequestError, "invalid generation options")
 
     @classmethod
-    def build(cls, stop: str | Sequence[str] | None = None, **kw: object) -> SamplingParams:
+    def build(cls, stop: str | Sequence[str] | None = None, *, json_schema: Mapping[str, Any] | str | None = None,
+              grammar: Grammar | str | None = None, **kw: object) -> SamplingParams:
         """From keyword options as the text APIs take them: ``None`` means the default, ``stop``
-        may be one string. Raises :class:`InvalidRequestError` for unknown names and bad values,
-        every problem at once."""
+        may be one string, ``json_schema`` a JSON schema (dict or JSON text) the output must
+        match, ``grammar`` GBNF text (or a :class:`Grammar`); at most one of the last two.
+        Raises :class:`InvalidRequestError` for unknown names and bad values, every problem at once."""
         unknown = sorted(set(kw) - set(OPTIONS))
         if unknown:
             raise InvalidRequestError(
                 f"unknown generation option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                f"the options are {', '.join([*OPTIONS, 'stop'])}", param=unknown[0])
+                f"the options are {', '.join([*OPTIONS, 'stop', 'json_schema', 'grammar'])}", param=unknown[0])
         if stop is not None and not isinstance(stop, (str, Sequence)):
             raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}", param="stop")
+        if json_schema is not None and grammar is not None:
+            raise InvalidRequestError("give json_schema or grammar, not both", param="grammar")
+        if json_schema is not None:
+            grammar = Grammar.from_json_schema(json_schema)
+        elif isinstance(grammar, str):
+            grammar = Grammar(grammar)
         stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
-        return cls(stop=stops, **{k: v for k, v in kw.items() if v is not None})  # type: ignore[arg-type]
+        return cls(stop=stops, grammar=grammar, **{k: v for k, v in kw.items() if v is not None})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -87,8 +101,7 @@ class GenerationRequest:
     """One call, whatever asked for it (the library, the CLI, a server protocol): a ``prompt``
     (raw text) or ``messages`` (a conversation, formatted with the base's chat template), the
     ``adapters`` (name to scale; ``None`` a scale: the adapter's default; ``None`` or ``{}``: the
-    base alone), the ``params`` and a ``cancel`` token. Structured outputs and tools will be
-    fields of this request."""
+    base alone), the ``params`` (a grammar among them: structured outputs) and a ``cancel`` token."""
 
     prompt: str | None = None
     messages: Sequence[Mapping[str, Any]] | None = None

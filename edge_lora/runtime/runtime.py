@@ -28,7 +28,7 @@ from ..cancel import CancelToken
 from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError
 from .request import Completion, GenerationRequest, SamplingParams, TextStream, Timings
 from .activation import plan
-from .decode import check_finite, evaluate, generate
+from .decode import check_finite, check_grammar, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
 from ..formats.gguf_file import read_gguf, require_base
 from ..engine.check import ensure_engine_ok
@@ -201,7 +201,9 @@ class Runtime:
     def complete(self, prompt: str, adapters: Adapters = None, *, cancel: CancelToken | None = None,
                  **options: Any) -> Completion:
         """Complete raw text. Options: max_tokens, temperature, top_p, top_k, min_p,
-        repeat_penalty, repeat_last_n, seed, stop. ``cancel``: a :class:`CancelToken` another
+        repeat_penalty, repeat_last_n, seed, stop; ``json_schema`` (a dict or JSON text: the
+        output matches it) or ``grammar`` (GBNF text), enforced token by token by llama.cpp's
+        grammar sampler (:mod:`edge_lora.runtime.grammar`). ``cancel``: a :class:`CancelToken` another
         thread may fire (the result then has ``finish_reason == "cancelled"``)."""
         return self.stream(prompt, adapters, cancel=cancel, **options).consume()
 
@@ -228,6 +230,8 @@ class Runtime:
         ids = self.chat_tokens(request.messages) if request.messages is not None else self.tokenize(request.prompt)
         self._check_fits(ids)
         self._registry.check(request.adapters, ids)  # an aLoRA's invocation must be in the prompt
+        if request.params.grammar is not None:
+            check_grammar(self._model, request.params.grammar)
         return TextStream(self._run(ids, request.adapters, request.params, request.cancel))
 
     def memory(self) -> MemoryUsage:

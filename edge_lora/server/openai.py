@@ -13,8 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ..runtime.grammar import Grammar
 from ..runtime.request import Completion
-from .errors import error_for
+from .errors import ApiError, error_for
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .service import Generation, Service
 
@@ -27,7 +28,30 @@ def _options(service: Service, req: ChatCompletionRequest | CompletionRequest, m
     given = dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
                  repeat_penalty=req.repeat_penalty, seed=req.seed, stop=req.stop)
     merged = {**OPENAI_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    return service.options(max_tokens, **merged)
+    return service.options(max_tokens, grammar=grammar_of(req), **merged)
+
+
+def grammar_of(req: ChatCompletionRequest | CompletionRequest) -> Grammar | None:
+    """The grammar a request's ``response_format`` (or llama.cpp's ``json_schema``/``grammar``
+    extensions) asks for; at most one of them. Raises :class:`ApiError` 400 for a second one and
+    :class:`InvalidRequestError` for a schema the grammar cannot enforce."""
+    given = [k for k in ("json_schema", "grammar") if getattr(req, k) is not None]
+    fmt = req.response_format
+    if fmt is not None and fmt.type != "text":
+        given.append("response_format")
+    if len(given) > 1:
+        raise ApiError(400, f"give one of response_format, json_schema and grammar, not {' and '.join(given)}",
+                       param=given[1])
+    if req.grammar is not None:
+        return Grammar(req.grammar)
+    if req.json_schema is not None:
+        return Grammar.from_json_schema(req.json_schema, param="json_schema")
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return Grammar.json_object()
+    assert fmt.json_schema is not None  # the schema's validator
+    return Grammar.from_json_schema(fmt.json_schema.schema_, param="response_format.json_schema.schema")
 
 
 def router(service: Service, auth: Callable[..., None]) -> APIRouter:

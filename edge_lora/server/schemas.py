@@ -6,9 +6,9 @@ one schema (:data:`edge_lora.runtime.request.OPTIONS`), checked when the call is
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..runtime.chat import ROLES
 
@@ -25,6 +25,32 @@ class ChatMessage(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class JsonSchemaSpec(_Strict):
+    """OpenAI's ``response_format.json_schema``. ``strict`` is accepted either way: the schema is
+    always enforced by the grammar, or refused when it cannot be."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's ``response_format``: ``text``, ``json_object`` (any JSON object) or ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _spec(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object ({'name', 'schema', 'strict'})")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is only read with type json_schema, not {self.type}")
+        return self
 
 
 class _Sampling(_Strict):
@@ -46,6 +72,10 @@ class _Sampling(_Strict):
     frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0)
     #: extension: a mix of adapters with scales; ``model`` must then name the base
     adapters: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+    #: extensions (llama.cpp's server): a JSON schema or a GBNF grammar the output must match
+    json_schema: dict[str, Any] | None = None
+    grammar: str | None = None
 
     @field_validator("stop")
     @classmethod
