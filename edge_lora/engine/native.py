@@ -680,7 +680,8 @@ class NativeSampler:
         self.ptr = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self.model = model
         self.grammar: ctypes.c_void_p | None = None
-        self._cand: np.ndarray | None = None
+        self._cand: np.ndarray | None = None  # the candidates, reused token after token
+        self._ids: np.ndarray | None = None
 
     def _add(self, stage: object) -> NativeSampler:
         ll.llama_sampler_chain_add(self.ptr, stage)
@@ -742,7 +743,8 @@ class NativeSampler:
         cand = self._cand
         if cand is None:
             cand = self._cand = np.empty(len(logits), dtype=_TOKEN_DATA)
-        cand["id"] = np.arange(len(logits), dtype=np.int32)
+            self._ids = np.arange(len(logits), dtype=np.int32)
+        cand["id"] = self._ids  # the stages reorder the array in place: refilled each time
         cand["logit"] = logits
         cand["p"] = 0.0
         if grammar_first:
@@ -751,22 +753,21 @@ class NativeSampler:
                 raise InvalidRequestError(
                     "the grammar allows no token here (it cannot be completed, or it ends where the model has no "
                     "end-of-generation token): check the grammar", param="grammar")
-        size = self._apply(self.ptr, cand)
-        arr = self._last
-        if not 0 <= arr.selected < size:
+        size, selected = self._apply(self.ptr, cand)
+        if not 0 <= selected < size:
             raise NativeError("llama.cpp's sampler chain selected no token")
-        return int(cand["id"][arr.selected])
+        return int(cand["id"][selected])
 
-    def _apply(self, sampler: object, cand: np.ndarray) -> int:
+    def _apply(self, sampler: object, cand: np.ndarray) -> tuple[int, int]:
         """``llama_sampler_apply`` over ``cand`` in place; returns the array's size after it
-        (stages such as top-k shrink it; the kept entries are at the front)."""
+        (stages such as top-k shrink it; the kept entries are at the front) and the index the
+        chain selected (-1: none)."""
         arr = ll.llama_token_data_array(
             data=cand.ctypes.data_as(ctypes.POINTER(ll.llama_token_data)), size=len(cand), selected=-1, sorted=False)
         ll.llama_sampler_apply(sampler, ctypes.byref(arr))
-        self._last = arr
         if arr.data and ctypes.addressof(arr.data.contents) != cand.ctypes.data:
             raise NativeError("a sampler stage replaced the candidate array (unsupported by edge-lora's sampler)")
-        return int(arr.size)
+        return int(arr.size), int(arr.selected)
 
     def close(self) -> None:
         if self.ptr:
