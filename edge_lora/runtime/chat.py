@@ -13,12 +13,16 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import json
+
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import InvalidRequestError
+from .tool_formats import FORMATS, GENERIC, ToolFormat, detect, generic_instructions
+from .tools import ToolRequest
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -57,27 +61,100 @@ def fallback_template(is_special_token: Callable[[str], bool]) -> tuple[str, str
     return PLAIN_TEMPLATE, "plain"
 
 
-def check_messages(messages: object) -> list[dict[str, str]]:
-    """Validate chat messages; every problem is reported at once."""
+def check_messages(messages: object) -> list[dict[str, Any]]:
+    """Validate chat messages in OpenAI's form; every problem is reported at once.
+
+    ``content`` is a string, a list of text parts (``[{"type": "text", "text": ...}]``, joined
+    with newlines as llama.cpp does) or, for an assistant turn with ``tool_calls``, null. The
+    ``developer`` role is the system role (OpenAI's newer name). An assistant's ``tool_calls``
+    get their ``arguments`` as objects (what templates expect; :func:`.tools.arguments_object`);
+    a ``tool`` turn carries ``tool_call_id`` and may carry ``name``. Returns the messages in the
+    form templates are given."""
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
         raise InvalidRequestError("messages must be a non-empty list of {'role', 'content'} objects")
-    problems = []
+    problems: list[str] = []
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):
             problems.append(f"messages[{i}]: not an object")
             continue
-        role, content = m.get("role"), m.get("content")
+        role = m.get("role")
+        if role == "developer":
+            role = "system"
         if role not in ROLES:
-            problems.append(f"messages[{i}].role: {role!r} is not one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            problems.append(f"messages[{i}].content: must be a string")
-        extra = set(m) - {"role", "content", "name"}
+            problems.append(f"messages[{i}].role: {role!r} is not one of {', '.join((*ROLES, 'developer'))}")
+        extra = set(m) - FIELDS.get(str(role), {"role", "content", "name"})
         if extra:
-            problems.append(f"messages[{i}]: unknown fields {sorted(extra)}")
-        out.append({"role": str(role), "content": content if isinstance(content, str) else ""})
+            problems.append(f"messages[{i}]: unknown fields {sorted(extra)} for the role {role!r}")
+        msg: dict[str, Any] = {"role": str(role), "content": _content(i, m.get("content"), m, problems)}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = _history_calls(i, m["tool_calls"], problems)
+        for key in ("tool_call_id", "name"):
+            if m.get(key) is not None:
+                if isinstance(m[key], str):
+                    msg[key] = m[key]
+                else:
+                    problems.append(f"messages[{i}].{key}: must be a string")
+        if role == "tool" and "tool_call_id" not in msg:
+            problems.append(f"messages[{i}]: a tool message needs the tool_call_id of the call it answers")
+        out.append(msg)
     if problems:
-        raise InvalidRequestError("invalid chat messages", problems)
+        raise InvalidRequestError("invalid chat messages", problems, param="messages")
+    return out
+
+
+#: the fields each role may carry (OpenAI's chat messages)
+FIELDS = {
+    "system": {"role", "content", "name"},
+    "user": {"role", "content", "name"},
+    "assistant": {"role", "content", "name", "tool_calls", "refusal"},
+    "tool": {"role", "content", "tool_call_id", "name"},
+}
+
+
+def _content(i: int, content: object, m: Mapping[str, Any], problems: list[str]) -> str:
+    if isinstance(content, str):
+        return content
+    if content is None and m.get("role") == "assistant" and (m.get("tool_calls") or "refusal" in m):
+        return ""
+    if isinstance(content, Sequence) and not isinstance(content, (str, bytes)):
+        texts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind in ("image_url", "input_image", "image", "input_audio", "file"):
+                problems.append(f"messages[{i}].content[{j}]: {kind} parts are not supported: this runtime "
+                                "takes text only (no vision or audio input)")
+            else:
+                problems.append(f"messages[{i}].content[{j}]: must be {{'type': 'text', 'text': ...}}")
+        return "\n".join(texts)
+    problems.append(f"messages[{i}].content: must be a string or a list of text parts")
+    return ""
+
+
+def _history_calls(i: int, calls: object, problems: list[str]) -> list[dict[str, Any]]:
+    from .tools import arguments_object
+
+    if not isinstance(calls, Sequence) or isinstance(calls, (str, bytes)):
+        problems.append(f"messages[{i}].tool_calls: must be a list")
+        return []
+    out = []
+    for j, c in enumerate(calls):
+        where = f"messages[{i}].tool_calls[{j}]"
+        fn = c.get("function") if isinstance(c, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            problems.append(f"{where}: must be {{'id', 'type': 'function', 'function': {{'name', 'arguments'}}}}")
+            continue
+        try:
+            args = arguments_object(fn.get("arguments", {}), where)
+        except InvalidRequestError as exc:
+            problems.append(exc.message)
+            continue
+        call: dict[str, Any] = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+        if isinstance(c.get("id"), str):
+            call["id"] = c["id"]
+        out.append(call)
     return out
 
 
@@ -85,8 +162,21 @@ def _raise(message: str) -> None:
     raise InvalidRequestError(f"the chat template refused these messages: {message}")
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    """transformers' ``tojson`` for chat templates (``chat_template_utils``): plain ``json.dumps``,
+    where Jinja's own filter escapes ``<``, ``>``, ``&`` and ``'`` for HTML."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+#: a tool only used to see whether a template shows the tools it is given
+_PROBE = {"type": "function", "function": {"name": "edge_lora_probe_tool", "description": "probe",
+                                           "parameters": {"type": "object", "properties": {}}}}
+
+
 class ChatTemplate:
-    """A compiled chat template."""
+    """A compiled chat template, rendered as transformers' ``apply_chat_template`` renders it
+    (the same Jinja environment, filters and globals; ``tools`` given in OpenAI's form)."""
 
     def __init__(self, source: str | None, *, bos_token: str, eos_token: str,
                  is_special_token: Callable[[str], bool] = lambda _t: False) -> None:
@@ -95,6 +185,7 @@ class ChatTemplate:
             source, self.name = fallback_template(is_special_token)
         self.source = source
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
@@ -103,12 +194,74 @@ class ChatTemplate:
             raise InvalidRequestError(f"the model's chat template does not compile: {exc}") from exc
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self._tool_format: ToolFormat | None = None
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    @property
+    def tool_format(self) -> ToolFormat:
+        """How this template's model writes tool calls (:mod:`.tool_formats`): its own layout
+        when the template shows tools, the generic one when it does not. Raises
+        :class:`InvalidRequestError` for a template that shows tools in a layout not in the table."""
+        if self._tool_format is None:
+            try:
+                shown = _PROBE["function"]["name"] in self._apply([{"role": "user", "content": "Hi"}], [_PROBE], True)
+            except (InvalidRequestError, jinja2.TemplateError, TypeError, ValueError):
+                shown = False
+            fmt = detect(self.source) if shown else GENERIC
+            if fmt is not None and fmt.renders_tools and not self._writes_calls_as(fmt):
+                fmt = None
+            if fmt is None:
+                raise InvalidRequestError(
+                    "this model's chat template shows tools, but writes tool calls in a layout edge-lora does not "
+                    f"parse (known: {', '.join(f.name for f in FORMATS)}); call without tools, or give a chat "
+                    "template in one of those layouts", param="tools")
+            self._tool_format = fmt
+        return self._tool_format
+
+    def _writes_calls_as(self, fmt: ToolFormat) -> bool:
+        """Whether this template renders an assistant's call the way ``fmt`` parses it back (a
+        template with the same marker may write calls in another layout: XML arguments...). A
+        template that shows no earlier calls at all is taken at its markers."""
+        args = {"city": "Paris", "days": 2}
+        name = _PROBE["function"]["name"]
+        call = {"id": "abcDEF123", "type": "function", "function": {"name": name, "arguments": args}}
+        user = {"role": "user", "content": "Hi"}
+        try:
+            head = self._apply([user], [_PROBE], True)
+            full = self._apply([user, {"role": "assistant", "content": "", "tool_calls": [call]}], [_PROBE], False)
+            plain = self._apply([user, {"role": "assistant", "content": "PROBE-ANSWER"}], [_PROBE], False)
+        except (InvalidRequestError, jinja2.TemplateError, TypeError, ValueError):
+            return False
+        answer = full[len(head):] if full.startswith(head) else full[full.rindex("Hi") + 2:]
+        if name not in answer:
+            return True
+        end = plain[plain.rindex("PROBE-ANSWER") + len("PROBE-ANSWER"):].strip()  # the end-of-turn marks
+        answer = answer.strip().removesuffix(end) if end else answer
+        _content, calls = fmt.parse(answer)
+        return len(calls) == 1 and calls[0].name == name and json.loads(calls[0].arguments) == args
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+               tools: ToolRequest | None = None, template_kwargs: Mapping[str, Any] | None = None) -> str:
+        """The prompt text of ``messages`` (:func:`check_messages`), with ``tools`` shown to the
+        model unless ``tool_choice`` is ``"none"``: given to the template, or for a template that
+        shows none put in the system turn in the generic form (:mod:`.tool_formats`), the history's
+        calls and results rewritten in that form. ``template_kwargs`` are extra template variables
+        (``enable_thinking``...). Raises :class:`InvalidRequestError`."""
         msgs = check_messages(messages)
+        offered = tools.offered if tools is not None else ()
+        has_history = any(m.get("tool_calls") or m["role"] == "tool" for m in msgs)
+        fmt = self.tool_format if offered or has_history else None
+        if fmt is not None and not fmt.renders_tools:
+            msgs = generic_messages(msgs, tools if offered else None)
+        listed = [t.as_openai() for t in offered] if fmt is not None and fmt.renders_tools and offered else None
+        return self._apply(msgs, listed, add_generation_prompt, template_kwargs)
+
+    def _apply(self, msgs: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool,
+               template_kwargs: Mapping[str, Any] | None = None) -> str:
         try:
             return self._template.render(
+                **dict(template_kwargs or {}),
                 messages=msgs,
+                tools=tools,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
@@ -117,3 +270,27 @@ class ChatTemplate:
             raise
         except jinja2.TemplateError as exc:
             raise InvalidRequestError(f"the chat template failed on these messages: {exc}") from exc
+
+
+def generic_messages(msgs: list[dict[str, Any]], tools: ToolRequest | None) -> list[dict[str, Any]]:
+    """``msgs`` for a template that shows no tools: the tools' description in the system turn
+    (:func:`.tool_formats.generic_instructions`), each assistant's calls as the generic JSON it
+    would have written, each tool result as a user turn (``{"tool_response": ...}``)."""
+    out: list[dict[str, Any]] = []
+    for m in msgs:
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in m["tool_calls"]]
+            out.append({"role": "assistant", "content": json.dumps({"tool_calls": calls}, ensure_ascii=False)})
+        elif m["role"] == "tool":
+            body = {"tool_call_id": m["tool_call_id"], **({"name": m["name"]} if "name" in m else {}),
+                    "content": m["content"]}
+            out.append({"role": "user", "content": json.dumps({"tool_response": body}, ensure_ascii=False)})
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    if tools is not None and tools.offered:
+        text = generic_instructions(tools.offered, tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + text}
+        else:
+            out.insert(0, {"role": "system", "content": text})
+    return out

@@ -82,10 +82,13 @@ def generate(
     params: SamplingParams,
     on_token: Callable[[int], None] | None = None,
     cancel: CancelToken | None = None,
+    keep_special: frozenset[int] = frozenset(),
 ) -> Iterator[str]:
     """Yield text pieces; the generator's return value (StopIteration.value) is the Completion.
     A ``cancel`` token stops it (``finish_reason == "cancelled"``), within a token or a graph node.
-    The prompt must leave room for a token (the runtime checks it at the call)."""
+    The prompt must leave room for a token (the runtime checks it at the call). Special tokens
+    are left out of the text but those in ``keep_special`` (a tool-call marker such as Mistral's
+    ``[TOOL_CALLS]``: llama.cpp's "preserved tokens")."""
     t0 = time.perf_counter()
     if not prompt:
         raise InvalidRequestError("the prompt is empty")
@@ -122,7 +125,7 @@ def generate(
             out_tokens.append(tok)
             if on_token is not None:
                 on_token(tok)
-            piece = scanner.feed(model.token_piece(tok))
+            piece = scanner.feed(model.token_piece(tok, special=tok in keep_special))
             if piece:
                 yield piece
             if scanner.stopped:

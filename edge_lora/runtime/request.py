@@ -11,6 +11,7 @@ from .._validate import Problems, int_problem, number_problem
 from ..cancel import CancelToken
 from ..errors import InvalidRequestError
 from .grammar import Grammar
+from .tools import ToolCall, ToolRequest
 
 
 @dataclass(frozen=True)
@@ -101,26 +102,45 @@ class GenerationRequest:
     """One call, whatever asked for it (the library, the CLI, a server protocol): a ``prompt``
     (raw text) or ``messages`` (a conversation, formatted with the base's chat template), the
     ``adapters`` (name to scale; ``None`` a scale: the adapter's default; ``None`` or ``{}``: the
-    base alone), the ``params`` (a grammar among them: structured outputs) and a ``cancel`` token."""
+    base alone), the ``params`` (a grammar among them: structured outputs) and a ``cancel`` token.
+    With messages: ``tools`` (tool calling, :mod:`.tools`) and ``template_kwargs`` (extra chat
+    template variables, such as ``enable_thinking``)."""
 
     prompt: str | None = None
     messages: Sequence[Mapping[str, Any]] | None = None
     adapters: Mapping[str, float | None] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     cancel: CancelToken | None = None
+    tools: ToolRequest | None = None
+    template_kwargs: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise InvalidRequestError("a generation takes a prompt or messages, not both or neither")
         if self.prompt is not None and not isinstance(self.prompt, str):
             raise InvalidRequestError(f"prompt must be a string, got {type(self.prompt).__name__}", param="prompt")
+        if self.prompt is not None and (self.tools is not None or self.template_kwargs):
+            raise InvalidRequestError("tools and template_kwargs apply to chat messages, not to a raw prompt",
+                                      param="tools" if self.tools is not None else "template_kwargs")
+        if self.template_kwargs is not None and not (
+                isinstance(self.template_kwargs, Mapping) and all(isinstance(k, str) for k in self.template_kwargs)):
+            raise InvalidRequestError("template_kwargs must map names to values", param="template_kwargs")
+        if self.tools is not None and self.tools.offered and self.params.grammar is not None:
+            raise InvalidRequestError("give tools or a grammar (json_schema, response_format), not both: a forced "
+                                      "tool call has its own grammar", param="tools")
 
     @classmethod
     def of(cls, *, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None,
            adapters: Mapping[str, float | None] | None = None, cancel: CancelToken | None = None,
+           tools: Sequence[Any] | None = None, tool_choice: str | Mapping[str, Any] | None = None,
+           parallel_tool_calls: bool | None = None, template_kwargs: Mapping[str, Any] | None = None,
            **options: Any) -> GenerationRequest:
-        """From the text APIs' keyword options (:meth:`SamplingParams.build`)."""
-        return cls(prompt, messages, adapters, SamplingParams.build(**options), cancel)
+        """From the text APIs' keyword options (:meth:`SamplingParams.build`); ``tools`` in
+        OpenAI's form with ``tool_choice`` and ``parallel_tool_calls`` (:meth:`ToolRequest.of`)."""
+        if tools is None and (tool_choice is not None or parallel_tool_calls is not None):
+            raise InvalidRequestError("tool_choice and parallel_tool_calls need tools", param="tool_choice")
+        request = ToolRequest.of(tools, tool_choice, parallel_tool_calls) if tools is not None else None
+        return cls(prompt, messages, adapters, SamplingParams.build(**options), cancel, request, template_kwargs)
 
 
 @dataclass(frozen=True)
@@ -137,12 +157,20 @@ class Completion:
 
     text: str
     tokens: list[int]
-    finish_reason: str  # "stop" (end of generation or a stop string), "length" or "cancelled"
+    finish_reason: str  # "stop" (end of generation or a stop string), "length", "cancelled" or "tool_calls"
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int  # prompt tokens whose KV was reused (same adapter set) or restored
     adapters: dict[str, float]
     timings: Timings = field(repr=False)
+    #: the calls the model made (tools offered); ``finish_reason`` is then ``"tool_calls"``
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: the answer without its tool calls (``text`` itself when no tools were offered)
+    content: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.content is None:
+            object.__setattr__(self, "content", self.text)
 
     @property
     def tokens_per_second(self) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,9 @@ from .._validate import Problems, int_problem, is_int, number_problem
 from ..cancel import CancelToken
 from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError
 from .request import Completion, GenerationRequest, SamplingParams, TextStream, Timings
+from .grammar import Grammar
+from .tool_formats import force_grammar, with_tool_calls
+from .tools import ToolRequest
 from .activation import plan
 from .decode import check_finite, check_grammar, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
@@ -60,6 +64,7 @@ class Runtime:
         kv_type: str = "f16",
         snapshot_mb: float = 256,
         op_offload: bool = True,
+        chat_template: str | None = None,
         on_load_progress: Callable[[float], object] | None = None,
     ) -> None:
         """Load ``model_path`` (mmap kept on). ``n_parallel`` contexts serve calls in parallel,
@@ -75,7 +80,11 @@ class Runtime:
         :class:`InvalidRequestError` says why (a CPU-only engine; a software Vulkan device
         skipped), never a silent CPU run. ``op_offload`` (llama.cpp's, on by default) sends the
         products of large batches (32 tokens and more) to the GPU even for layers kept on the CPU;
-        off, a partly offloaded model computes those layers where they are."""
+        off, a partly offloaded model computes those layers where they are.
+
+        ``chat_template`` (Jinja text) replaces the base's own template, or the fallback of a base
+        without one (llama.cpp's ``--chat-template-file``): for adapters trained with another
+        template than the base ships. Raises :class:`InvalidRequestError` when it does not compile."""
         problems = Problems()
         for name, v, lo in (("n_ctx", n_ctx, 16), ("n_parallel", n_parallel, 1), ("n_batch", n_batch, 1)):
             problems.add(int_problem(name, v, lo=lo), param=name)
@@ -87,6 +96,8 @@ class Runtime:
         problems.add(int_problem("n_gpu_layers", n_gpu_layers, lo=-1), param="n_gpu_layers")
         if not isinstance(op_offload, bool):
             problems.add(f"op_offload must be True or False, got {op_offload!r}", param="op_offload")
+        if chat_template is not None and not (isinstance(chat_template, str) and chat_template.strip()):
+            problems.add("chat_template must be non-empty Jinja text", param="chat_template")
         problems.raise_if_any(InvalidRequestError, "invalid Runtime options")
         self.base_info = read_gguf(model_path)
         require_base(self.base_info)
@@ -111,12 +122,19 @@ class Runtime:
             self._model.close()
             raise
         self._registry = AdapterRegistry(self._model, self.base_info, self._pool.detach)
-        self._template = ChatTemplate(
-            self._model.chat_template(),
-            bos_token=self._model.token_text(self._model.bos) if self._model.bos >= 0 else "",
-            eos_token=self._model.token_text(self._model.eos) if self._model.eos >= 0 else "",
-            is_special_token=self._model.is_special_token,
-        )
+        try:
+            self._template = ChatTemplate(
+                chat_template or self._model.chat_template(),
+                bos_token=self._model.token_text(self._model.bos) if self._model.bos >= 0 else "",
+                eos_token=self._model.token_text(self._model.eos) if self._model.eos >= 0 else "",
+                is_special_token=self._model.is_special_token,
+            )
+        except InvalidRequestError:
+            self._pool.close(0)
+            self._model.close()
+            raise
+        if chat_template:
+            self._template.name = "given"
         self._closed = False
 
     # -- adapters --------------------------------------------------------------------
@@ -161,8 +179,9 @@ class Runtime:
 
     @property
     def chat_template(self) -> str:
-        """``"model"`` when the base carries its own template, else the fallback used
-        (``gemma``, ``llama3``, ``chatml`` or ``plain``; see :mod:`edge_lora.runtime.chat`)."""
+        """``"given"`` for the ``chat_template`` argument, ``"model"`` when the base carries its own
+        template, else the fallback used (``gemma``, ``llama3``, ``chatml`` or ``plain``; see
+        :mod:`edge_lora.runtime.chat`)."""
         return self._template.name
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
@@ -224,15 +243,27 @@ class Runtime:
 
     def start(self, request: GenerationRequest) -> TextStream:
         """Run ``request`` (what :meth:`stream` and :meth:`chat_stream` build): everything is
-        checked now (adapters, options, the prompt's fit in the context), then the returned
-        stream generates lazily, in whichever thread iterates it."""
+        checked now (adapters, options, tools, the prompt's fit in the context), then the returned
+        stream generates lazily, in whichever thread iterates it. With tools offered, the stream
+        yields the answer's content only and its result carries the calls (:mod:`.tool_formats`)."""
         self.check_adapters(request.adapters)
-        ids = self.chat_tokens(request.messages) if request.messages is not None else self.tokenize(request.prompt)
+        params, fmt = request.params, None
+        if request.messages is not None:
+            text = self._template.render(request.messages, tools=request.tools, template_kwargs=request.template_kwargs)
+            ids = self._prompt_tokens(text)
+            if request.tools is not None and request.tools.offered:
+                fmt = self._template.tool_format
+                if request.tools.forced:
+                    params = replace(params, grammar=Grammar(*force_grammar(fmt, request.tools), source="tools"))
+        else:
+            ids = self.tokenize(request.prompt)
         self._check_fits(ids)
         self._registry.check(request.adapters, ids)  # an aLoRA's invocation must be in the prompt
-        if request.params.grammar is not None:
-            check_grammar(self._model, request.params.grammar)
-        return TextStream(self._run(ids, request.adapters, request.params, request.cancel))
+        if params.grammar is not None:
+            check_grammar(self._model, params.grammar)
+        keep = frozenset(t for tag in (fmt.preserve if fmt else ()) for t in self._special_ids(tag))
+        gen = self._run(ids, request.adapters, params, request.cancel, keep)
+        return TextStream(with_tool_calls(gen, fmt) if fmt is not None else gen)
 
     def memory(self) -> MemoryUsage:
         """Bytes held now: the mapped model (and its resident part), KV per context, adapters,
@@ -247,10 +278,20 @@ class Runtime:
             snapshots=self.snapshots.bytes_used if self.snapshots else 0,
         )
 
-    def chat_tokens(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        """The prompt tokens of a conversation, ready for the assistant's turn."""
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]], *, tools: ToolRequest | None = None,
+                    template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+        """The prompt tokens of a conversation, ready for the assistant's turn (``tools`` shown
+        to the model as :meth:`ChatTemplate.render` does)."""
         self._check_open()
-        text = self._template.render(messages, add_generation_prompt=True)
+        return self._prompt_tokens(self._template.render(messages, tools=tools, template_kwargs=template_kwargs))
+
+    def _special_ids(self, text: str) -> list[int]:
+        """The token of ``text`` when the vocabulary has it as one special token, else none."""
+        ids = self._model.tokenize(text, add_special=False, parse_special=True)
+        return ids if len(ids) == 1 and self._model.is_special_token(text) else []
+
+    def _prompt_tokens(self, text: str) -> list[int]:
+        self._check_open()
         ids = self._model.tokenize(text, add_special=False, parse_special=True)
         if self._model.add_bos and self._model.bos >= 0 and (not ids or ids[0] != self._model.bos):
             ids.insert(0, self._model.bos)
@@ -320,11 +361,12 @@ class Runtime:
             self._registry.release(aset)
 
     def _run(self, ids: list[int], adapters: Adapters, params: SamplingParams,
-             cancel: CancelToken | None = None) -> Iterator[str]:
+             cancel: CancelToken | None = None, keep_special: frozenset[int] = frozenset()) -> Iterator[str]:
         t0 = time.perf_counter()
         try:
             with self._call(adapters, cancel) as (slot, aset):
-                return (yield from generate(self._pool, slot, aset, ids, params, cancel=cancel))
+                return (yield from generate(self._pool, slot, aset, ids, params, cancel=cancel,
+                                            keep_special=keep_special))
         except CancelledError:  # cancelled while waiting for a context: nothing was evaluated
             t = (time.perf_counter() - t0) * 1000
             return Completion("", [], "cancelled", len(ids), 0, 0, {}, Timings(t, t, 0.0, t))

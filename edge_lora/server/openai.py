@@ -76,7 +76,11 @@ def router(service: Service, auth: Callable[..., None]) -> APIRouter:
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         adapters = service.adapters_for(req.model, req.adapters)
         opts = _options(service, req, req.max_completion_tokens or req.max_tokens)
-        msgs = [{"role": m.role, "content": m.content} for m in req.messages]
+        if req.tools is not None:
+            opts.update(tools=req.tools, tool_choice=req.tool_choice, parallel_tool_calls=req.parallel_tool_calls)
+        elif req.tool_choice is not None and req.tool_choice != "none":
+            raise ApiError(400, "tool_choice needs tools", param="tool_choice")
+        msgs = [m.model_dump(exclude_none=True) for m in req.messages]
         gen = await service.start(adapters=adapters, options=opts, messages=msgs)
         return await _respond(req, gen, request, chat=True)
 
@@ -101,7 +105,9 @@ async def _respond(req: ChatCompletionRequest | CompletionRequest, gen: Generati
         return JSONResponse({}, status_code=499)
     choice: dict[str, Any] = {"index": 0, "finish_reason": c.finish_reason, "logprobs": None}
     if chat:
-        choice["message"] = {"role": "assistant", "content": text}
+        choice["message"] = {"role": "assistant", "content": text or (None if c.tool_calls else "")}
+        if c.tool_calls:
+            choice["message"]["tool_calls"] = [t.as_openai() for t in c.tool_calls]
     else:
         choice["text"] = text
     return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
@@ -142,6 +148,10 @@ async def _sse(gen: Generation, rid: str, model: str, chat: bool, usage: bool) -
             yield event({"error": {"message": err.message, "type": err.kind, "code": err.code}})
         else:
             c = gen.result
+            if chat and c is not None and c.tool_calls:  # whole calls, in one delta each (clients join deltas)
+                yield event({"id": rid, "object": obj, "created": created, "model": model, "choices": [
+                    {"index": 0, "delta": {"tool_calls": [{"index": i, **t.as_openai()} for i, t in enumerate(c.tool_calls)]},
+                     "finish_reason": None, "logprobs": None}]})
             yield chunk(None, finish=c.finish_reason if c else "stop")
             if usage and c is not None:
                 yield event({"id": rid, "object": obj, "created": created, "model": model, "choices": [],

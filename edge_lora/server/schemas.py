@@ -17,10 +17,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content; only ``text`` parts are read (the runtime refuses the
+    others by name: :func:`edge_lora.runtime.chat.check_messages`)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class FunctionCall(_Strict):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallItem(_Strict):
+    """An assistant's earlier call, as OpenAI returned it."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal[ROLES]  # type: ignore[valid-type]  # the runtime's roles (edge_lora.runtime.chat)
-    content: str
+    """OpenAI's chat message; the runtime checks roles and fields together
+    (:func:`edge_lora.runtime.chat.check_messages`)."""
+
+    role: Literal[(*ROLES, "developer")]  # type: ignore[valid-type]  # the runtime's roles (edge_lora.runtime.chat)
+    content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallItem] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
 
 
 class StreamOptions(_Strict):
@@ -90,6 +118,10 @@ class _Sampling(_Strict):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
+    #: OpenAI's function tools, checked by the runtime (:class:`edge_lora.runtime.tools.ToolRequest`)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Sampling):
