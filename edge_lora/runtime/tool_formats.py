@@ -66,7 +66,10 @@ def _call_of(obj: object, args_key: str, new_id: Any, id_key: str | None = None)
     """A :class:`ToolCall` from ``{"name": ..., args_key: {...}}`` (arguments may be JSON text)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
-    args = obj.get(args_key, obj.get("arguments", {}))
+    keys = {args_key, "arguments"} & set(obj)
+    if len(keys) != 1 or set(obj) - {"name", *keys, "id", "type"}:  # a JSON answer with a "name" is no call
+        return None
+    args = obj[keys.pop()]
     if isinstance(args, str):
         try:
             args = json.loads(args)
