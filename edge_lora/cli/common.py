@@ -106,3 +106,23 @@ def report(args: argparse.Namespace, as_json: Callable[[], dict[str, Any]], note
     if not args.quiet:
         print(summary())
     return 0
+
+
+def add_chat_template_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat-template-file", metavar="FILE", default=None,
+                   help="a Jinja chat template replacing the base's (an adapter trained with another template)")
+
+
+def read_flag_file(flag: str, path: str | None) -> str | None:
+    """The text of the file a flag names (read before the base loads), or None without the flag.
+    Raises :class:`InvalidRequestError` when it cannot be read."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from ..errors import InvalidRequestError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"{flag}: cannot read {path}: {exc}", param=flag) from None

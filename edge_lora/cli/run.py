@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_sampling_flags, parse_adapter_spec, parse_use, sampling_options
+from .common import (
+    add_chat_template_flag, add_sampling_flags, parse_adapter_spec, parse_use, read_flag_file, sampling_options,
+)
 
 if TYPE_CHECKING:  # the runtime loads the native engine: imported when a command runs
     from ..runtime.runtime import Runtime
@@ -46,6 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="layers to offload to the GPU (CUDA, Metal, Vulkan; -1: all)")
     p.add_argument("--no-op-offload", action="store_true",
                    help="compute layers kept on the CPU there, also for long prompts (llama.cpp's op offload off)")
+    add_chat_template_flag(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -68,10 +70,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[Runtime, dict[str, float]]:
     specs = [parse_adapter_spec(s) for s in args.adapter]
+    template = read_flag_file("--chat-template-file", args.chat_template_file)
     from ..runtime.runtime import Runtime
 
     rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-                 op_offload=not args.no_op_offload)
+                 op_offload=not args.no_op_offload, chat_template=template)
     try:
         for name, path, scale in specs:
             rt.load_adapter(name, path, scale)
@@ -83,16 +86,10 @@ def _open(args: argparse.Namespace) -> tuple[Runtime, dict[str, float]]:
 
 def _structured(args: argparse.Namespace) -> dict[str, Any]:
     """``json_schema`` or ``grammar`` from the file a flag names (read before the base is loaded)."""
-    from ..errors import InvalidRequestError
-
     for flag, key in (("--json-schema", "json_schema"), ("--grammar", "grammar")):
-        path = getattr(args, key)
-        if path is None:
+        text = read_flag_file(flag, getattr(args, key))
+        if text is None:
             continue
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidRequestError(f"{flag}: cannot read {path}: {exc}", param=key) from None
         if key == "json_schema":
             from ..runtime.grammar import Grammar
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import parse_adapter_spec
+from .common import add_chat_template_flag, parse_adapter_spec, read_flag_file
 from ..errors import InvalidRequestError, MissingDependencyError
 
 HELP = "OpenAI-compatible local server: the base and each adapter are models"
@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="layers to offload to the GPU (CUDA, Metal, Vulkan; -1: all)")
     p.add_argument("--no-op-offload", action="store_true",
                    help="compute layers kept on the CPU there, also for long prompts (llama.cpp's op offload off)")
+    add_chat_template_flag(p)
     p.add_argument("--max-tokens-limit", type=int, default=4096, metavar="N", help="largest max_tokens accepted")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body accepted")
     p.set_defaults(func=run)
@@ -61,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     for d in args.adapter_dir:
         if not d.is_dir():
             raise InvalidRequestError(f"--adapter-dir {d}: not a folder")
+    template = read_flag_file("--chat-template-file", args.chat_template_file)
     rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-                 n_parallel=args.parallel, op_offload=not args.no_op_offload)
+                 n_parallel=args.parallel, op_offload=not args.no_op_offload, chat_template=template)
     with rt:
         for name, path, scale in specs:
             rt.load_adapter(name, path, scale)
