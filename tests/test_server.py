@@ -139,7 +139,7 @@ def test_validation_errors(server):
         ({**chat, "model": "nope"}, 404, "model"),
         ({**chat, "adapters": {"tone": 1.0}}, 400, "adapters"),
         ({**chat, "model": server.model_id, "adapters": {"nope": 1.0}}, 404, "model"),
-        ({**chat, "n": 2}, 400, "n"),
+        ({**chat, "n": 17}, 400, "n"),
         ({**chat, "messages": [{"role": "user", "content": "word " * 3000}]}, 400, "messages"),
     ]
     for body, status, param in cases:

@@ -61,7 +61,7 @@ def parse_use(words: list[str]) -> dict[str, float]:
 #: command-line flag of each generation option (``--temp`` as llama.cpp's tools spell it)
 SAMPLING_FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temp", "top_p": "--top-p", "top_k": "--top-k",
                   "min_p": "--min-p", "repeat_penalty": "--repeat-penalty", "repeat_last_n": "--repeat-last-n",
-                  "seed": "--seed"}
+                  "presence_penalty": "--presence-penalty", "frequency_penalty": "--frequency-penalty", "seed": "--seed"}
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="compute layers kept on the CPU there, also for long prompts (llama.cpp's op offload off)")
     add_chat_template_flag(p)
     p.add_argument("--max-tokens-limit", type=int, default=4096, metavar="N", help="largest max_tokens accepted")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browser pages from ORIGIN call the server (repeatable; '*': any; default none)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="info: a line per request; warning: failed requests only (default info)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body accepted")
     p.set_defaults(func=run)
 
@@ -74,13 +79,16 @@ def run(args: argparse.Namespace) -> int:
             adapter_dirs=tuple(args.adapter_dir),
             max_body_bytes=args.max_body_bytes,
             max_tokens_limit=args.max_tokens_limit,
+            cors_origins=tuple(args.cors_origin),
         )
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+        logging.getLogger("edge_lora").setLevel(args.log_level.upper())
         if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
             print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
                   file=sys.stderr)
         app = create_app(rt, settings)
         print(f"edge-lora serving {settings.model_id} + {len(rt.adapters)} adapters on "
               f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
         app.state.executor.shutdown(wait=False, cancel_futures=True)
     return 0

@@ -690,6 +690,11 @@ class NativeSampler:
     def add_penalties(self, last_n: int, repeat: float, frequency: float = 0.0, presence: float = 0.0) -> NativeSampler:
         return self._add(ll.llama_sampler_init_penalties(self.model.n_vocab, last_n, repeat, frequency, presence))
 
+    def add_logit_bias(self, bias: Sequence[tuple[int, float]]) -> NativeSampler:
+        """Add ``bias`` to the logits of its tokens (ids checked by the caller)."""
+        arr = (ll.llama_logit_bias * len(bias))(*[ll.llama_logit_bias(t, b) for t, b in bias])
+        return self._add(ll.llama_sampler_init_logit_bias(self.model.n_vocab, len(bias), arr))
+
     def add_greedy(self) -> NativeSampler:
         return self._add(ll.llama_sampler_init_greedy())
 

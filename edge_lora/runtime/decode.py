@@ -17,7 +17,7 @@ from .stops import StopScanner
 from .scheduler import Scheduler, Slot
 from .registry import AdapterSet
 from .grammar import Grammar
-from .request import Completion, SamplingParams, Timings
+from .request import Completion, SamplingParams, Timings, TokenLogprob
 
 
 def check_finite(logits: np.ndarray, kv: KVState, aset: AdapterSet, when: str) -> None:
@@ -37,14 +37,19 @@ def check_grammar(model: NativeModel, grammar: Grammar) -> None:
 
 def sampler_for(model: NativeModel, params: SamplingParams) -> NativeSampler:
     """llama.cpp's sampler chain for ``params``, in llama.cpp's order (``common/sampling.cpp``):
-    penalties, then greedy at temperature 0, else top-k, top-p, min-p, temperature and a seeded draw.
+    logit bias, penalties (over the last ``repeat_last_n`` tokens: repeat, with the prompt's
+    tokens counted, as llama.cpp does; frequency and presence, OpenAI's formula
+    ``logit - count * frequency - (count > 0) * presence`` over generated tokens only), then greedy at temperature 0, else top-k, top-p, min-p, temperature and a seeded draw.
     Disabled stages (their neutral values) are left out. A grammar constrains whatever the chain
     picks (:meth:`NativeSampler.set_grammar`)."""
     sampler = NativeSampler(model)
     if params.grammar is not None:
         sampler.set_grammar(params.grammar.gbnf, params.grammar.root)
-    if params.repeat_penalty != 1.0:
-        sampler.add_penalties(params.repeat_last_n, params.repeat_penalty)
+    if params.logit_bias:
+        sampler.add_logit_bias(params.logit_bias)
+    if params.penalized:
+        sampler.add_penalties(params.repeat_last_n, params.repeat_penalty, params.frequency_penalty,
+                              params.presence_penalty)
     if params.temperature <= 0.0:
         return sampler.add_greedy()
     if params.top_k > 0:
@@ -55,6 +60,19 @@ def sampler_for(model: NativeModel, params: SamplingParams) -> NativeSampler:
         sampler.add_min_p(params.min_p)
     seed = params.seed if params.seed is not None else random.getrandbits(32)
     return sampler.add_temperature(params.temperature).add_dist(seed)
+
+
+def token_logprob(model: NativeModel, logits: np.ndarray, tok: int, k: int,
+                  keep_special: frozenset[int] = frozenset()) -> TokenLogprob:
+    """``tok``'s log-probability under ``logits`` (log-softmax over the vocabulary, in float64) and
+    the ``k`` most likely tokens."""
+    x = logits.astype(np.float64)
+    m = x.max()
+    lp = x - (m + np.log(np.exp(x - m).sum()))
+    top = np.argpartition(-lp, k)[:k] if 0 < k < len(lp) else np.arange(len(lp)) if k else np.array([], dtype=int)
+    top = top[np.argsort(-lp[top])]
+    piece = lambda t: model.token_piece(int(t), special=int(t) in keep_special)  # noqa: E731
+    return TokenLogprob(tok, piece(tok), float(lp[tok]), tuple((int(t), piece(t), float(lp[t])) for t in top))
 
 
 def evaluate(slot: Slot, runs: Sequence[Run], tokens: Sequence[int], start: int, *, all_logits: bool = False,
@@ -106,17 +124,22 @@ def generate(
     model = slot.ctx.model
     scanner = StopScanner(params.stop)
     out_tokens: list[int] = []
+    logprobs: list[TokenLogprob] = []
     finish = "length"
     t_first = None
     try:
+        # the prompt counts for the repeat penalty (llama.cpp's convention), not for OpenAI's two
         for tok in prompt[-params.repeat_last_n :] if params.repeat_penalty != 1.0 else ():
             sampler.accept(tok)
         while True:
             if (cancel is not None and cancel.cancelled) or pool.closing.is_set():
                 finish = "cancelled"
                 break
-            check_finite(slot.ctx.last_logits(), kv, aset, f"after {len(out_tokens)} generated tokens")
+            logits = slot.ctx.last_logits()
+            check_finite(logits, kv, aset, f"after {len(out_tokens)} generated tokens")
             tok = sampler.sample(slot.ctx)
+            if params.logprobs is not None and not model.is_eog(tok):
+                logprobs.append(token_logprob(model, logits, tok, params.logprobs, keep_special))
             if t_first is None:
                 t_first = time.perf_counter()
             if model.is_eog(tok):
@@ -149,6 +172,7 @@ def generate(
         completion_tokens=len(out_tokens),
         cached_tokens=cached,
         adapters=aset.scales,
+        logprobs=tuple(logprobs),
         timings=Timings(
             prompt_ms=(t_prompt - t0) * 1000,
             ttft_ms=(t_first - t0) * 1000,

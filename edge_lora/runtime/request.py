@@ -36,7 +36,9 @@ OPTIONS: dict[str, Option] = {
     "top_k": Option(40, int, 0, None, help="top-k sampling; 0 disables"),
     "min_p": Option(0.05, float, 0.0, 1.0, help="min-p sampling; 0 disables"),
     "repeat_penalty": Option(1.0, float, 1e-6, 100.0, help="repetition penalty; 1 disables"),
-    "repeat_last_n": Option(64, int, 0, None, help="tokens the repeat penalty looks back over"),
+    "repeat_last_n": Option(64, int, 0, None, help="tokens the penalties look back over"),
+    "presence_penalty": Option(0.0, float, -2.0, 2.0, help="OpenAI's presence penalty over the last repeat_last_n tokens"),
+    "frequency_penalty": Option(0.0, float, -2.0, 2.0, help="OpenAI's frequency penalty over the last repeat_last_n tokens"),
     "seed": Option(None, int, None, None, optional=True, help="sampling seed"),
 }
 
@@ -55,9 +57,20 @@ class SamplingParams:
     min_p: float = OPTIONS["min_p"].default  # type: ignore[assignment]
     repeat_penalty: float = OPTIONS["repeat_penalty"].default  # type: ignore[assignment]
     repeat_last_n: int = OPTIONS["repeat_last_n"].default  # type: ignore[assignment]
+    presence_penalty: float = OPTIONS["presence_penalty"].default  # type: ignore[assignment]
+    frequency_penalty: float = OPTIONS["frequency_penalty"].default  # type: ignore[assignment]
     seed: int | None = None
     stop: tuple[str, ...] = ()
     grammar: Grammar | None = None
+    #: (token id, bias added to its logit), OpenAI's ``logit_bias``: -100 bans a token, 100 forces it
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: None: no log-probabilities; k (0 to 20): each generated token's, with the k most likely
+    logprobs: int | None = None
+
+    @property
+    def penalized(self) -> bool:
+        """Whether llama.cpp's penalties stage runs (a non-neutral repeat, presence or frequency penalty)."""
+        return self.repeat_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
     def __post_init__(self) -> None:
         problems = Problems()
@@ -71,20 +84,31 @@ class SamplingParams:
             problems.add(f"stop must be a list of non-empty strings, got {list(self.stop)!r}", param="stop")
         if self.grammar is not None and not isinstance(self.grammar, Grammar):
             problems.add(f"grammar must be a Grammar, got {type(self.grammar).__name__}", param="grammar")
+        if self.logprobs is not None:
+            problems.add(int_problem("logprobs", self.logprobs, lo=0, hi=20), param="logprobs")
+        for entry in self.logit_bias:
+            tok, bias = entry if isinstance(entry, tuple) and len(entry) == 2 else (None, None)
+            problems.add(int_problem("a logit_bias token id", tok, lo=0), param="logit_bias")
+            problems.add(number_problem(f"logit_bias[{tok}]", bias, lo=-100.0, hi=100.0), param="logit_bias")
         problems.raise_if_any(InvalidRequestError, "invalid generation options")
 
     @classmethod
     def build(cls, stop: str | Sequence[str] | None = None, *, json_schema: Mapping[str, Any] | str | None = None,
-              grammar: Grammar | str | None = None, **kw: object) -> SamplingParams:
+              grammar: Grammar | str | None = None, logit_bias: Mapping[int | str, float] | None = None,
+              logprobs: int | None = None, **kw: object) -> SamplingParams:
         """From keyword options as the text APIs take them: ``None`` means the default, ``stop``
         may be one string, ``json_schema`` a JSON schema (dict or JSON text) the output must
         match, ``grammar`` GBNF text (or a :class:`Grammar`); at most one of the last two.
+        ``logit_bias`` maps token ids (ints, or their decimal text as OpenAI's JSON has them) to
+        biases in [-100, 100]. ``logprobs``: record each generated token's log-probability and
+        the ``logprobs`` most likely alternatives (:class:`TokenLogprob`).
         Raises :class:`InvalidRequestError` for unknown names and bad values, every problem at once."""
         unknown = sorted(set(kw) - set(OPTIONS))
         if unknown:
             raise InvalidRequestError(
                 f"unknown generation option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                f"the options are {', '.join([*OPTIONS, 'stop', 'json_schema', 'grammar'])}", param=unknown[0])
+                f"the options are {', '.join([*OPTIONS, 'stop', 'json_schema', 'grammar', 'logit_bias', 'logprobs'])}",
+                param=unknown[0])
         if stop is not None and not isinstance(stop, (str, Sequence)):
             raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}", param="stop")
         if json_schema is not None and grammar is not None:
@@ -94,7 +118,11 @@ class SamplingParams:
         elif isinstance(grammar, str):
             grammar = Grammar(grammar)
         stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
-        return cls(stop=stops, grammar=grammar, **{k: v for k, v in kw.items() if v is not None})  # type: ignore[arg-type]
+        if logit_bias is not None and not isinstance(logit_bias, Mapping):
+            raise InvalidRequestError("logit_bias must map token ids to biases", param="logit_bias")
+        bias = tuple((int(t) if isinstance(t, str) and t.isdigit() else t, b) for t, b in (logit_bias or {}).items())
+        return cls(stop=stops, grammar=grammar, logit_bias=bias, logprobs=logprobs,  # type: ignore[arg-type]
+                   **{k: v for k, v in kw.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -152,6 +180,18 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's natural-log probability under the model (its softmax over the
+    vocabulary, before any sampling stage, as OpenAI and vLLM report it), its bytes, and the most
+    likely tokens there as (id, bytes, logprob), best first."""
+
+    token: int
+    bytes: bytes
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Completion:
     """The result of one generation."""
 
@@ -167,6 +207,8 @@ class Completion:
     tool_calls: tuple[ToolCall, ...] = ()
     #: the answer without its tool calls (``text`` itself when no tools were offered)
     content: str | None = None
+    #: one per generated token when ``logprobs`` was asked for
+    logprobs: tuple[TokenLogprob, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.content is None:

@@ -261,6 +261,10 @@ class Runtime:
         self._registry.check(request.adapters, ids)  # an aLoRA's invocation must be in the prompt
         if params.grammar is not None:
             check_grammar(self._model, params.grammar)
+        bad = [t for t, _b in params.logit_bias if t >= self.n_vocab]
+        if bad:
+            raise InvalidRequestError(f"logit_bias names token ids beyond the vocabulary ({self.n_vocab}): {bad[:5]}",
+                                      param="logit_bias")
         keep = frozenset(t for tag in (fmt.preserve if fmt else ()) for t in self._special_ids(tag))
         gen = self._run(ids, request.adapters, params, request.cancel, keep)
         return TextStream(with_tool_calls(gen, fmt) if fmt is not None else gen)

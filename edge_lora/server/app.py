@@ -9,6 +9,9 @@ statuses and OpenAI-style error bodies in :mod:`.errors` only.
 from __future__ import annotations
 
 import hmac
+import logging
+import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from .._version import __version__
 from ..errors import EdgeLoraError
@@ -59,10 +63,65 @@ class _BodyLimit:
         await err.response()(scope, receive, send)
 
 
+access_log = logging.getLogger("edge_lora.server.access")
+
+
+class AccessLog:
+    """ASGI middleware: one line per request at info (method, path, model, status, prompt and
+    completion tokens, ms), at warning for a 4xx/5xx with the error's message. Streams are logged
+    when they end."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        state: dict[str, Any] = {"status": 0, "body": b"", "model": None}
+
+        async def peek() -> dict:
+            message = await receive()
+            if state["model"] is None and message.get("body"):
+                m = re.search(rb'"model"\s*:\s*"([^"]{1,128})"', message["body"])
+                state["model"] = m.group(1).decode(errors="replace") if m else "-"
+            return message
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            elif message["type"] == "http.response.body":  # the tail: a stream's usage comes last
+                state["body"] = (state["body"] + message.get("body", b""))[-65536:]
+            await send(message)
+
+        try:
+            await self.app(scope, peek, sending)
+        finally:
+            self._log(scope, state, (time.perf_counter() - t0) * 1000)
+
+    @staticmethod
+    def _log(scope: dict, state: dict[str, Any], ms: float) -> None:
+        status, body = state["status"], state["body"]
+        usage = re.findall(rb'"prompt_tokens":\s*(\d+),\s*"completion_tokens":\s*(\d+)', body)
+        tokens = f"tokens {usage[-1][0].decode()}+{usage[-1][1].decode()}" if usage else "tokens -"
+        line = f'{scope["method"]} {scope["path"]} model={state["model"] or "-"} {status} {tokens} {ms:.0f} ms'
+        if status >= 400:
+            m = re.search(rb'"message":\s*"((?:[^"\\]|\\.){0,300})', body)
+            access_log.warning("%s: %s", line, m.group(1).decode(errors="replace") if m else "")
+        else:
+            access_log.info("%s", line)
+
+
 def create_app(rt: Runtime, settings: ServerSettings) -> FastAPI:
     """The ASGI app serving ``rt``. The caller owns ``rt`` (and closes it)."""
     app = FastAPI(title="edge-lora", version=__version__)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
     executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="edge-lora")
     service = Service(rt, settings, executor)
 
@@ -73,6 +132,14 @@ def create_app(rt: Runtime, settings: ServerSettings) -> FastAPI:
     @app.exception_handler(EdgeLoraError)
     async def _lib_error(_req: Request, exc: EdgeLoraError) -> JSONResponse:
         return error_for(exc).response()
+
+    @app.exception_handler(HTTPException)
+    async def _http(req: Request, exc: HTTPException) -> JSONResponse:  # routing's 404 and 405, in OpenAI's body
+        what = {404: f"no endpoint {req.method} {req.url.path} (see GET /v1/models and README's endpoint table)",
+                405: f"{req.method} is not allowed on {req.url.path}"}.get(exc.status_code, str(exc.detail))
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return ApiError(exc.status_code, what, kind=kind, code="unknown_url" if exc.status_code == 404 else None) \
+            .response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,19 +4,18 @@ are models (vLLM's convention); ``"adapters": {name: scale}`` with the base's id
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..runtime.grammar import Grammar
-from ..runtime.request import Completion
-from .errors import ApiError, error_for
+from .errors import ApiError
 from .schemas import ChatCompletionRequest, CompletionRequest
+from .openai_wire import response_of, sse
 from .service import Generation, Service
 
 #: OpenAI's own defaults (its API reference: temperature 1, top_p 1) and pure sampling for the
@@ -24,11 +23,39 @@ from .service import Generation, Service
 OPENAI_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
 
 
-def _options(service: Service, req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> dict:
+def _options(service: Service, req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None,
+             logprobs: int | None) -> dict:
     given = dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
-                 repeat_penalty=req.repeat_penalty, seed=req.seed, stop=req.stop)
+                 repeat_penalty=req.repeat_penalty, presence_penalty=req.presence_penalty,
+                 frequency_penalty=req.frequency_penalty, seed=req.seed, stop=req.stop)
     merged = {**OPENAI_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    return service.options(max_tokens, grammar=grammar_of(req), **merged)
+    opts = service.options(max_tokens, grammar=grammar_of(req), logit_bias=req.logit_bias, logprobs=logprobs, **merged)
+    if req.presence_penalty or req.frequency_penalty:  # OpenAI's penalties count the whole generation
+        opts["repeat_last_n"] = opts["max_tokens"]
+    if logprobs is not None and req.stream:
+        raise ApiError(400, "logprobs with stream is not supported yet: ask without stream", param="logprobs")
+    return opts
+
+
+def _seeded(opts: dict, n: int) -> list[dict]:
+    """``n`` choices' options: a given seed becomes seed, seed + 1, ... (each choice reproducible,
+    and different when sampling)."""
+    seed = opts.get("seed")
+    return [opts if seed is None else {**opts, "seed": seed + i} for i in range(n)]
+
+
+def adapters_of(service: Service, req: ChatCompletionRequest | CompletionRequest) -> dict[str, float | None]:
+    """The call's adapters: ``model``, with the ``adapters`` mix or llama.cpp server's ``lora``
+    list (indexes into ``GET /lora-adapters``). Raises :class:`ApiError`."""
+    if req.lora is None:
+        return service.adapters_for(req.model, req.adapters)
+    if req.adapters is not None:
+        raise ApiError(400, "give adapters or lora, not both", param="lora")
+    names = list(service.rt.adapters)
+    bad = [e.id for e in req.lora if e.id >= len(names)]
+    if bad:
+        raise ApiError(400, f"lora ids {bad} are not loaded (GET /lora-adapters lists {len(names)})", param="lora")
+    return service.adapters_for(req.model, {names[e.id]: e.scale for e in req.lora})
 
 
 def grammar_of(req: ChatCompletionRequest | CompletionRequest) -> Grammar | None:
@@ -72,91 +99,60 @@ def router(service: Service, auth: Callable[..., None]) -> APIRouter:
             data.append(entry)
         return {"object": "list", "data": data}
 
+    @api.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict:
+        for entry in (await models())["data"]:
+            if entry["id"] == model_id:
+                return entry
+        raise ApiError(404, f"the model {model_id!r} does not exist; models: {', '.join(service.model_ids())}",
+                       param="model", code="model_not_found")
+
+    @api.get("/lora-adapters")
+    async def lora_adapters() -> list[dict]:
+        """llama.cpp server's list: the ids its per-request ``lora`` field names."""
+        return [{"id": i, "path": str(info.path), "scale": info.scale, "name": name}
+                for i, (name, info) in enumerate(service.rt.adapters.items())]
+
     @api.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
-        adapters = service.adapters_for(req.model, req.adapters)
-        opts = _options(service, req, req.max_completion_tokens or req.max_tokens)
+        adapters = adapters_of(service, req)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        if req.top_logprobs and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        opts = _options(service, req, req.max_completion_tokens or req.max_tokens, logprobs)
         if req.tools is not None:
             opts.update(tools=req.tools, tool_choice=req.tool_choice, parallel_tool_calls=req.parallel_tool_calls)
         elif req.tool_choice is not None and req.tool_choice != "none":
             raise ApiError(400, "tool_choice needs tools", param="tool_choice")
+        if req.chat_template_kwargs:
+            opts["template_kwargs"] = req.chat_template_kwargs
         msgs = [m.model_dump(exclude_none=True) for m in req.messages]
-        gen = await service.start(adapters=adapters, options=opts, messages=msgs)
-        return await _respond(req, gen, request, chat=True)
+        gens = [await service.start(adapters=adapters, options=o, messages=msgs) for o in _seeded(opts, req.n or 1)]
+        return await _respond(req, gens, request, chat=True)
 
     @api.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        adapters = service.adapters_for(req.model, req.adapters)
-        gen = await service.start(adapters=adapters, options=_options(service, req, req.max_tokens), prompt=req.prompt)
-        return await _respond(req, gen, request, chat=False)
+        adapters = adapters_of(service, req)
+        opts = _options(service, req, req.max_tokens, req.logprobs)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        gens = [await service.start(adapters=adapters, options=o, prompt=p)
+                for p in prompts for o in _seeded(opts, req.n or 1)]
+        return await _respond(req, gens, request, chat=False)
 
     return api
 
 
-async def _respond(req: ChatCompletionRequest | CompletionRequest, gen: Generation, request: Request,
+async def _respond(req: ChatCompletionRequest | CompletionRequest, gens: list[Generation], request: Request,
                    chat: bool) -> Any:
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_sse(gen, rid, req.model, chat, usage), media_type="text/event-stream")
-    text = await gen.collect(request.is_disconnected)
-    c = gen.result
-    if c is None or gen.abandoned:  # the client went away: nobody to answer
-        return JSONResponse({}, status_code=499)
-    choice: dict[str, Any] = {"index": 0, "finish_reason": c.finish_reason, "logprobs": None}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text or (None if c.tool_calls else "")}
-        if c.tool_calls:
-            choice["message"]["tool_calls"] = [t.as_openai() for t in c.tool_calls]
-    else:
-        choice["text"] = text
-    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": req.model, "choices": [choice], "usage": usage_of(c)}
-
-
-def usage_of(c: Completion) -> dict:
-    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-            "total_tokens": c.prompt_tokens + c.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": c.cached_tokens}}
-
-
-async def _sse(gen: Generation, rid: str, model: str, chat: bool, usage: bool) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format. A client that goes away cancels the generation
-    (the server cancels this iteration, whose ``finally`` cancels the call's token)."""
-    created = int(time.time())
-    obj = "chat.completion.chunk" if chat else "text_completion"
-
-    def event(payload: dict) -> str:
-        return "data: " + json.dumps(payload) + "\n\n"
-
-    def chunk(delta: str | None, finish: str | None = None, role: bool = False) -> str:
-        if chat:
-            d: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({} if delta is None else {"content": delta})
-            choice: dict[str, Any] = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
-        else:
-            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
-        return event({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]})
-
-    try:
-        if chat:
-            yield chunk(None, role=True)
-        try:
-            async for piece in gen.pieces():
-                yield chunk(piece)
-        except Exception as exc:  # noqa: BLE001 - the stream has started: the error is an event
-            err = error_for(exc)
-            yield event({"error": {"message": err.message, "type": err.kind, "code": err.code}})
-        else:
-            c = gen.result
-            if chat and c is not None and c.tool_calls:  # whole calls, in one delta each (clients join deltas)
-                yield event({"id": rid, "object": obj, "created": created, "model": model, "choices": [
-                    {"index": 0, "delta": {"tool_calls": [{"index": i, **t.as_openai()} for i, t in enumerate(c.tool_calls)]},
-                     "finish_reason": None, "logprobs": None}]})
-            yield chunk(None, finish=c.finish_reason if c else "stop")
-            if usage and c is not None:
-                yield event({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
-                             "usage": usage_of(c)})
-        yield "data: [DONE]\n\n"
-    finally:
-        if gen.result is None:
-            gen.cancel()
+        return StreamingResponse(sse(gens, rid, req.model, chat, usage), media_type="text/event-stream")
+    texts = []
+    for gen in gens:
+        texts.append(await gen.collect(request.is_disconnected))
+        if gen.result is None or gen.abandoned:  # the client went away: nobody to answer
+            for g in gens:
+                g.cancel()
+            return JSONResponse({}, status_code=499)
+    return response_of(rid, req.model, chat, texts, [g.result for g in gens])  # type: ignore[misc]

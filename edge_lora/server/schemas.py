@@ -81,7 +81,19 @@ class ResponseFormat(_Strict):
         return self
 
 
+class LoraEntry(_Strict):
+    """llama.cpp server's per-request ``lora`` entry: an index into ``GET /lora-adapters``."""
+
+    id: int = Field(ge=0)
+    scale: float
+
+
 class _Sampling(_Strict):
+    """What OpenAI's chat and completions requests share. ``null`` is the default everywhere (as
+    OpenAI reads it). Fields that only describe the request (``user``, ``metadata``, ``store``,
+    ``service_tier``, ``prompt_cache_key``, ``safety_identifier``, ``reasoning_effort``) are accepted
+    and ignored; any other field outside the schema is a 400 naming it."""
+
     model: str
     max_tokens: int | None = None
     temperature: float | None = None
@@ -89,17 +101,26 @@ class _Sampling(_Strict):
     top_k: int | None = None  # extension (vLLM, llama.cpp server)
     min_p: float | None = None  # extension
     repeat_penalty: float | None = None  # extension
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=16)
+    #: described, not acted on
     user: str | None = None
-    # OpenAI penalties: only the neutral value is accepted (llama.cpp's are not the same formula)
-    presence_penalty: float = Field(default=0.0, ge=0.0, le=0.0)
-    frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0)
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    reasoning_effort: str | None = None
     #: extension: a mix of adapters with scales; ``model`` must then name the base
     adapters: dict[str, float] | None = None
+    #: extension (llama.cpp's server): adapters by their index in ``GET /lora-adapters``
+    lora: list[LoraEntry] | None = None
     response_format: ResponseFormat | None = None
     #: extensions (llama.cpp's server): a JSON schema or a GBNF grammar the output must match
     json_schema: dict[str, Any] | None = None
@@ -118,6 +139,10 @@ class _Sampling(_Strict):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    #: extra chat template variables (vLLM's and llama.cpp server's name): ``{"enable_thinking": false}``
+    chat_template_kwargs: dict[str, Any] | None = None
     #: OpenAI's function tools, checked by the runtime (:class:`edge_lora.runtime.tools.ToolRequest`)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
@@ -125,14 +150,32 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str
-    echo: bool = Field(default=False, description="only false is supported")
+    #: one prompt or several (each gets ``n`` choices, indexed prompt by prompt)
+    prompt: str | list[str]
+    echo: bool | None = Field(default=None, description="only false is supported")
+    #: the number of most likely tokens listed with each generated one (OpenAI: at most 5)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    suffix: str | None = None
 
     @field_validator("echo")
     @classmethod
-    def _no_echo(cls, v: bool) -> bool:
+    def _no_echo(cls, v: bool | None) -> bool | None:
         if v:
             raise ValueError("echo is not supported")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("suffix (insertion) is not supported")
+        return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not 1 <= len(v) <= 16:
+            raise ValueError("a prompt list holds 1 to 16 prompts (token-id prompts are not supported)")
         return v
 
 

@@ -35,6 +35,8 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     max_tokens_limit: int = 4096
     default_max_tokens: int = 512
+    #: origins a browser may call from (CORS); empty: none
+    cors_origins: tuple[str, ...] = ()
 
 
 class Generation:
