@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,7 +24,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+            log = getattr(proc, "log_path", None)
+            raise RuntimeError(f"server exited: {log.read_text() if log else ''}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return
@@ -33,10 +36,15 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 @contextmanager
 def serve(args: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``edge-lora serve ARGS --port P`` running until the block ends: (its URL, the process)."""
+    """``edge-lora serve ARGS --port P`` running until the block ends: (its URL, the process).
+    Its stderr (the access log) goes to a file, ``proc.log_path`` (a pipe nobody reads would fill
+    and block the server)."""
     port = free_port()
     argv = [sys.executable, "-m", "edge_lora.cli", "serve", *args, "--port", str(port)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_path = Path(tempfile.mkdtemp(prefix="edge-lora-serve-")) / "stderr.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log_path = log_path  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)
