@@ -220,7 +220,9 @@ class Runtime:
     def complete(self, prompt: str, adapters: Adapters = None, *, cancel: CancelToken | None = None,
                  **options: Any) -> Completion:
         """Complete raw text. Options: max_tokens, temperature, top_p, top_k, min_p,
-        repeat_penalty, repeat_last_n, seed, stop; ``json_schema`` (a dict or JSON text: the
+        repeat_penalty, repeat_last_n, presence_penalty, frequency_penalty, seed, stop,
+        ``logit_bias`` ({token id: bias}), ``logprobs`` (k: each token's log-probability and the k
+        most likely, in ``Completion.logprobs``); ``json_schema`` (a dict or JSON text: the
         output matches it) or ``grammar`` (GBNF text), enforced token by token by llama.cpp's
         grammar sampler (:mod:`edge_lora.runtime.grammar`). ``cancel``: a :class:`CancelToken` another
         thread may fire (the result then has ``finish_reason == "cancelled"``)."""
@@ -233,7 +235,10 @@ class Runtime:
 
     def chat(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, *,
              cancel: CancelToken | None = None, **options: Any) -> Completion:
-        """Answer a conversation, formatted with the base's own chat template."""
+        """Answer a conversation, formatted with the base's chat template (OpenAI's message forms:
+        :func:`~edge_lora.runtime.chat.check_messages`). Options as :meth:`complete`, and ``tools``,
+        ``tool_choice``, ``parallel_tool_calls`` (:mod:`edge_lora.runtime.tools`: the calls come in
+        ``Completion.tool_calls``), ``template_kwargs`` (extra template variables)."""
         return self.chat_stream(messages, adapters, cancel=cancel, **options).consume()
 
     def chat_stream(self, messages: Sequence[Mapping[str, str]], adapters: Adapters = None, *,
