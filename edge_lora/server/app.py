@@ -1,7 +1,7 @@
 """The local server: middleware, authentication, error mapping and one router per protocol.
 
 Protocols: OpenAI's (:mod:`.openai`: ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions``) and adapter loading (:mod:`.lora_admin`, vLLM's names), all over the
+``/v1/completions``; :mod:`.responses`: ``/v1/responses``) and adapter loading (:mod:`.lora_admin`, vLLM's names), all over the
 protocol-neutral :mod:`.service`. ``GET /health`` needs no key. Library errors become HTTP
 statuses and OpenAI-style error bodies in :mod:`.errors` only.
 """
@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from .._version import __version__
 from ..errors import EdgeLoraError
-from . import lora_admin, openai
+from . import lora_admin, openai, responses
 from .errors import ApiError, error_for
 from .lora_admin import allowed_path
 from .service import ServerSettings, Service
@@ -163,6 +163,7 @@ def create_app(rt: Runtime, settings: ServerSettings) -> FastAPI:
                 "slots": {"total": rt.n_parallel, "busy": rt.busy_contexts}}
 
     app.include_router(openai.router(service, auth))
+    app.include_router(responses.router(service, auth))
     app.include_router(lora_admin.router(service, auth))
     app.state.runtime = rt
     app.state.executor = executor

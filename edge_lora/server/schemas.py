@@ -187,3 +187,43 @@ class LoadAdapterRequest(_Strict):
 
 class UnloadAdapterRequest(_Strict):
     lora_name: str = Field(min_length=1, max_length=128)
+
+
+class ResponsesRequest(_Strict):
+    """OpenAI's ``POST /v1/responses`` body (:mod:`.responses`). Descriptive fields (``user``,
+    ``metadata``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``, ``reasoning``,
+    ``truncation``, ``include``) are accepted and ignored; ``store: false`` keeps the response
+    out of the in-memory store."""
+
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None  # extension, as on chat
+    stream: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    previous_response_id: str | None = None
+    store: bool | None = None
+    background: bool | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: str | None = None
+    include: list[str] | None = None
+    #: extension: a mix of adapters with scales; ``model`` must then name the base
+    adapters: dict[str, float] | None = None
+
+    @field_validator("background")
+    @classmethod
+    def _no_background(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("background responses are not supported: ask without background, or stream")
+        return v
