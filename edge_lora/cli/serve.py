@@ -48,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens-limit", type=int, default=4096, metavar="N", help="largest max_tokens accepted")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let browser pages from ORIGIN call the server (repeatable; '*': any; default none)")
+    p.add_argument("--no-ollama", action="store_true", help="do not serve Ollama's API under /api/")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="info: a line per request; warning: failed requests only (default info)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body accepted")
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             max_tokens_limit=args.max_tokens_limit,
             cors_origins=tuple(args.cors_origin),
+            ollama=not args.no_ollama,
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
         logging.getLogger("edge_lora").setLevel(args.log_level.upper())

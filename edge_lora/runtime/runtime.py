@@ -184,6 +184,20 @@ class Runtime:
         :mod:`edge_lora.runtime.chat`)."""
         return self._template.name
 
+    @property
+    def chat_template_source(self) -> str:
+        """The Jinja text of the chat template in use (given, the base's own, or the fallback)."""
+        return self._template.source
+
+    @property
+    def tool_layout(self) -> str | None:
+        """The tool-call layout of the chat template in use (:mod:`edge_lora.runtime.tool_formats`),
+        or None when its layout is not one edge-lora parses (tools are then refused)."""
+        try:
+            return self._template.tool_format.name
+        except InvalidRequestError:
+            return None
+
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
         """Token ids of ``text`` (BOS added when the model wants one; special tokens parsed)."""
         self._check_open()

@@ -1,7 +1,8 @@
 """The local server: middleware, authentication, error mapping and one router per protocol.
 
 Protocols: OpenAI's (:mod:`.openai`: ``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions``; :mod:`.responses`: ``/v1/responses``) and adapter loading (:mod:`.lora_admin`, vLLM's names), all over the
+``/v1/completions``; :mod:`.responses`: ``/v1/responses``), Ollama's (:mod:`.ollama`: ``/api/...``)
+and adapter loading (:mod:`.lora_admin`, vLLM's names), all over the
 protocol-neutral :mod:`.service`. ``GET /health`` needs no key. Library errors become HTTP
 statuses and OpenAI-style error bodies in :mod:`.errors` only.
 """
@@ -23,7 +24,7 @@ from starlette.exceptions import HTTPException
 
 from .._version import __version__
 from ..errors import EdgeLoraError
-from . import lora_admin, openai, responses
+from . import lora_admin, ollama, openai, responses
 from .errors import ApiError, error_for
 from .lora_admin import allowed_path
 from .service import ServerSettings, Service
@@ -125,29 +126,35 @@ def create_app(rt: Runtime, settings: ServerSettings) -> FastAPI:
     executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="edge-lora")
     service = Service(rt, settings, executor)
 
+    def reply(req: Request, err: ApiError) -> JSONResponse:
+        """The error in the body of the path's protocol: Ollama's ``{"error": "..."}`` under
+        ``/api/``, OpenAI's everywhere else."""
+        if req.url.path.startswith("/api/"):
+            return JSONResponse({"error": err.message}, status_code=err.status)
+        return err.response()
+
     @app.exception_handler(ApiError)
-    async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+    async def _api_error(req: Request, exc: ApiError) -> JSONResponse:
+        return reply(req, exc)
 
     @app.exception_handler(EdgeLoraError)
-    async def _lib_error(_req: Request, exc: EdgeLoraError) -> JSONResponse:
-        return error_for(exc).response()
+    async def _lib_error(req: Request, exc: EdgeLoraError) -> JSONResponse:
+        return reply(req, error_for(exc))
 
     @app.exception_handler(HTTPException)
-    async def _http(req: Request, exc: HTTPException) -> JSONResponse:  # routing's 404 and 405, in OpenAI's body
+    async def _http(req: Request, exc: HTTPException) -> JSONResponse:  # routing's 404 and 405
         what = {404: f"no endpoint {req.method} {req.url.path} (see GET /v1/models and README's endpoint table)",
                 405: f"{req.method} is not allowed on {req.url.path}"}.get(exc.status_code, str(exc.detail))
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return ApiError(exc.status_code, what, kind=kind, code="unknown_url" if exc.status_code == 404 else None) \
-            .response()
+        return reply(req, ApiError(exc.status_code, what, kind=kind, code="unknown_url" if exc.status_code == 404 else None))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(req: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
         first = errs[0] if errs else {}
         param = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
         text = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in errs)
-        return ApiError(400, text or "invalid request", param=param).response()
+        return reply(req, ApiError(400, text or "invalid request", param=param))
 
     def auth(request: Request) -> None:
         if settings.api_key is None:
@@ -164,6 +171,8 @@ def create_app(rt: Runtime, settings: ServerSettings) -> FastAPI:
 
     app.include_router(openai.router(service, auth))
     app.include_router(responses.router(service, auth))
+    if settings.ollama:
+        app.include_router(ollama.router(service, auth))
     app.include_router(lora_admin.router(service, auth))
     app.state.runtime = rt
     app.state.executor = executor

@@ -37,6 +37,8 @@ class ServerSettings:
     default_max_tokens: int = 512
     #: origins a browser may call from (CORS); empty: none
     cors_origins: tuple[str, ...] = ()
+    #: serve Ollama's API under /api/ too
+    ollama: bool = True
 
 
 class Generation:
