@@ -52,6 +52,9 @@ engine-native-build: | $(VENV)/bin/python
 $(STAMP): pyproject.toml | $(ENGINE_STAMP)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
+	# instructor 1.17 pins jiter<0.15, openai 3.57 needs >=0.16: installed without its pins (it runs
+	# with the newer jiter: tests/test_client_instructor.py)
+	$(PIP) install -q --no-deps instructor==1.17.0 docstring-parser==0.18.0
 	touch $(STAMP)
 
 dev: $(STAMP)

@@ -120,7 +120,7 @@ def router(service: Service, auth: Callable[..., None]) -> APIRouter:
         if req.top_logprobs and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         opts = _options(service, req, req.max_completion_tokens or req.max_tokens, logprobs)
-        if req.tools is not None:
+        if req.tools:  # an empty list is no tools (clients send one)
             opts.update(tools=req.tools, tool_choice=req.tool_choice, parallel_tool_calls=req.parallel_tool_calls)
         elif req.tool_choice is not None and req.tool_choice != "none":
             raise ApiError(400, "tool_choice needs tools", param="tool_choice")

@@ -102,7 +102,7 @@ def messages_of(req: ResponsesRequest, history: list[dict]) -> list[dict]:
 
 
 def _tools(req: ResponsesRequest) -> dict[str, Any]:
-    if req.tools is None:
+    if not req.tools:  # an empty list is no tools (clients send one)
         return {}
     tools = []
     for i, t in enumerate(req.tools):
