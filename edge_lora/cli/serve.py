@@ -18,8 +18,9 @@ EPILOG = """examples:
   curl localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "sql", "messages": [{"role": "user", "content": "orders in 2024"}]}'
 
-Any OpenAI client works: base_url=http://127.0.0.1:8080/v1, model = the base's id
-(GET /v1/models) or an adapter name; "adapters": {"sql": 1.0, "tone": 0.5} with the
+OpenAI clients: base_url=http://127.0.0.1:8080/v1 (chat, completions, responses,
+tools, structured outputs; README lists the libraries tested); Ollama clients:
+host=http://127.0.0.1:8080. model = the base's id (GET /v1/models) or an adapter name; "adapters": {"sql": 1.0, "tone": 0.5} with the
 base's id mixes adapters. POST /v1/load_lora_adapter {"lora_name", "lora_path"} and
 /v1/unload_lora_adapter {"lora_name"} change adapters at runtime (paths inside
 --adapter-dir only). Binds 127.0.0.1 unless --host says otherwise."""
