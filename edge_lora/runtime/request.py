@@ -207,6 +207,8 @@ class Completion:
     tool_calls: tuple[ToolCall, ...] = ()
     #: the answer without its tool calls (``text`` itself when no tools were offered)
     content: str | None = None
+    #: a thinking model's thought (:mod:`.reasoning`), kept out of ``content``; None without one
+    reasoning_content: str | None = None
     #: one per generated token when ``logprobs`` was asked for
     logprobs: tuple[TokenLogprob, ...] = field(default=(), repr=False)
 

@@ -29,6 +29,7 @@ from ..cancel import CancelToken
 from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError
 from .request import Completion, GenerationRequest, SamplingParams, TextStream, Timings
 from .grammar import Grammar
+from . import reasoning
 from .tool_formats import force_grammar, with_tool_calls
 from .tools import ToolRequest
 from .activation import plan
@@ -190,6 +191,11 @@ class Runtime:
         return self._template.source
 
     @property
+    def thinks(self) -> bool:
+        """Whether the chat template in use writes thoughts in ``<think>`` tags (:mod:`.reasoning`)."""
+        return reasoning.thinks(self._template.source)
+
+    @property
     def tool_layout(self) -> str | None:
         """The tool-call layout of the chat template in use (:mod:`edge_lora.runtime.tool_formats`),
         or None when its layout is not one edge-lora parses (tools are then refused)."""
@@ -284,8 +290,12 @@ class Runtime:
         if bad:
             raise InvalidRequestError(f"logit_bias names token ids beyond the vocabulary ({self.n_vocab}): {bad[:5]}",
                                       param="logit_bias")
-        keep = frozenset(t for tag in (fmt.preserve if fmt else ()) for t in self._special_ids(tag))
+        thinking = request.messages is not None and reasoning.thinks(self._template.source)
+        tags = (reasoning.OPEN, reasoning.CLOSE) if thinking else ()
+        keep = frozenset(t for tag in (*(fmt.preserve if fmt else ()), *tags) for t in self._special_ids(tag))
         gen = self._run(ids, request.adapters, params, request.cancel, keep)
+        if thinking:
+            gen = reasoning.with_thoughts(gen, reasoning.opened_by(text))
         return TextStream(with_tool_calls(gen, fmt) if fmt is not None else gen)
 
     def memory(self) -> MemoryUsage:

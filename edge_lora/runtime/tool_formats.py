@@ -33,6 +33,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from .reasoning import Thought
 from .tools import Tool, ToolCall, ToolRequest
 
 if TYPE_CHECKING:
@@ -300,14 +301,19 @@ def with_tool_calls(gen: Iterator[str], fmt: ToolFormat) -> Generator[str, None,
     text, sent = "", 0
     try:
         while True:
-            text += next(gen)
+            piece = next(gen)
+            if isinstance(piece, Thought):  # a thought is no call: passed through
+                yield piece
+                continue
+            text += piece
             cut = fmt.hold_from(text)
             if cut > sent:
                 yield text[sent:cut]
                 sent = cut
     except StopIteration as stop:
         result: Completion = stop.value
-    content, calls = fmt.parse(result.text) if result.finish_reason != "cancelled" else (result.text, [])
+    answer = result.content if result.content is not None else result.text  # after a thought, if any
+    content, calls = fmt.parse(answer) if result.finish_reason != "cancelled" else (answer, [])
     if not calls:
         if len(text) > sent:
             yield text[sent:]

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._version import __version__
 from ..runtime.grammar import Grammar
+from ..runtime.reasoning import Thought
 from ..runtime.request import Completion
 from .errors import ApiError, error_for
 from .service import Generation, Service
@@ -115,9 +116,10 @@ def options_of(service: Service, body: ChatBody | GenerateBody) -> dict[str, Any
         grammar = Grammar.from_json_schema(body.format, param="format")
     elif body.format not in (None, ""):
         raise ApiError(400, f"format must be \"json\" or a JSON schema, got {body.format!r}", param="format")
-    if body.think:
-        raise ApiError(400, "think is not supported: this server does not split a model's thinking out yet",
-                       param="think")
+    if body.think not in (None, True, False):
+        raise ApiError(400, f"think {body.think!r} is not supported (true or false)", param="think")
+    if body.think is not None and not service.rt.thinks:
+        raise ApiError(400, f"{body.model!r} does not think (its chat template has no <think> tags)", param="think")
     return service.options(limit if n is None or n < 0 else n, grammar=grammar, **opts)
 
 
@@ -235,6 +237,8 @@ def router(service: Service, auth: Callable[..., None]) -> APIRouter:
         opts = options_of(service, body)
         if body.tools:
             opts["tools"] = body.tools
+        if body.think is False:  # the template's own switch (Qwen3's, DeepSeek R1's)
+            opts["template_kwargs"] = {"enable_thinking": False}
         if not body.messages:  # Ollama's "load the model" call
             return {"model": body.model, "created_at": _stamp(), "message": {"role": "assistant", "content": ""},
                     "done": True, "done_reason": "load"}
@@ -267,8 +271,13 @@ def _piece(model: str, text: str, chat: bool) -> dict[str, Any]:
     return {"model": model, "created_at": _stamp(), "response": text, "done": False}
 
 
-def _final(model: str, c: Completion, text: str, chat: bool) -> dict[str, Any]:
+def _final(model: str, c: Completion, text: str, chat: bool, think: bool | None = None) -> dict[str, Any]:
     out = _piece(model, text, chat)
+    if think and c.reasoning_content is not None and text:  # the whole answer: its thought beside it
+        if chat:
+            out["message"]["thinking"] = c.reasoning_content
+        else:
+            out["thinking"] = c.reasoning_content
     if chat and c.tool_calls:
         out["message"]["tool_calls"] = [{"function": {"name": t.name, "arguments": json.loads(t.arguments)}}
                                         for t in c.tool_calls]
@@ -280,15 +289,22 @@ async def _answer(body: ChatBody | GenerateBody, gen: Generation, request: Reque
         text = await gen.collect(request.is_disconnected)
         if gen.result is None or gen.abandoned:
             return JSONResponse({}, status_code=499)
-        return _final(body.model, gen.result, text, chat)
-    return StreamingResponse(_ndjson(body.model, gen, chat), media_type="application/x-ndjson")
+        return _final(body.model, gen.result, text, chat, body.think)
+    return StreamingResponse(_ndjson(body.model, gen, chat, bool(body.think)), media_type="application/x-ndjson")
 
 
-async def _ndjson(model: str, gen: Generation, chat: bool) -> AsyncIterator[str]:
-    """Ollama's stream: one JSON object per line, the last with ``done: true`` and the counts."""
+async def _ndjson(model: str, gen: Generation, chat: bool, think: bool) -> AsyncIterator[str]:
+    """Ollama's stream: one JSON object per line, the last with ``done: true`` and the counts; a
+    thought's pieces as ``thinking`` when ``think`` (else left out, as Ollama does)."""
     try:
         try:
             async for piece in gen.pieces():
+                if isinstance(piece, Thought):
+                    if think:
+                        line = _piece(model, "", chat)
+                        (line["message"] if chat else line)["thinking"] = str(piece)
+                        yield json.dumps(line) + "\n"
+                    continue
                 yield json.dumps(_piece(model, piece, chat)) + "\n"
         except Exception as exc:  # noqa: BLE001 - the stream has started: the error is a line
             yield json.dumps({"error": error_for(exc).message}) + "\n"

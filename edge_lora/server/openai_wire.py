@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from ..runtime.reasoning import Thought
 from ..runtime.request import Completion, TokenLogprob
 from .errors import error_for
 from .service import Generation
@@ -56,6 +57,8 @@ def choice_of(c: Completion, text: str, index: int, chat: bool) -> dict[str, Any
         message: dict[str, Any] = {"role": "assistant", "content": text or (None if c.tool_calls else "")}
         if c.tool_calls:
             message["tool_calls"] = [t.as_openai() for t in c.tool_calls]
+        if c.reasoning_content is not None:
+            message["reasoning_content"] = c.reasoning_content  # vLLM's and DeepSeek's field
         choice["message"] = message
         choice["logprobs"] = chat_logprobs(c)
     else:
@@ -92,6 +95,10 @@ async def sse(gens: Sequence[Generation], rid: str, model: str, chat: bool, usag
                 yield chunk(index, {"role": "assistant", "content": ""})
             try:
                 async for piece in gen.pieces():
+                    if isinstance(piece, Thought):
+                        if chat:
+                            yield chunk(index, {"reasoning_content": str(piece)})
+                        continue
                     yield chunk(index, {"content": piece} if chat else piece)
             except Exception as exc:  # noqa: BLE001 - the stream has started: the error is an event
                 err = error_for(exc)

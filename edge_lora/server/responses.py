@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..runtime.grammar import Grammar
+from ..runtime.reasoning import Thought
 from ..runtime.request import Completion
 from .errors import ApiError, error_for
 from .schemas import ResponsesRequest
@@ -234,6 +235,8 @@ async def _events(gen: Generation, rid: str, req: ResponsesRequest, shell: Calla
         yield event("response.in_progress", response=shell(rid, req, "in_progress", [], None))
         try:
             async for piece in gen.pieces():
+                if isinstance(piece, Thought):  # not streamed as output text (no reasoning items yet)
+                    continue
                 if not opened:
                     opened = True
                     yield event("response.output_item.added", output_index=0, item=_message(mid, None, "in_progress"))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cancel import CancelToken
+from ..runtime.reasoning import Thought
 from ..runtime.request import Completion, GenerationRequest
 from .errors import ApiError
 
@@ -99,12 +100,14 @@ class Generation:
                 self.cancel()
 
     async def collect(self, is_disconnected: Callable[[], Awaitable[bool]]) -> str:
-        """The whole text; the generation is cancelled as soon as ``is_disconnected()`` says so."""
+        """The whole answer (a thought's pieces left out: they are in ``result.reasoning_content``);
+        the generation is cancelled as soon as ``is_disconnected()`` says so."""
         parts: list[str] = []
 
         async def drain() -> None:
             async for piece in self.pieces():
-                parts.append(piece)
+                if not isinstance(piece, Thought):
+                    parts.append(piece)
 
         task = asyncio.ensure_future(drain())
         while not task.done():
