@@ -118,6 +118,10 @@ def test_options_map_and_errors_are_ollamas_body(client, url):
     assert e.value.status_code == 400 and "mirostat" in e.value.error
     r = httpx.post(url + "/api/chat", json={"model": "gemma", "messages": MSGS, "bogus": 1})
     assert r.status_code == 400 and "bogus" in r.json()["error"]
+    for bad in ({"options": {"num_predict": "10"}},
+                {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": "x"}]}]}):
+        r = httpx.post(url + "/api/chat", json={"model": "gemma", "messages": MSGS, "stream": False, **bad})
+        assert r.status_code == 400 and "error" in r.json(), r.text
     r = httpx.post(url + "/api/embed", json={"model": "gemma", "input": "x"})
     assert r.status_code == 404 and "error" in r.json()
     assert httpx.get(url + "/api/version").json()["version"]

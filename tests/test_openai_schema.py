@@ -206,3 +206,22 @@ def test_chat_template_kwargs_reach_the_template(base):
     with Runtime(base, n_ctx=1024, chat_template=template.read_text()) as rt:
         want = len(rt.chat_tokens(ASK, template_kwargs={"enable_thinking": False}))
     assert off == want > on
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"chat_template_kwargs": {"messages": []}}, "may not set"),
+    ({"logit_bias": {"\u00b2": 1}}, "logit_bias"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"s": {"type": "string", "pattern": "[a-z]+"}}}}}], "tool_choice": "required"},
+     "cannot be turned into a grammar"),
+    ({"grammar": "root ::= " + "(" * 300 + '"x"' + ")" * 300}, "nests groups 300 deep"),
+])
+def test_malformed_fields_are_400s_not_500s(server, body, needle):
+    r = _post(server, "/v1/chat/completions", {"model": "gemma", "messages": ASK, "max_tokens": 2, **body})
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+
+
+def test_the_access_log_cannot_be_forged(server):
+    httpx.get(server[0] + "/v1/models%0AINFO%20forged")
+    assert not any(ln.startswith("INFO forged") or ln == "INFO forged" for ln in server[1].log_path.read_text().splitlines())
+    assert "\\n" in server[1].log_path.read_text() or "%0A" in server[1].log_path.read_text()

@@ -109,5 +109,7 @@ def test_previous_response_id_continues_and_bad_requests_are_400s(client):
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
-    r = httpx.post(str(client.base_url) + "responses", json={"model": "gemma", "input": "x", "bogus": 1})
-    assert r.status_code == 400 and "bogus" in r.json()["error"]["message"]
+    for body in ({"input": "x", "bogus": 1}, {"input": [{"type": "message", "role": "user", "content": 5}]},
+                 {"input": "x", "text": {"format": "json_object"}}):
+        r = httpx.post(str(client.base_url) + "responses", json={"model": "gemma", **body})
+        assert r.status_code == 400 and r.json()["error"]["message"], r.text

@@ -122,10 +122,12 @@ def test_the_calls_a_template_writes_parse_back(name):
 
 
 def test_a_template_without_tools_gets_them_in_the_system_turn_in_the_generic_form():
-    t = template("google-gemma-2-2b-it")  # Gemma 2's template has no system role: it raises on one
+    t = template("google-gemma-2-2b-it")  # Gemma 2's template has no system role (it raises on one)
     req = ToolRequest.of(TOOLS, "required", parallel_tool_calls=False)
-    with pytest.raises(InvalidRequestError, match="System role not supported"):
-        t.render(history(2), tools=req)
+    assert not t.has_system_role
+    two = t.render(history(2), tools=req)  # the instructions open the first user turn; results joined
+    assert two.startswith("<s><start_of_turn>user\nYou can call these tools") and "Weather in Paris" in two
+    assert '"result 0"}}\n\n{"tool_response"' in two
     gemma3 = ChatTemplate(None, bos_token="<bos>", eos_token="<eos>", is_special_token=lambda s: s == "<start_of_turn>")
     text = gemma3.render(history(2), tools=req)
     assert text.count('"name": "get_weather"') == 3  # in the tool list, the earlier call and its result
@@ -150,3 +152,29 @@ def test_the_forcing_grammar_holds_every_tool_and_its_layout(name):
     assert root in rules and "get_weather" in rules[root] + gbnf and "add" in gbnf
     one, _ = force_grammar(t.tool_format, ToolRequest.of(TOOLS, {"type": "function", "function": {"name": "add"}}))
     assert "add" in one and "get_weather" not in one
+
+
+def test_two_tools_keep_their_own_defs_in_the_grammar():
+    item = lambda prop, kind: {"type": "object", "properties": {"x": {"$ref": "#/$defs/Item"}}, "required": ["x"],  # noqa: E731
+                               "$defs": {"Item": {"type": "object", "properties": {prop: {"type": kind}},
+                                                  "required": [prop]}}}
+    tools = [{"type": "function", "function": {"name": "a", "parameters": item("n", "integer")}},
+             {"type": "function", "function": {"name": "b", "parameters": item("s", "string")}}]
+    gbnf, _root = force_grammar(template("Qwen-Qwen2.5-7B-Instruct").tool_format, ToolRequest.of(tools, "required"))
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.splitlines())
+    assert "a-Item" in rules and "b-Item" in rules and rules["a-Item"] != rules["b-Item"]
+
+
+def test_template_kwargs_may_not_replace_what_the_call_gives():
+    t = template("Qwen-Qwen3-0.6B")
+    with pytest.raises(InvalidRequestError, match="may not set"):
+        t.render([{"role": "user", "content": "Hi"}], template_kwargs={"messages": []})
+    assert "<think>" in t.render([{"role": "user", "content": "Hi"}], template_kwargs={"enable_thinking": False})
+
+
+def test_generation_tags_and_tools_without_descriptions():
+    t = template("LFM2.5-8B-A1B")  # {% generation %}: transformers' assistant-mask tag
+    assert "Hi" in t.render([{"role": "user", "content": "Hi"}])
+    hermes = template("NousResearch-Hermes-3-Llama-3.1-8B-tool_use")
+    bare = [{"type": "function", "function": {"name": "now"}}]
+    assert '"now"' in hermes.render([{"role": "user", "content": "Hi"}], tools=ToolRequest.of(bare))

@@ -16,6 +16,7 @@ from typing import Any
 import json
 
 import jinja2
+from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import InvalidRequestError
@@ -169,6 +170,18 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, s
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+class _Generation(Extension):
+    """``{% generation %}...{% endgeneration %}``: transformers marks assistant tokens with it (its
+    ``AssistantTracker``); rendered here as its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> Any:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+
 #: a tool only used to see whether a template shows the tools it is given
 _PROBE = {"type": "function", "function": {"name": "edge_lora_probe_tool", "description": "probe",
                                            "parameters": {"type": "object", "properties": {}}}}
@@ -184,7 +197,8 @@ class ChatTemplate:
         if not source:
             source, self.name = fallback_template(is_special_token)
         self.source = source
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols", _Generation])
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -195,6 +209,7 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._tool_format: ToolFormat | None = None
+        self._system: bool | None = None
 
     @property
     def tool_format(self) -> ToolFormat:
@@ -229,12 +244,12 @@ class ChatTemplate:
             head = self._apply([user], [_PROBE], True)
             full = self._apply([user, {"role": "assistant", "content": "", "tool_calls": [call]}], [_PROBE], False)
             plain = self._apply([user, {"role": "assistant", "content": "PROBE-ANSWER"}], [_PROBE], False)
+            answer = full[len(head):] if full.startswith(head) else full[full.rindex("Hi") + 2:]
+            end = plain[plain.rindex("PROBE-ANSWER") + len("PROBE-ANSWER"):].strip()  # the end-of-turn marks
         except (InvalidRequestError, jinja2.TemplateError, TypeError, ValueError):
             return False
-        answer = full[len(head):] if full.startswith(head) else full[full.rindex("Hi") + 2:]
         if name not in answer:
             return True
-        end = plain[plain.rindex("PROBE-ANSWER") + len("PROBE-ANSWER"):].strip()  # the end-of-turn marks
         answer = answer.strip().removesuffix(end) if end else answer
         _content, calls = fmt.parse(answer)
         return len(calls) == 1 and calls[0].name == name and json.loads(calls[0].arguments) == args
@@ -251,12 +266,15 @@ class ChatTemplate:
         has_history = any(m.get("tool_calls") or m["role"] == "tool" for m in msgs)
         fmt = self.tool_format if offered or has_history else None
         if fmt is not None and not fmt.renders_tools:
-            msgs = generic_messages(msgs, tools if offered else None)
+            msgs = generic_messages(msgs, tools if offered else None, system=self.has_system_role)
         listed = [t.as_openai() for t in offered] if fmt is not None and fmt.renders_tools and offered else None
         return self._apply(msgs, listed, add_generation_prompt, template_kwargs)
 
     def _apply(self, msgs: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool,
                template_kwargs: Mapping[str, Any] | None = None) -> str:
+        taken = sorted(set(template_kwargs or ()) & RESERVED)
+        if taken:
+            raise InvalidRequestError(f"template_kwargs may not set {taken}: the call gives those", param="template_kwargs")
         try:
             return self._template.render(
                 **dict(template_kwargs or {}),
@@ -268,14 +286,32 @@ class ChatTemplate:
             )
         except InvalidRequestError:
             raise
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise InvalidRequestError(f"the chat template failed on these messages: {exc}") from exc
 
+    @property
+    def has_system_role(self) -> bool:
+        """Whether the template shows a system turn (Gemma 2's refuses one)."""
+        if self._system is None:
+            try:
+                self._system = "SYSTEM-PROBE" in self._apply(
+                    [{"role": "system", "content": "SYSTEM-PROBE"}, {"role": "user", "content": "Hi"}], None, True)
+            except InvalidRequestError:
+                self._system = False
+        return self._system
 
-def generic_messages(msgs: list[dict[str, Any]], tools: ToolRequest | None) -> list[dict[str, Any]]:
+
+#: what a call gives the template itself: template_kwargs may not replace them
+RESERVED = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception",
+                      "strftime_now", "namespace", "range", "dict", "lipsum", "cycler", "joiner"})
+
+
+def generic_messages(msgs: list[dict[str, Any]], tools: ToolRequest | None, system: bool = True) -> list[dict[str, Any]]:
     """``msgs`` for a template that shows no tools: the tools' description in the system turn
-    (:func:`.tool_formats.generic_instructions`), each assistant's calls as the generic JSON it
-    would have written, each tool result as a user turn (``{"tool_response": ...}``)."""
+    (:func:`.tool_formats.generic_instructions`; the first user turn's start when the template
+    has no system role), each assistant's calls as the generic JSON it would have written, each
+    tool result as a user turn (``{"tool_response": ...}``), consecutive user turns joined (the
+    templates that insist on alternating roles)."""
     out: list[dict[str, Any]] = []
     for m in msgs:
         if m["role"] == "assistant" and m.get("tool_calls"):
@@ -293,4 +329,16 @@ def generic_messages(msgs: list[dict[str, Any]], tools: ToolRequest | None) -> l
             out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + text}
         else:
             out.insert(0, {"role": "system", "content": text})
-    return out
+    if not system and out and out[0]["role"] == "system":
+        first = out.pop(0)["content"]
+        if out and out[0]["role"] == "user":
+            out[0] = {"role": "user", "content": first + "\n\n" + out[0]["content"]}
+        else:
+            out.insert(0, {"role": "user", "content": first})
+    joined: list[dict[str, Any]] = []
+    for m in out:
+        if joined and m["role"] == "user" and joined[-1]["role"] == "user":
+            joined[-1] = {"role": "user", "content": joined[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            joined.append(m)
+    return joined

@@ -128,7 +128,8 @@ def generate(
     finish = "length"
     t_first = None
     try:
-        # the prompt counts for the repeat penalty (llama.cpp's convention), not for OpenAI's two
+        # the prompt counts for the repeat penalty (llama.cpp's convention); OpenAI's two alone count
+        # generated tokens only (with a repeat penalty too, one stage counts the prompt for all three)
         for tok in prompt[-params.repeat_last_n :] if params.repeat_penalty != 1.0 else ():
             sampler.accept(tok)
         while True:

@@ -40,6 +40,10 @@ JSON_OBJECT_SCHEMA: dict = {"type": "object"}
 JSON_CHAR_RULE = r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 
 
+#: the deepest nesting of ( ) groups a grammar may have (a bound far above what schemas produce)
+MAX_GROUP_DEPTH = 256
+
+
 @dataclass(frozen=True)
 class Grammar:
     """A GBNF grammar (llama.cpp's ``grammars/README.md``) and its start rule; ``source`` says
@@ -52,6 +56,13 @@ class Grammar:
     def __post_init__(self) -> None:
         if not isinstance(self.gbnf, str) or not self.gbnf.strip():
             raise InvalidRequestError("a grammar must be non-empty GBNF text", param="grammar")
+        depth = deepest = 0
+        for ch in self.gbnf:  # llama.cpp's parser recurses per group: a deep nest would overflow its stack
+            depth += (ch == "(") - (ch == ")")
+            deepest = max(deepest, depth)
+        if deepest > MAX_GROUP_DEPTH:
+            raise InvalidRequestError(f"the grammar nests groups {deepest} deep; at most {MAX_GROUP_DEPTH}",
+                                      param="grammar")
 
     @classmethod
     def from_json_schema(cls, schema: Mapping[str, Any] | str, *, param: str = "json_schema",

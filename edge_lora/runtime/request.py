@@ -120,7 +120,7 @@ class SamplingParams:
         stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
         if logit_bias is not None and not isinstance(logit_bias, Mapping):
             raise InvalidRequestError("logit_bias must map token ids to biases", param="logit_bias")
-        bias = tuple((int(t) if isinstance(t, str) and t.isdigit() else t, b) for t, b in (logit_bias or {}).items())
+        bias = tuple((int(t) if isinstance(t, str) and t.isascii() and t.isdigit() else t, b) for t, b in (logit_bias or {}).items())
         return cls(stop=stops, grammar=grammar, logit_bias=bias, logprobs=logprobs,  # type: ignore[arg-type]
                    **{k: v for k, v in kw.items() if v is not None})
 

@@ -296,7 +296,10 @@ class Runtime:
         gen = self._run(ids, request.adapters, params, request.cancel, keep)
         if thinking:
             gen = reasoning.with_thoughts(gen, reasoning.opened_by(text))
-        return TextStream(with_tool_calls(gen, fmt) if fmt is not None else gen)
+        if fmt is not None:
+            offered = request.tools.offered  # type: ignore[union-attr]
+            gen = with_tool_calls(gen, fmt, frozenset(t.name for t in offered), request.tools.parallel)  # type: ignore[union-attr]
+        return TextStream(gen)
 
     def memory(self) -> MemoryUsage:
         """Bytes held now: the mapped model (and its resident part), KV per context, adapters,

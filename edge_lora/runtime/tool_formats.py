@@ -39,7 +39,12 @@ from .tools import Tool, ToolCall, ToolRequest
 if TYPE_CHECKING:
     from .request import Completion
 
-_DECODER = json.JSONDecoder()
+def _no_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+#: strict JSON: NaN and Infinity are refused (clients cannot parse them)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def gbnf_literal(text: str) -> str:
@@ -79,7 +84,17 @@ def _call_of(obj: object, args_key: str, new_id: Any, id_key: str | None = None)
     if not isinstance(args, dict):
         return None
     given = obj.get(id_key) if id_key else None
-    return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False), given if isinstance(given, str) else new_id())
+    return ToolCall(obj["name"], _dumps(args), given if isinstance(given, str) else new_id())
+
+
+def _dumps(args: dict) -> str:
+    """The arguments as JSON text; escaped to ASCII when they hold a lone surrogate (not UTF-8)."""
+    text = json.dumps(args, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(args)
+    return text
 
 
 def _openai_id() -> str:
@@ -95,7 +110,9 @@ def _mistral_id() -> str:
 class ToolFormat:
     """One family's layout (module docstring). ``prefix`` opens the calls (a tag, or nothing for
     a whole-answer JSON), ``args_key`` names the arguments, ``markers`` are the template's tokens
-    that identify it, ``preserve`` the special tokens the answer must keep as text."""
+    that identify it, ``preserve`` every marker the answer must keep as text where the vocabulary
+    has it as a special token (llama.cpp's preserved tokens: a special token is otherwise left out
+    of the text, and the call would not parse)."""
 
     name: str
     markers: tuple[str, ...]
@@ -261,7 +278,7 @@ class MistralArgs(ToolFormat):
             got = _json_at(text, m.end())
             if got is None or not isinstance(got[0], dict):
                 return text.strip(), []
-            calls.append(ToolCall(m.group(1), json.dumps(got[0], ensure_ascii=False), m.group(2) or self.new_id()))
+            calls.append(ToolCall(m.group(1), _dumps(got[0]), m.group(2) or self.new_id()))
             pos = got[1]
             while pos < len(text) and text[pos].isspace():
                 pos += 1
@@ -277,27 +294,32 @@ class MistralArgs(ToolFormat):
         return f"({calls})" + (f" ({calls})*" if parallel else "")
 
 
-HERMES = Tagged("hermes", ("<tool_call>",), prefix="<tool_call>", close="</tool_call>")
+HERMES = Tagged("hermes", ("<tool_call>",), prefix="<tool_call>", close="</tool_call>",
+                preserve=("<tool_call>", "</tool_call>"))
 LLAMA3 = WholeJson("llama3", ('"parameters": dictionary of argument name and its value',), args_key="parameters",
                    preserve=("<|python_tag|>",), parallel=False)
-MISTRAL = MistralArgs("mistral", ("[TOOL_CALLS]", "[ARGS]"), prefix="[TOOL_CALLS]", preserve=("[TOOL_CALLS]",))
+MISTRAL = MistralArgs("mistral", ("[TOOL_CALLS]", "[ARGS]"), prefix="[TOOL_CALLS]", preserve=("[TOOL_CALLS]", "[ARGS]"))
 MISTRAL_CALL_ID = MistralArgs("mistral", ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"), prefix="[TOOL_CALLS]",
-                              preserve=("[TOOL_CALLS]",), call_id=True)
+                              preserve=("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"), call_id=True)
 MISTRAL_JSON = JsonList("mistral-json", ("[TOOL_CALLS]",), prefix="[TOOL_CALLS]", preserve=("[TOOL_CALLS]",),
                         id_key="id")
 GRANITE = JsonList("granite", ("<|tool_call|>",), prefix="<|tool_call|>", preserve=("<|tool_call|>",))
-APRIEL = JsonList("apriel", ("<tool_calls>[",), prefix="<tool_calls>", close="</tool_calls>")
-NEMOTRON = JsonList("nemotron", ("<TOOLCALL>",), prefix="<TOOLCALL>", close="</TOOLCALL>")
+APRIEL = JsonList("apriel", ("<tool_calls>[",), prefix="<tool_calls>", close="</tool_calls>",
+                  preserve=("<tool_calls>", "</tool_calls>"))
+NEMOTRON = JsonList("nemotron", ("<TOOLCALL>",), prefix="<TOOLCALL>", close="</TOOLCALL>",
+                    preserve=("<TOOLCALL>", "</TOOLCALL>"))
 GENERIC = WholeJson("generic", (), wrapper="tool_calls", renders_tools=False)
 
 #: the table, most specific first: the first whose markers are all in the template wins
 FORMATS: tuple[ToolFormat, ...] = (GRANITE, APRIEL, NEMOTRON, HERMES, MISTRAL_CALL_ID, MISTRAL, MISTRAL_JSON, LLAMA3)
 
 
-def with_tool_calls(gen: Iterator[str], fmt: ToolFormat) -> Generator[str, None, Completion]:
+def with_tool_calls(gen: Iterator[str], fmt: ToolFormat, names: frozenset[str] | None = None,
+                    parallel: bool = True) -> Generator[str, None, Completion]:
     """``gen``'s pieces with the tool calls held back, its :class:`Completion` (the generator's
     return value) with ``tool_calls``, ``content`` and ``finish_reason="tool_calls"`` when the
-    answer holds calls in ``fmt``; an answer whose calls do not parse stays content."""
+    answer holds calls in ``fmt``; an answer whose calls do not parse, call a tool not in
+    ``names``, or are several without ``parallel`` stays content."""
     text, sent = "", 0
     try:
         while True:
@@ -314,6 +336,8 @@ def with_tool_calls(gen: Iterator[str], fmt: ToolFormat) -> Generator[str, None,
         result: Completion = stop.value
     answer = result.content if result.content is not None else result.text  # after a thought, if any
     content, calls = fmt.parse(answer) if result.finish_reason != "cancelled" else (answer, [])
+    if (names is not None and any(c.name not in names for c in calls)) or (len(calls) > 1 and not parallel):
+        calls = []
     if not calls:
         if len(text) > sent:
             yield text[sent:]
@@ -353,12 +377,42 @@ def force_grammar(fmt: ToolFormat, request: ToolRequest) -> tuple[str, str]:
     from .grammar import JSON_CHAR_RULE
     from ..engine.native import json_schema_converter  # loads the bindings: at first use only
 
+    from ..errors import InvalidRequestError
+
     converter = json_schema_converter({"char": JSON_CHAR_RULE})
     alts = []
     for tool in request.forced:
-        resolved = converter.resolve_refs(json.loads(json.dumps(tool.parameters)), f"tool-{tool.name}")
-        args_rule = converter.visit(resolved, f"{tool.name}-arguments")
+        schema = _own_defs(json.loads(json.dumps(tool.parameters)), tool.name)
+        try:
+            resolved = converter.resolve_refs(schema, f"tool-{tool.name}")
+            args_rule = converter.visit(resolved, f"{tool.name}-arguments")
+        except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise InvalidRequestError(f"tools: the parameters of {tool.name!r} cannot be turned into a grammar: {exc}",
+                                      param="tools") from None
         alts.append(fmt.call_rule(tool, args_rule))
     several = request.choice == "required" and request.parallel and fmt.parallel  # a named choice: one call
     root = fmt.root_rule(" | ".join(f"({a})" for a in alts), several)
     return converter.format_grammar() + f"\ntool-calls ::= {root}", "tool-calls"
+
+
+def _own_defs(schema: Any, tool: str) -> Any:
+    """``schema`` with its ``$defs``/``definitions`` renamed ``TOOL-Name`` (and its local refs with
+    them): the converter names a referenced rule by its last path segment, so two tools' ``Item``
+    would otherwise share the first one's rule."""
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                if k in ("$defs", "definitions") and isinstance(v, dict):
+                    out[k] = {f"{tool}-{name}": walk(sub) for name, sub in v.items()}
+                elif k == "$ref" and isinstance(v, str) and v.startswith(("#/$defs/", "#/definitions/")):
+                    parts = v.split("/")
+                    parts[2] = f"{tool}-{parts[2]}"
+                    out[k] = "/".join(parts)
+                else:
+                    out[k] = walk(v)
+            return out
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        return node
+    return walk(schema)

@@ -40,9 +40,8 @@ class Tool:
     def as_openai(self) -> dict[str, Any]:
         """OpenAI's ``{"type": "function", "function": {...}}``: what chat templates are given,
         as transformers' ``apply_chat_template(tools=...)`` gives them."""
-        fn: dict[str, Any] = {"name": self.name}
-        if self.description is not None:
-            fn["description"] = self.description
+        # an empty description where none was given: Hermes' templates read it unconditionally
+        fn: dict[str, Any] = {"name": self.name, "description": self.description or ""}
         fn["parameters"] = dict(self.parameters)
         return {"type": "function", "function": fn}
 

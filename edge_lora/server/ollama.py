@@ -108,6 +108,8 @@ def options_of(service: Service, body: ChatBody | GenerateBody) -> dict[str, Any
             raise ApiError(400, f"option {name} is not supported (only its neutral value {neutral})", param="options")
     opts = {**DEFAULTS, **{SAMPLING[k]: v for k, v in given.items() if k in SAMPLING and v is not None}}
     n = given.get("num_predict")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
+        raise ApiError(400, f"options.num_predict must be an integer, got {n!r}", param="options")
     limit = service.settings.max_tokens_limit
     grammar = None
     if body.format == "json":
@@ -152,14 +154,17 @@ def _messages(body: ChatBody) -> list[dict[str, Any]]:
         if m.tool_calls:
             calls = []
             for j, c in enumerate(m.tool_calls):
-                fn = c.get("function") or {}
-                cid = f"call_{i}_{j}"
+                fn = c.get("function")
+                if not isinstance(fn, dict):
+                    raise ApiError(400, f"messages[{i}].tool_calls[{j}]: must be {{'function': {{'name', 'arguments'}}}}",
+                                   param="messages")
+                cid = f"c{i:04d}{j:04d}"  # 9 letters and digits: what Mistral's templates require
                 pending.append(cid)
                 calls.append({"id": cid, "type": "function",
                               "function": {"name": fn.get("name"), "arguments": fn.get("arguments") or {}}})
             msg["tool_calls"] = calls
         if m.role == "tool":
-            msg["tool_call_id"] = pending.pop(0) if pending else f"call_{i}"
+            msg["tool_call_id"] = pending.pop(0) if pending else f"t{i:08d}"
             if m.tool_name:
                 msg["name"] = m.tool_name
         out.append(msg)

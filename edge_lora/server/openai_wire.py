@@ -54,6 +54,8 @@ def completion_logprobs(c: Completion) -> dict | None:
 def choice_of(c: Completion, text: str, index: int, chat: bool) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": index, "finish_reason": c.finish_reason}
     if chat:
+        if c.tool_calls:  # the content beside the calls, as parsed (not what streamed before them)
+            text = c.content or ""
         message: dict[str, Any] = {"role": "assistant", "content": text or (None if c.tool_calls else "")}
         if c.tool_calls:
             message["tool_calls"] = [t.as_openai() for t in c.tool_calls]

@@ -11,6 +11,7 @@ sampling fields map onto the chat path's; the answer is a ``message`` item and o
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import uuid
@@ -60,6 +61,8 @@ class Store:
 def _text_of(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        raise ApiError(400, f"{where}.content: must be a string or a list of parts", param="input")
     texts = []
     for i, part in enumerate(content or ()):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -73,8 +76,9 @@ def _text_of(content: Any, where: str) -> str:
 
 def messages_of(req: ResponsesRequest, history: list[dict]) -> list[dict]:
     """The chat messages of a request: instructions, the earlier conversation, then the input."""
+    # a previous response's instructions are not carried over (OpenAI's rule): the store keeps none
     msgs: list[dict] = [{"role": "system", "content": req.instructions}] if req.instructions else []
-    msgs += [m for m in history if m["role"] != "system" or not req.instructions]
+    msgs += copy.deepcopy(history)  # the stored turns stay as they were
     if isinstance(req.input, str):
         return [*msgs, {"role": "user", "content": req.input}]
     for i, item in enumerate(req.input):
@@ -120,6 +124,8 @@ def _tools(req: ResponsesRequest) -> dict[str, Any]:
 
 def _grammar(req: ResponsesRequest) -> Grammar | None:
     fmt = (req.text or {}).get("format") or {"type": "text"}
+    if not isinstance(fmt, dict):
+        raise ApiError(400, "text.format must be an object such as {\"type\": \"json_schema\", ...}", param="text.format")
     kind = fmt.get("type")
     if kind == "text":
         return None
@@ -190,9 +196,10 @@ def router(service: Service, auth: Callable[..., None]) -> APIRouter:
             out = _output(c, text)
             body = shell(rid, req, "incomplete" if c.finish_reason == "length" else "completed", out, c)
             if req.store is not False:
-                turn = {"role": "assistant", "content": text or None,
+                turn = {"role": "assistant", "content": text or (None if c.tool_calls else ""),
                         **({"tool_calls": [t.as_openai() for t in c.tool_calls]} if c.tool_calls else {})}
-                store.put(rid, [*msgs, turn], body)
+                kept = msgs[1:] if req.instructions else msgs  # without this request's instructions
+                store.put(rid, copy.deepcopy([*kept, turn]), body)
             return body
 
         if req.stream:

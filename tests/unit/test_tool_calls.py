@@ -137,6 +137,26 @@ def test_a_stream_yields_the_content_and_holds_the_calls_back():
     assert result.tool_calls == () and result.finish_reason == "cancelled"
 
 
+def test_calls_to_tools_not_offered_or_several_without_parallel_stay_content():
+    one = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+
+    def run(text, **kw):
+        def gen():
+            yield text
+            return _completion(text)
+        it = with_tool_calls(gen(), HERMES, **kw)
+        try:
+            while True:
+                next(it)
+        except StopIteration as stop:
+            return stop.value
+
+    assert run(one, names=frozenset({"f"})).tool_calls
+    assert run(one, names=frozenset({"g"})).tool_calls == ()
+    assert run(one + one, names=frozenset({"f"}), parallel=False).tool_calls == ()
+    assert HERMES.parse('<tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>')[1] == []
+
+
 def test_messages_in_openai_forms():
     msgs = check_messages([
         {"role": "developer", "content": "Be brief."},
