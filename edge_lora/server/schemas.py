@@ -88,7 +88,17 @@ class LoraEntry(_Strict):
     scale: float
 
 
-class _Sampling(_Strict):
+class _Described(_Strict):
+    """Fields that only describe a request (OpenAI's): accepted and ignored."""
+
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+
+
+class _Sampling(_Described):
     """What OpenAI's chat and completions requests share. ``null`` is the default everywhere (as
     OpenAI reads it). Fields that only describe the request (``user``, ``metadata``, ``store``,
     ``service_tier``, ``prompt_cache_key``, ``safety_identifier``, ``reasoning_effort``) are accepted
@@ -109,13 +119,8 @@ class _Sampling(_Strict):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=16)
-    #: described, not acted on
-    user: str | None = None
-    metadata: dict[str, str] | None = None
+    #: described, not acted on (with :class:`_Described`'s)
     store: bool | None = None
-    service_tier: str | None = None
-    prompt_cache_key: str | None = None
-    safety_identifier: str | None = None
     reasoning_effort: str | None = None
     #: extension: a mix of adapters with scales; ``model`` must then name the base
     adapters: dict[str, float] | None = None
@@ -189,7 +194,7 @@ class UnloadAdapterRequest(_Strict):
     lora_name: str = Field(min_length=1, max_length=128)
 
 
-class ResponsesRequest(_Strict):
+class ResponsesRequest(_Described):
     """OpenAI's ``POST /v1/responses`` body (:mod:`.responses`). Descriptive fields (``user``,
     ``metadata``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``, ``reasoning``,
     ``truncation``, ``include``) are accepted and ignored; ``store: false`` keeps the response
@@ -210,11 +215,6 @@ class ResponsesRequest(_Strict):
     previous_response_id: str | None = None
     store: bool | None = None
     background: bool | None = None
-    metadata: dict[str, str] | None = None
-    user: str | None = None
-    service_tier: str | None = None
-    prompt_cache_key: str | None = None
-    safety_identifier: str | None = None
     reasoning: dict[str, Any] | None = None
     truncation: str | None = None
     include: list[str] | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_lora.runtime.reasoning import Thought, opened_by, split, thinks, with_thoughts
-from edge_lora.runtime.request import Completion, Timings
+from edge_lora.runtime.request import Completion, TextStream, Timings
 
 
 @pytest.mark.parametrize("text, opened, want", [
@@ -25,12 +25,8 @@ def _stream(pieces, opened=False):
         yield from pieces
         return Completion("".join(pieces), [], "stop", 1, 1, 0, {}, Timings(1, 1, 1, 1))
 
-    out, it = [], with_thoughts(gen(), opened)
-    try:
-        while True:
-            out.append(next(it))
-    except StopIteration as stop:
-        return out, stop.value
+    stream = TextStream(with_thoughts(gen(), opened))
+    return list(stream), stream.result
 
 
 def test_a_stream_marks_the_thought_and_the_result_splits_it():

@@ -10,7 +10,7 @@ import pytest
 
 from edge_lora.errors import InvalidRequestError
 from edge_lora.runtime.chat import check_messages
-from edge_lora.runtime.request import Completion, Timings
+from edge_lora.runtime.request import Completion, TextStream, Timings
 from edge_lora.runtime.tool_formats import (
     APRIEL, GENERIC, GRANITE, HERMES, LLAMA3, MISTRAL, MISTRAL_JSON, gbnf_literal, with_tool_calls,
 )
@@ -112,12 +112,8 @@ def _stream(fmt, pieces, finish="stop"):
             yield p
         return _completion("".join(pieces), finish)
 
-    out, it = [], with_tool_calls(gen(), fmt)
-    try:
-        while True:
-            out.append(next(it))
-    except StopIteration as stop:
-        return out, stop.value
+    stream = TextStream(with_tool_calls(gen(), fmt))
+    return list(stream), stream.result
 
 
 def test_a_stream_yields_the_content_and_holds_the_calls_back():
@@ -144,12 +140,7 @@ def test_calls_to_tools_not_offered_or_several_without_parallel_stay_content():
         def gen():
             yield text
             return _completion(text)
-        it = with_tool_calls(gen(), HERMES, **kw)
-        try:
-            while True:
-                next(it)
-        except StopIteration as stop:
-            return stop.value
+        return TextStream(with_tool_calls(gen(), HERMES, **kw)).consume()
 
     assert run(one, names=frozenset({"f"})).tool_calls
     assert run(one, names=frozenset({"g"})).tool_calls == ()
