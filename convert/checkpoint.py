@@ -103,6 +103,25 @@ def read_checkpoint(path: str | Path, *, adapter_name: str | None = None, text_o
     into :attr:`LoraModule.magnitude`: a DoRA adapter can be merged, never converted.
     Raises :class:`CheckpointError` / :class:`ConversionError` listing every problem.
     """
+    folder, cfg, fmt, weights, notes = _locate(path)
+    if fmt == "mlx":
+        ckpt = _read_mlx(folder, cfg, weights, allow_dora)
+    else:
+        ckpt = _read_peft(folder, cfg, weights, adapter_name, text_only, base_vocab, allow_dora)
+    ckpt.notes[:0] = notes
+    return ckpt
+
+
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """The two files :func:`read_checkpoint` reads for ``path`` (folder, config or weights file):
+    ``(adapter_config.json, weights file)``, found as it finds them, without reading the weights.
+    Raises :class:`CheckpointError` as it does."""
+    folder, _cfg, _fmt, weights, _notes = _locate(path)
+    return folder / "adapter_config.json", weights
+
+
+def _locate(path: str | Path) -> tuple[Path, dict[str, Any], Literal["peft", "mlx"], Path, list[str]]:
+    """(folder, config, format, weights file, notes) of an adapter path."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: adapter path not found")
@@ -121,12 +140,7 @@ def read_checkpoint(path: str | Path, *, adapter_name: str | None = None, text_o
     notes: list[str] = []
     if weights is None:
         weights = _pick_weights(folder, PEFT_WEIGHTS if fmt == "peft" else MLX_WEIGHTS, notes)
-    if fmt == "mlx":
-        ckpt = _read_mlx(folder, cfg, weights, allow_dora)
-    else:
-        ckpt = _read_peft(folder, cfg, weights, adapter_name, text_only, base_vocab, allow_dora)
-    ckpt.notes[:0] = notes
-    return ckpt
+    return folder, cfg, fmt, weights, notes
 
 
 #: segments training wrappers add to a model's parameter names: torch.compile (``_orig_mod``), FSDP

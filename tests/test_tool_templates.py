@@ -15,6 +15,7 @@ from edge_lora.runtime.chat import ChatTemplate
 from edge_lora.runtime.tool_formats import force_grammar
 from edge_lora.runtime.tools import ToolRequest
 from llama_cpp_base import require_vendored_llama_cpp
+from own_templates import OWN
 
 #: template file -> the layout its model writes calls in
 LAYOUTS = {
@@ -33,6 +34,7 @@ LAYOUTS = {
     "mistralai-Ministral-3-14B-Reasoning-2512": "mistral",
     "google-gemma-2-2b-it": "generic",
     "microsoft-Phi-3.5-mini-instruct": "generic",
+    "phi-4-mini-layout": "phi4",  # written here (own_templates.py): llama.cpp's pinned tree lacks Phi-4-mini's
 }
 #: templates that show tools in layouts the table does not parse (XML arguments, Harmony, ...)
 REFUSED = ["Qwen3-Coder", "GLM-4.6", "google-gemma-4-31B-it", "openai-gpt-oss-120b", "moonshotai-Kimi-K2"]
@@ -52,7 +54,7 @@ CALLS = [("get_weather", {"city": "Paris", "unit": "celsius"}), ("add", {"a": 2,
 
 
 def template(name: str) -> ChatTemplate:
-    src = (require_vendored_llama_cpp() / "models" / "templates" / f"{name}.jinja").read_text()
+    src = OWN.get(name) or (require_vendored_llama_cpp() / "models" / "templates" / f"{name}.jinja").read_text()
     return ChatTemplate(src, bos_token="<s>", eos_token="</s>")
 
 

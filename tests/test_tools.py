@@ -16,6 +16,7 @@ import jsonschema
 import openai
 import pytest
 from llama_cpp_base import require_vendored_llama_cpp
+from own_templates import OWN
 from serving import serve
 
 from edge_lora import Runtime
@@ -40,7 +41,8 @@ ADD = {"type": "function", "function": {"name": "add"}}
 #: template file (None: the base's own fallback) -> the layout the call must be written in
 LAYOUTS = {None: '{"tool_calls": [', "Qwen-Qwen2.5-7B-Instruct": "<tool_call>\n",
            "meta-llama-Llama-3.1-8B-Instruct": '{"name": ', "mistralai-Mistral-Nemo-Instruct-2407": "[TOOL_CALLS][",
-           "Mistral-Small-3.2-24B-Instruct-2506": "[TOOL_CALLS]", "ibm-granite-granite-3.3-2B-Instruct": "<|tool_call|>["}
+           "Mistral-Small-3.2-24B-Instruct-2506": "[TOOL_CALLS]", "ibm-granite-granite-3.3-2B-Instruct": "<|tool_call|>[",
+           "phi-4-mini-layout": '<|tool_call|>{"name": '}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def _valid_call(c, names=tuple(SCHEMAS)) -> dict:
 def test_a_forced_call_is_well_formed_in_each_layout(base, template):
     source = None
     if template is not None:
-        source = (require_vendored_llama_cpp() / "models" / "templates" / f"{template}.jinja").read_text()
+        source = OWN.get(template) or (require_vendored_llama_cpp() / "models" / "templates" / f"{template}.jinja").read_text()
     with Runtime(base, n_ctx=2048, chat_template=source) as rt:
         for i, opts in enumerate((dict(temperature=0), dict(temperature=0.9, seed=3))):
             c = rt.chat(ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=80, **opts)

@@ -111,6 +111,33 @@ def report(args: argparse.Namespace, as_json: Callable[[], dict[str, Any]], note
 def add_chat_template_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-template-file", metavar="FILE", default=None,
                    help="a Jinja chat template replacing the base's (an adapter trained with another template)")
+    p.add_argument("--chat-template-kwargs", action="append", default=[], metavar="[NAME=]JSON",
+                   help="chat-template variables as a JSON object, e.g. '{\"enable_thinking\": false}': for "
+                   "every call, or with NAME= the default of that --adapter (repeatable)")
+
+
+def parse_template_kwargs(values: list[str], adapters: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``--chat-template-kwargs`` values -> (every call's, {adapter name: its defaults}).
+    Raises :class:`InvalidRequestError` listing every bad value."""
+    everyone: dict[str, Any] = {}
+    per_adapter: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for raw in values:
+        name, sep, text = raw.partition("=") if not raw.lstrip().startswith("{") else ("", "", raw)
+        try:
+            value = json.loads(text if sep else raw)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{raw!r}: not JSON ({exc})")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{raw!r}: give a JSON object of variable names to values")
+        elif sep and name not in adapters:
+            problems.append(f"{raw!r}: no --adapter named {name!r} (given: {', '.join(adapters) or 'none'})")
+        else:
+            (per_adapter.setdefault(name, {}) if sep else everyone).update(value)
+    if problems:
+        raise InvalidRequestError("--chat-template-kwargs: bad values", problems, param="--chat-template-kwargs")
+    return everyone, per_adapter
 
 
 def read_flag_file(flag: str, path: str | None) -> str | None:

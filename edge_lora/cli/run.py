@@ -8,7 +8,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .common import (
-    add_chat_template_flag, add_sampling_flags, parse_adapter_spec, parse_use, read_flag_file, sampling_options,
+    add_chat_template_flag, add_sampling_flags, parse_adapter_spec, parse_template_kwargs, parse_use, read_flag_file,
+    sampling_options,
 )
 
 if TYPE_CHECKING:  # the runtime loads the native engine: imported when a command runs
@@ -71,13 +72,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _open(args: argparse.Namespace) -> tuple[Runtime, dict[str, float]]:
     specs = [parse_adapter_spec(s) for s in args.adapter]
     template = read_flag_file("--chat-template-file", args.chat_template_file)
+    kwargs, per_adapter = parse_template_kwargs(args.chat_template_kwargs, [n for n, _, _ in specs])
     from ..runtime.runtime import Runtime
 
     rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-                 op_offload=not args.no_op_offload, chat_template=template)
+                 op_offload=not args.no_op_offload, chat_template=template, template_kwargs=kwargs)
     try:
         for name, path, scale in specs:
-            rt.load_adapter(name, path, scale)
+            rt.load_adapter(name, path, scale, template_kwargs=per_adapter.get(name))
     except Exception:
         rt.close()
         raise

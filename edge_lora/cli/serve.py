@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import add_chat_template_flag, parse_adapter_spec, read_flag_file
+from .common import add_chat_template_flag, parse_adapter_spec, parse_template_kwargs, read_flag_file
 from ..errors import InvalidRequestError, MissingDependencyError
 
 HELP = "OpenAI-compatible local server: the base and each adapter are models"
@@ -23,7 +23,8 @@ tools, structured outputs; README lists the libraries tested); Ollama clients:
 host=http://127.0.0.1:8080. model = the base's id (GET /v1/models) or an adapter name; "adapters": {"sql": 1.0, "tone": 0.5} with the
 base's id mixes adapters. POST /v1/load_lora_adapter {"lora_name", "lora_path"} and
 /v1/unload_lora_adapter {"lora_name"} change adapters at runtime (paths inside
---adapter-dir only). Binds 127.0.0.1 unless --host says otherwise."""
+--adapter-dir only; a PEFT or MLX-LM checkpoint folder is converted against the
+base on first load and cached). Binds 127.0.0.1 unless --host says otherwise."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,12 +32,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("base", metavar="BASE.gguf")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH[:SCALE]",
-                   help="load an adapter at start (its SCALE is the default when a request names it)")
+                   help="load an adapter at start: a .gguf, or a PEFT/MLX-LM checkpoint folder converted "
+                   "against the base (its SCALE is the default when a request names it)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every endpoint but /health")
     p.add_argument("--adapter-dir", action="append", default=[], metavar="DIR", type=Path,
                    help="folder adapters may be loaded from at runtime (repeatable; none: runtime loading off)")
+    p.add_argument("--convert-cache", metavar="DIR", type=Path, default=None,
+                   help="where PEFT/MLX-LM checkpoints given as adapters are converted to "
+                   "(default ~/.cache/edge-lora/converted)")
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="requests generating at once (contexts)")
     p.add_argument("--model-name", default=None, help="the base's model id (default: the file name without .gguf)")
     p.add_argument("--n-ctx", type=int, default=4096, metavar="N", help="context length per request slot")
@@ -63,18 +68,28 @@ def run(args: argparse.Namespace) -> int:
         from ..server import ServerSettings, create_app
     except ImportError as exc:
         raise MissingDependencyError(f"the server needs its extra: pip install 'edge-lora[server]' ({exc})") from exc
+    from ..formats.gguf_file import is_checkpoint
     from ..runtime.runtime import Runtime
+    from .checkpoints import ConvertedAdapters, default_cache_dir
 
     specs = [parse_adapter_spec(s) for s in args.adapter]
     for d in args.adapter_dir:
         if not d.is_dir():
             raise InvalidRequestError(f"--adapter-dir {d}: not a folder")
     template = read_flag_file("--chat-template-file", args.chat_template_file)
+    kwargs, per_adapter = parse_template_kwargs(args.chat_template_kwargs, [n for n, _, _ in specs])
     rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-                 n_parallel=args.parallel, op_offload=not args.no_op_offload, chat_template=template)
+                 n_parallel=args.parallel, op_offload=not args.no_op_offload, chat_template=template,
+                 template_kwargs=kwargs)
     with rt:
+        converted = ConvertedAdapters(args.convert_cache or default_cache_dir(), rt.base_info)
         for name, path, scale in specs:
-            rt.load_adapter(name, path, scale)
+            if is_checkpoint(Path(path)):
+                done = converted.gguf_for(Path(path))
+                for note in done.notes:
+                    print(f"note: {name}: {note}", file=sys.stderr)
+                path = str(done.path)
+            rt.load_adapter(name, path, scale, template_kwargs=per_adapter.get(name))
         settings = ServerSettings(
             model_id=args.model_name or Path(args.base).name.removesuffix(".gguf"),
             api_key=args.api_key,
@@ -83,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             max_tokens_limit=args.max_tokens_limit,
             cors_origins=tuple(args.cors_origin),
             ollama=not args.no_ollama,
+            checkpoints=converted,
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
         logging.getLogger("edge_lora").setLevel(args.log_level.upper())

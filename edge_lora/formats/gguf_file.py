@@ -140,6 +140,25 @@ class _Cursor:
         return self.take(SCALAR_FORMATS[vt])
 
 
+def starts_like_gguf(path: str | Path) -> bool:
+    """Whether ``path`` is a file that begins with GGUF's magic (nothing more is checked)."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    return len(magic) == 4 and int.from_bytes(magic, "little") == GGUF_MAGIC
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether an adapter path names a training checkpoint to convert (a folder, or a file neither
+    named nor made like a GGUF file) rather than a GGUF adapter (whose problems its reader names)."""
+    p = Path(path)
+    if p.is_dir():
+        return True
+    return p.is_file() and p.suffix != ".gguf" and not starts_like_gguf(p)
+
+
 def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
     """Read and check a GGUF file's header (metadata, tensor table, data extent).
 

@@ -272,9 +272,9 @@ class ChatTemplate:
 
     def _apply(self, msgs: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool,
                template_kwargs: Mapping[str, Any] | None = None) -> str:
-        taken = sorted(set(template_kwargs or ()) & RESERVED)
-        if taken:
-            raise InvalidRequestError(f"template_kwargs may not set {taken}: the call gives those", param="template_kwargs")
+        problem = template_kwargs_problem(template_kwargs or {})
+        if problem:
+            raise InvalidRequestError(problem, param="template_kwargs")
         try:
             return self._template.render(
                 **dict(template_kwargs or {}),
@@ -304,6 +304,21 @@ class ChatTemplate:
 #: what a call gives the template itself: template_kwargs may not replace them
 RESERVED = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception",
                       "strftime_now", "namespace", "range", "dict", "lipsum", "cycler", "joiner"})
+
+
+def template_kwargs_problem(kwargs: object) -> str | None:
+    """Why ``kwargs`` cannot be extra chat-template variables (a mapping of names to JSON values,
+    none of the names the call itself gives: :data:`RESERVED`), or None."""
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) and k for k in kwargs):
+        return f"template_kwargs must map names to values, got {type(kwargs).__name__}"
+    taken = sorted(set(kwargs) & RESERVED)
+    if taken:
+        return f"template_kwargs may not set {taken}: the call gives those"
+    try:
+        json.dumps(dict(kwargs), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"template_kwargs must be JSON values ({exc})"
+    return None
 
 
 def generic_messages(msgs: list[dict[str, Any]], tools: ToolRequest | None, system: bool = True) -> list[dict[str, Any]]:

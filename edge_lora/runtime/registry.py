@@ -10,8 +10,10 @@ from __future__ import annotations
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from gguf import GGUFValueType, Keys
 
@@ -23,6 +25,7 @@ from ..formats.gguf_copy import write_model_copy
 from ..formats.gguf_file import GGUFInfo, read_gguf, require_adapter
 from ..engine.native import NativeAdapter, NativeModel
 from .activation import activation_starts
+from .chat import template_kwargs_problem
 
 @dataclass(frozen=True)
 class AdapterInfo:
@@ -39,6 +42,9 @@ class AdapterInfo:
     invocation_tokens: tuple[int, ...]
     #: the one identity of this load (llama.cpp's adapter, never reused): it keys the KV and contexts
     uid: int = field(repr=False)
+    #: chat-template variables a call naming this adapter gets by default (the call's own win), as
+    #: the adapter was trained: ``{"enable_thinking": False}`` for a Qwen3 adapter trained without thoughts
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -101,15 +107,20 @@ class AdapterRegistry:
         self._entries: dict[str, _Entry] = {}
         self._live: dict[int, _Entry] = {}  # by uid: loaded, or unloaded but still in use
 
-    def load(self, name: str, path: str | Path, scale: float = 1.0) -> AdapterInfo:
+    def load(self, name: str, path: str | Path, scale: float = 1.0,
+             template_kwargs: Mapping[str, Any] | None = None) -> AdapterInfo:
         check_name(name)
         scale = check_scale(name, scale)
+        problem = template_kwargs_problem(template_kwargs or {})
+        if problem:
+            raise InvalidRequestError(f"adapter {name!r}: {problem}", param="template_kwargs")
         info = require_adapter(read_gguf(path))
         problems = adapter_problems(info, self._base, archs=adapter_archs(self._base.architecture))
         if problems:
             raise IncompatibleAdapterError(f"{info.path}: cannot be used with the base {self._base.path.name}", problems)
         native = self._native(info)
-        entry = _Entry(_describe(name, info, scale, native.serial), native)
+        entry = _Entry(replace(_describe(name, info, scale, native.serial),
+                               template_kwargs=MappingProxyType(dict(template_kwargs or {}))), native)
         with self._lock:
             old = self._entries.get(name)
             self._entries[name] = entry
@@ -138,6 +149,28 @@ class AdapterRegistry:
                 activation_starts(aset, tokens)
         finally:
             self.release(aset)
+
+    def template_kwargs(self, adapters: Mapping[str, float] | None, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The chat-template variables of a call: its adapters' defaults (those it runs with a
+        non-zero scale), then ``given`` (the call's own) over them. Adapters whose defaults
+        disagree on a name the call leaves unset are an :class:`InvalidRequestError` naming them."""
+        given = dict(given or {})
+        chosen: dict[str, tuple[str, Any]] = {}
+        clashes: list[str] = []
+        with self._lock:
+            entries = [(n, self._entries.get(n)) for n, s in (adapters or {}).items() if s != 0.0]
+        for name, entry in sorted((n, e) for n, e in entries if e is not None):
+            for key, value in entry.info.template_kwargs.items():
+                if key in given:
+                    continue
+                if key in chosen and chosen[key][1] != value:
+                    clashes.append(f"{key}: {chosen[key][0]} sets {chosen[key][1]!r}, {name} sets {value!r}")
+                chosen.setdefault(key, (name, value))
+        if clashes:
+            raise InvalidRequestError("these adapters' default chat-template variables disagree; give the call's "
+                                      "own template_kwargs (chat_template_kwargs) for them", clashes,
+                                      param="template_kwargs")
+        return {**{k: v for k, (_, v) in chosen.items()}, **given}
 
     def acquire(self, adapters: Mapping[str, float] | None) -> AdapterSet:
         """Resolve a call's adapters (names to scales); ``None`` or ``{}`` is the base alone."""

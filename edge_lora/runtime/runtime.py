@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..families.base_check import base_problems
-from .chat import ChatTemplate
+from .chat import ChatTemplate, template_kwargs_problem
 from .._validate import Problems, int_problem, is_int, number_problem
 from ..cancel import CancelToken
 from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError
@@ -66,6 +66,7 @@ class Runtime:
         snapshot_mb: float = 256,
         op_offload: bool = True,
         chat_template: str | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
         on_load_progress: Callable[[float], object] | None = None,
     ) -> None:
         """Load ``model_path`` (mmap kept on). ``n_parallel`` contexts serve calls in parallel,
@@ -99,7 +100,9 @@ class Runtime:
             problems.add(f"op_offload must be True or False, got {op_offload!r}", param="op_offload")
         if chat_template is not None and not (isinstance(chat_template, str) and chat_template.strip()):
             problems.add("chat_template must be non-empty Jinja text", param="chat_template")
+        problems.add(template_kwargs_problem(template_kwargs or {}), param="template_kwargs")
         problems.raise_if_any(InvalidRequestError, "invalid Runtime options")
+        self._template_kwargs = dict(template_kwargs or {})
         self.base_info = read_gguf(model_path)
         require_base(self.base_info)
         bad = base_problems(self.base_info)
@@ -139,13 +142,17 @@ class Runtime:
         self._closed = False
 
     # -- adapters --------------------------------------------------------------------
-    def load_adapter(self, name: str, path: str | os.PathLike[str], scale: float = 1.0) -> AdapterInfo:
+    def load_adapter(self, name: str, path: str | os.PathLike[str], scale: float = 1.0, *,
+                     template_kwargs: Mapping[str, Any] | None = None) -> AdapterInfo:
         """Load a GGUF LoRA adapter under ``name`` (checked against the base in Python first).
+        ``scale`` is its default when a call names it without one; ``template_kwargs`` are the
+        chat-template variables a call with it gets unless the call gives them (an adapter
+        trained with ``enable_thinking=False``).
 
         Loading a name again replaces that adapter; calls in flight finish with the old one.
         """
         self._check_open()
-        return self._registry.load(name, path, scale)
+        return self._registry.load(name, path, scale, template_kwargs)
 
     def unload_adapter(self, name: str) -> None:
         """Unload an adapter; it is freed when the last call using it ends."""
@@ -274,7 +281,7 @@ class Runtime:
         self.check_adapters(request.adapters)
         params, fmt = request.params, None
         if request.messages is not None:
-            text = self._template.render(request.messages, tools=request.tools, template_kwargs=request.template_kwargs)
+            text = self._render(request.messages, request.adapters, request.tools, request.template_kwargs)
             ids = self._prompt_tokens(text)
             if request.tools is not None and request.tools.offered:
                 fmt = self._template.tool_format
@@ -314,12 +321,20 @@ class Runtime:
             snapshots=self.snapshots.bytes_used if self.snapshots else 0,
         )
 
-    def chat_tokens(self, messages: Sequence[Mapping[str, Any]], *, tools: ToolRequest | None = None,
-                    template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
-        """The prompt tokens of a conversation, ready for the assistant's turn (``tools`` shown
-        to the model as :meth:`ChatTemplate.render` does)."""
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]], adapters: Adapters = None, *,
+                    tools: ToolRequest | None = None, template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+        """The prompt tokens a chat call with these arguments runs on, ready for the assistant's
+        turn: ``tools`` shown to the model as :meth:`ChatTemplate.render` does, the template's
+        variables those of :meth:`chat` (this runtime's defaults, then the adapters', then
+        ``template_kwargs``)."""
         self._check_open()
-        return self._prompt_tokens(self._template.render(messages, tools=tools, template_kwargs=template_kwargs))
+        self.check_adapters(adapters)
+        return self._prompt_tokens(self._render(messages, adapters, tools, template_kwargs))
+
+    def _render(self, messages: Sequence[Mapping[str, Any]], adapters: Adapters, tools: ToolRequest | None,
+                template_kwargs: Mapping[str, Any] | None) -> str:
+        kwargs = {**self._template_kwargs, **self._registry.template_kwargs(adapters, template_kwargs)}
+        return self._template.render(messages, tools=tools, template_kwargs=kwargs)
 
     def _special_ids(self, text: str) -> list[int]:
         """The token of ``text`` when the vocabulary has it as one special token, else none."""

@@ -14,6 +14,7 @@ format          one call, as generated                                          
 ``mistral``     ``[TOOL_CALLS]N[CALL_ID]id[ARGS]{...}`` (``[CALL_ID]`` where the template has it)  Mistral Small 3.2, Devstral, Ministral 3
 ``mistral-json`` ``[TOOL_CALLS][{"name": N, "arguments": {...}, "id": id}, ...]``            Mistral Nemo, 7B v0.3
 ``granite``     ``<|tool_call|>[{"name": N, "arguments": {...}}, ...]``                      Granite 3.x
+``phi4``        ``<|tool_call|>{"name": N, "arguments": {...}}<|/tool_call|>`` (repeated)       Phi-4-mini
 ``generic``     ``{"tool_calls": [{"name": N, "arguments": {...}}, ...]}`` (the whole answer)   templates that do not render tools
 ==============  ===========================================================================  =====================
 
@@ -155,7 +156,10 @@ class ToolFormat:
 
 @dataclass(frozen=True)
 class Tagged(ToolFormat):
-    """Each call wrapped in tags, the JSON object inside (Hermes, Qwen)."""
+    """Each call wrapped in tags, the JSON object inside (Hermes, Qwen: on lines of their own,
+    ``sep="\n"``; Phi-4: ``sep=""``)."""
+
+    sep: str = "\n"
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         calls: list[ToolCall] = []
@@ -177,11 +181,12 @@ class Tagged(ToolFormat):
         return "".join(content).strip(), calls
 
     def call_rule(self, tool: Tool, args_rule: str) -> str:
-        return f"{gbnf_literal(self.prefix + chr(10))} {_head(tool.name, self.args_key)} {args_rule} " \
-            + gbnf_literal("}\n" + self.close)
+        return f"{gbnf_literal(self.prefix + self.sep)} {_head(tool.name, self.args_key)} {args_rule} " \
+            + gbnf_literal("}" + self.sep + self.close)
 
     def root_rule(self, calls: str, parallel: bool) -> str:
-        return f"({calls})" + (f' ("\\n" ({calls}))*' if parallel else "")
+        sep = f"{gbnf_literal(self.sep)} " if self.sep else ""
+        return f"({calls})" + (f" ({sep}({calls}))*" if parallel else "")
 
 
 @dataclass(frozen=True)
@@ -303,6 +308,8 @@ MISTRAL_CALL_ID = MistralArgs("mistral", ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]")
                               preserve=("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"), call_id=True)
 MISTRAL_JSON = JsonList("mistral-json", ("[TOOL_CALLS]",), prefix="[TOOL_CALLS]", preserve=("[TOOL_CALLS]",),
                         id_key="id")
+PHI4 = Tagged("phi4", ("<|tool_call|>", "<|/tool_call|>"), prefix="<|tool_call|>", close="<|/tool_call|>",
+              preserve=("<|tool_call|>", "<|/tool_call|>"), sep="")
 GRANITE = JsonList("granite", ("<|tool_call|>",), prefix="<|tool_call|>", preserve=("<|tool_call|>",))
 APRIEL = JsonList("apriel", ("<tool_calls>[",), prefix="<tool_calls>", close="</tool_calls>",
                   preserve=("<tool_calls>", "</tool_calls>"))
@@ -311,7 +318,7 @@ NEMOTRON = JsonList("nemotron", ("<TOOLCALL>",), prefix="<TOOLCALL>", close="</T
 GENERIC = WholeJson("generic", (), wrapper="tool_calls", renders_tools=False)
 
 #: the table, most specific first: the first whose markers are all in the template wins
-FORMATS: tuple[ToolFormat, ...] = (GRANITE, APRIEL, NEMOTRON, HERMES, MISTRAL_CALL_ID, MISTRAL, MISTRAL_JSON, LLAMA3)
+FORMATS: tuple[ToolFormat, ...] = (PHI4, GRANITE, APRIEL, NEMOTRON, HERMES, MISTRAL_CALL_ID, MISTRAL, MISTRAL_JSON, LLAMA3)
 
 
 def with_tool_calls(gen: Iterator[str], fmt: ToolFormat, names: frozenset[str] | None = None,

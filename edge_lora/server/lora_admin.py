@@ -1,5 +1,7 @@
 """Loading and unloading adapters at runtime: ``POST /v1/load_lora_adapter`` and
-``POST /v1/unload_lora_adapter`` (vLLM's names and bodies), from ``--adapter-dir`` folders only."""
+``POST /v1/unload_lora_adapter`` (vLLM's names and bodies), from ``--adapter-dir`` folders only.
+``lora_path`` names a GGUF adapter, or a PEFT / MLX-LM checkpoint (folder, config or weights
+file), converted on first load by the converter ``serve`` gives (:attr:`ServerSettings.checkpoints`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends
 
+from ..errors import CheckpointError, MissingDependencyError
+from ..formats.gguf_file import is_checkpoint
 from .errors import ApiError
 from .schemas import LoadAdapterRequest, UnloadAdapterRequest
 from .service import Service
@@ -26,8 +30,20 @@ def router(service: Service, auth: Callable[..., None]) -> APIRouter:
             raise ApiError(400, f"a model named {req.lora_name!r} is already loaded (unload it first)",
                            param="lora_name")
         path = allowed_path(req.lora_path, settings.adapter_dirs)
-        info = await service.call(rt.load_adapter, req.lora_name, path, req.scale)
-        return {"status": "ok", "lora_name": info.name, "lora_path": str(info.path), "ranks": info.ranks}
+        extra: dict = {}
+        if is_checkpoint(path):
+            if settings.checkpoints is None:
+                raise ApiError(400, f"{req.lora_path}: is a training checkpoint, and this server converts none; "
+                               "convert it with edge-lora convert and load the .gguf", param="lora_path")
+            try:
+                done = await service.call(settings.checkpoints.gguf_for, path)
+            except (CheckpointError, MissingDependencyError) as exc:
+                raise ApiError(400, str(exc), param="lora_path") from exc
+            path = done.path
+            extra = {"converted_from": [str(f) for f in done.source], "cached": done.cached, "notes": done.notes}
+        info = await service.call(rt.load_adapter, req.lora_name, path, req.scale,
+                                  template_kwargs=req.chat_template_kwargs)
+        return {"status": "ok", "lora_name": info.name, "lora_path": str(info.path), "ranks": info.ranks, **extra}
 
     @api.post("/v1/unload_lora_adapter")
     async def unload_adapter(req: UnloadAdapterRequest) -> dict:
@@ -44,14 +60,16 @@ def allowed_path(raw: str, dirs: tuple[Path, ...]) -> Path:
     """Resolve ``raw`` (absolute, or relative to an allowed folder) to a file inside one of ``dirs``.
 
     Symlinks are resolved first, so neither ``..`` nor a link can lead out of the folders.
-    Raises :class:`ApiError` 403 outside them, 400 for a missing file."""
+    A folder (a checkpoint's) is allowed as a file is. Raises :class:`ApiError` 403 outside
+    them, 400 for a missing path."""
     p = Path(raw)
     roots = [d.resolve() for d in dirs]
     candidates = [p] if p.is_absolute() else [r / p for r in roots]
     for c in candidates:
         real = c.resolve()
         if any(real.is_relative_to(r) for r in roots):
-            if not real.is_file():
-                raise ApiError(400, f"{raw}: no such adapter file in the allowed folders", param="lora_path")
+            if not real.exists():
+                raise ApiError(400, f"{raw}: no such adapter file or checkpoint folder in the allowed folders",
+                               param="lora_path")
             return real
     raise ApiError(403, f"{raw}: outside the allowed adapter folders", param="lora_path", kind="permission_error")

@@ -188,6 +188,8 @@ class LoadAdapterRequest(_Strict):
     lora_name: str = Field(min_length=1, max_length=128)
     lora_path: str = Field(min_length=1, max_length=4096)
     scale: float = 1.0  # extension: the adapter's default scale
+    #: extension: the chat-template variables calls with this adapter get unless they give them
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class UnloadAdapterRequest(_Strict):

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..cancel import CancelToken
 from ..runtime.reasoning import Thought
@@ -40,6 +40,23 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     #: serve Ollama's API under /api/ too
     ollama: bool = True
+    #: converts a PEFT / MLX-LM checkpoint named by ``load_lora_adapter`` to a GGUF adapter (``serve``
+    #: gives :class:`edge_lora.cli.checkpoints.ConvertedAdapters`); None: checkpoints are refused
+    checkpoints: CheckpointConverter | None = None
+
+
+class Converted(Protocol):
+    path: Path  # the GGUF adapter
+    source: tuple[Path, ...]  # the checkpoint's files it came from
+    cached: bool  # found, not converted now
+    notes: list[str]
+
+
+class CheckpointConverter(Protocol):
+    def gguf_for(self, checkpoint: Path) -> Converted:
+        """The GGUF adapter of ``checkpoint``; raises :class:`~edge_lora.errors.CheckpointError` or
+        :class:`~edge_lora.errors.MissingDependencyError`."""
+        ...
 
 
 class Generation:
