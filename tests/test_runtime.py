@@ -113,6 +113,35 @@ def test_complete_equals_session_and_stream(world):
     assert c1.timings.total_ms >= c1.timings.ttft_ms > 0
 
 
+def test_a_repeated_prompt_samples_its_kept_logits(world):
+    """The same prompt again under the same set is answered from the logits kept with its KV: no
+    token is evaluated (``cached_tokens == prompt_tokens``), and the answer, sampled or greedy,
+    and its log-probabilities are exactly those of the first call; another set, or another
+    prompt in between, evaluates again."""
+    rt = world.rt
+    sampled = dict(temperature=0.9, seed=5, max_tokens=12, logprobs=3)
+    first = rt.complete(PROMPTS[2], {"sql": 1.0}, **sampled)
+    again = rt.complete(PROMPTS[2], {"sql": 1.0}, **sampled)
+    assert again.cached_tokens == again.prompt_tokens > first.cached_tokens
+    assert again.tokens == first.tokens and again.logprobs == first.logprobs
+    one = rt.complete(PROMPTS[2], {"sql": 1.0}, temperature=0.0, max_tokens=1)
+    assert one.cached_tokens == one.prompt_tokens and one.tokens == rt.complete(
+        PROMPTS[2], {"sql": 1.0}, temperature=0.0, max_tokens=12).tokens[:1]
+    other = rt.complete(PROMPTS[2], {"sql": 0.5}, **sampled)
+    assert other.cached_tokens < other.prompt_tokens and other.tokens != first.tokens
+    rt.complete(PROMPTS[3], {"sql": 1.0}, **GREEDY)
+    back = rt.complete(PROMPTS[2], {"sql": 1.0}, **sampled)
+    assert back.cached_tokens < back.prompt_tokens and back.tokens == first.tokens
+    # a long prompt (a KV snapshot is kept of it when another set takes the context) comes back
+    # from the snapshot with its logits: no decode either
+    long = " ".join(PROMPTS * 4)
+    a = rt.complete(long, {"tone": 1.0}, **sampled)
+    rt.complete(long, {"style": 1.0}, **sampled)
+    a2 = rt.complete(long, {"tone": 1.0}, **sampled)
+    assert a.prompt_tokens >= 32 and a2.cached_tokens == a2.prompt_tokens
+    assert a2.tokens == a.tokens and a2.logprobs == a.logprobs
+
+
 def test_kv_never_reused_across_adapter_sets(tiny, tmp_path):
     """The same prompt under another set recomputes: its output is the fresh one."""
     w = _build(tiny, tmp_path, "llama3")

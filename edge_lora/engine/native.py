@@ -559,6 +559,7 @@ class NativeContext:
         self._abort_check: Callable[[], bool] | None = None
         self._abort_cb = ll.ggml_abort_callback(lambda _data: bool(self._abort_check and self._abort_check()))
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)  # reused by every decode
+        self._decoded = 0  # decodes run (the output buffer exists after the first)
 
     def close(self) -> None:
         if self.ptr:
@@ -640,6 +641,7 @@ class NativeContext:
                 raise CancelledError("the evaluation was cancelled")
             if rc != 0:
                 raise NativeError(f"llama_decode failed ({rc})")
+            self._decoded += 1
             if out is not None:
                 for i in range(len(chunk)):
                     out[off + i] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), (n_vocab,))
@@ -649,6 +651,19 @@ class NativeContext:
     def last_logits(self) -> np.ndarray:
         """The last evaluated token's logits ``[n_vocab]`` (a view into llama.cpp's buffer)."""
         return np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, -1), (self.model.n_vocab,))
+
+    @property
+    def has_output(self) -> bool:
+        """Whether the context has an output buffer (anything was decoded since it was made)."""
+        return self._decoded > 0
+
+    def set_last_logits(self, logits: np.ndarray) -> None:
+        """Put ``logits`` ``[n_vocab]`` (kept from an earlier evaluation of the history the KV
+        holds) where the sampler reads the last token's: llama.cpp's output row of the last
+        decode. Needs a decode since the context was made (its output buffer exists)."""
+        if not self.has_output:
+            raise NativeError("no output buffer yet: nothing was decoded in this context")
+        self.last_logits()[:] = logits
 
 
 def json_schema_converter(rules: dict[str, str]) -> Any:

@@ -115,7 +115,12 @@ def generate(
     runs = plan(aset, prompt)  # an aLoRA acts from its invocation on
     cached = pool.prepare(slot, segments(runs, prompt))
     try:
-        evaluate(slot, runs, prompt, cached, cancel=cancel)  # leaves the last token's logits for the sampler
+        if cached == len(prompt):  # held with its logits: put them back for the sampler, no decode
+            slot.ctx.set_adapters(aset.natives)
+            slot.ctx.set_last_logits(kv.kept_logits(cached))  # type: ignore[arg-type]
+        else:
+            evaluate(slot, runs, prompt, cached, cancel=cancel)  # leaves the last token's logits for the sampler
+            kv.keep_logits()
     except CancelledError:
         t = (time.perf_counter() - t0) * 1000
         return Completion("", [], "cancelled", len(prompt), 0, cached, aset.scales, Timings(t, t, 0.0, t))

@@ -113,6 +113,8 @@ class KVState:
     def __init__(self, ctx: NativeContext) -> None:
         self.ctx = ctx
         self._segments: list[Segment] = []
+        #: the logits after the first ``n`` tokens, kept (:meth:`keep_logits`) while the KV holds them
+        self._kept: tuple[int, np.ndarray] | None = None
 
     @property
     def segments(self) -> Segments:
@@ -136,6 +138,21 @@ class KVState:
     def clear(self) -> None:
         self.ctx.clear()
         self._segments = []
+        self._kept = None
+
+    def keep_logits(self) -> None:
+        """Keep a copy of the last evaluated token's logits, valid while the KV holds its history
+        (a later call with the same history then samples them without a decode)."""
+        self._kept = (len(self), self.ctx.last_logits().copy())
+
+    def kept_logits(self, n: int) -> np.ndarray | None:
+        """The kept logits after the first ``n`` tokens, if those are what was kept."""
+        return self._kept[1] if self._kept is not None and self._kept[0] == n <= len(self) else None
+
+    @property
+    def kept(self) -> Kept | None:
+        """``(n, logits)`` kept by :meth:`keep_logits` (a snapshot carries them), or None."""
+        return self._kept
 
     def truncate(self, n: int) -> int:
         """Keep the first ``n`` tokens (their segments cut to fit); returns how many are kept:
@@ -149,15 +166,18 @@ class KVState:
             self.clear()
             return 0
         self._segments = list(cut(self._segments, n))
+        if self._kept is not None and self._kept[0] > n:
+            self._kept = None
         return n
 
     def save(self) -> bytes:
         return self.ctx.save_state()
 
-    def restore(self, segments: Segments, state: bytes) -> bool:
-        """Load a snapshot's KV; False (and cleared) when llama.cpp refuses it."""
+    def restore(self, segments: Segments, state: bytes, kept: Kept | None = None) -> bool:
+        """Load a snapshot's KV (and the logits it kept); False (and cleared) when llama.cpp refuses it."""
         if self.ctx.load_state(state):
             self._segments = list(segments)
+            self._kept = kept
             return True
         self.clear()
         return False
@@ -189,13 +209,23 @@ class KVState:
         return out
 
 
+#: logits kept after the first ``n`` tokens of a history: ``(n, logits [n_vocab])``
+Kept = tuple[int, np.ndarray]
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """A saved KV state: ``n`` of the asked tokens are reusable from it (see :meth:`SnapshotStore.best`)."""
+    """A saved KV state: ``n`` of the asked tokens are reusable from it (see :meth:`SnapshotStore.best`),
+    with the logits its context kept (``kept``), if any."""
 
     n: int
     segments: Segments
     state: bytes
+    kept: Kept | None = None
+
+    def logits_at(self, n: int) -> bool:
+        """Whether the snapshot kept the logits after the first ``n`` tokens of its history."""
+        return self.kept is not None and self.kept[0] == n <= n_tokens(self.segments)
 
 
 class SnapshotStore:
@@ -204,7 +234,7 @@ class SnapshotStore:
     def __init__(self, max_bytes: int, min_tokens: int = 32) -> None:
         self.max_bytes = max_bytes
         self.min_tokens = min_tokens
-        self._items: OrderedDict[Segments, bytes] = OrderedDict()
+        self._items: OrderedDict[Segments, tuple[bytes, Kept | None]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -220,19 +250,20 @@ class SnapshotStore:
         with self._lock:
             return list(self._items)
 
-    def put(self, segments: Sequence[Segment], state: bytes) -> None:
+    def put(self, segments: Sequence[Segment], state: bytes, kept: Kept | None = None) -> None:
         k = tuple(segments)
-        if len(state) > self.max_bytes or n_tokens(k) < self.min_tokens:
+        size = len(state) + (kept[1].nbytes if kept is not None else 0)
+        if size > self.max_bytes or n_tokens(k) < self.min_tokens:
             return
         with self._lock:
             # a longer snapshot of the same history makes its prefixes redundant
             for old in [o for o in self._items if _is_prefix(o, k)]:
-                self._bytes -= len(self._items.pop(old))
-            self._items[k] = state
-            self._bytes += len(state)
+                self._bytes -= _size(self._items.pop(old))
+            self._items[k] = (state, kept)
+            self._bytes += size
             while self._bytes > self.max_bytes:
                 _, dropped = self._items.popitem(last=False)
-                self._bytes -= len(dropped)
+                self._bytes -= _size(dropped)
 
     def best(self, want: Sequence[Segment]) -> Snapshot | None:
         """The snapshot from which the most leading tokens of the history ``want`` are reusable
@@ -246,10 +277,15 @@ class SnapshotStore:
             if found is None:
                 return None
             self._items.move_to_end(found)
-            return Snapshot(found_n, found, self._items[found])
+            return Snapshot(found_n, found, *self._items[found])
 
     def drop_adapter(self, uid: int) -> None:
         """Forget every snapshot whose history was computed with the adapter loaded as ``uid``."""
         with self._lock:
             for k in [k for k in self._items if _holds(k, uid)]:
-                self._bytes -= len(self._items.pop(k))
+                self._bytes -= _size(self._items.pop(k))
+
+
+def _size(item: tuple[bytes, Kept | None]) -> int:
+    state, kept = item
+    return len(state) + (kept[1].nbytes if kept is not None else 0)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..cancel import CancelToken
 from ..engine.native import ContextParams, NativeAdapter, NativeContext, NativeModel
 from ..errors import CancelledError, InvalidRequestError
-from .kv import KVState, Segments, SnapshotStore, cut, n_tokens
+from .kv import KVState, Segments, SnapshotStore, n_tokens
 
 
 @dataclass
@@ -120,16 +120,22 @@ class Scheduler:
         tokens, as segments under the sets that evaluate them), from the context itself or from a
         snapshot; what the context drops is kept as a snapshot first.
 
-        Returns how many tokens are already evaluated (always < the history's length, so the
-        caller evaluates at least the last one and gets its logits).
+        Returns how many tokens are already evaluated: the whole history when the context holds
+        it with its last logits kept (:meth:`KVState.kept_logits`: the caller samples those),
+        else fewer, so the caller evaluates at least the last one and gets its logits.
         """
         kv = slot.kv
         total = n_tokens(want)
-        keep = min(kv.reusable(want), total - 1)
-        snap = self.snapshots.best(cut(want, total - 1)) if self.snapshots is not None else None
-        if snap is not None and snap.n > keep:
+        held = kv.reusable(want)
+        if held == total and kv.kept_logits(total) is not None:
+            return kv.truncate(total)
+        keep = min(held, total - 1)
+        snap = self.snapshots.best(want) if self.snapshots is not None else None
+        whole = snap is not None and snap.n == total and snap.logits_at(total) and slot.ctx.has_output
+        usable = 0 if snap is None else total if whole else min(snap.n, total - 1)
+        if snap is not None and usable > keep:
             self._stash(kv)
-            keep = snap.n if kv.restore(snap.segments, snap.state) else 0
+            keep = usable if kv.restore(snap.segments, snap.state, snap.kept) else 0
         elif len(kv) - keep >= (self.snapshots.min_tokens if self.snapshots is not None else 1):
             # leaving much of this history (another set, another conversation): keep it for a return
             self._stash(kv)
@@ -139,5 +145,5 @@ class Scheduler:
         """Before a context leaves its history, keep its KV state for a later return."""
         if self.snapshots is None or not kv.segments or len(kv) < self.snapshots.min_tokens:
             return
-        self.snapshots.put(kv.segments, kv.save())
+        self.snapshots.put(kv.segments, kv.save(), kv.kept)
 
