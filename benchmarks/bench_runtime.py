@@ -15,6 +15,8 @@ Measured side by side in one run (2 threads, greedy decoding), printed as markdo
   4. time to first token of an aLoRA turn after a 1,000-token base conversation, vs a plain
      LoRA switch on the same history and vs no switch
   5. resident memory of N = 1, 4, 8 loaded adapters (fresh process each) vs their file sizes
+  6. speculative decoding by prompt lookup, on and off: the demo tasks with their adapters (gemma)
+     and a plain chat prompt
 A third base, ``moe`` (Qwen3-MoE's layout: hidden 1024, 8 layers, 16 experts of ff 512, 4 used), measures
 one thing: decode with an expert adapter (rank 16 on attention, router and every expert) against the base.
 
@@ -546,6 +548,57 @@ def bench_memory(base: Path, adapters: list[Path], ns: Sequence[int]) -> None:
 # --- main ---------------------------------------------------------------------------------
 
 
+# --- 6. speculative decoding -----------------------------------------------------------------
+
+
+def speculative_cases(key: str) -> list[tuple[str, Msgs, dict[str, float], dict[str, Any]]]:
+    """(label, messages, adapters, options): the demo tasks' held-out prompts with their
+    adapters (gemma), and a plain chat prompt on the base alone (where drafts mostly miss)."""
+    cases: list[tuple[str, Msgs, dict[str, float], dict[str, Any]]] = []
+    if key == "gemma":
+        sys.path.insert(0, str(ROOT / "examples"))
+        from demo_tasks import TASKS, split
+
+        for name, task in TASKS.items():
+            for ex in split(task, 60)[1][:4]:
+                cases.append((name, ex.messages, {name: 1.0}, {"max_tokens": task.max_tokens, **ex.chat_options()}))
+    cases.append(("plain chat", [{"role": "user", "content": PROMPT}], {}, {"max_tokens": 64}))
+    return cases
+
+
+def bench_speculative(base: Path, key: str, repeats: int) -> None:
+    adapters = ROOT / "examples" / "adapters"
+    rts = {mode: Runtime(base, n_ctx=1024, n_threads=THREADS, speculative=mode) for mode in (None, "ngram")}
+    cases = speculative_cases(key)
+    for rt in rts.values():
+        for name in {c[0] for c in cases} - {"plain chat"}:
+            rt.load_adapter(name, adapters / f"{name}.gguf")
+    times: dict[tuple[str, str | None], list[float]] = {}
+    tokens: dict[str, int] = {}
+    kept: dict[str, list[int]] = {}
+    for r in range(repeats):
+        for label, msgs, mix, opts in cases:
+            for mode in ((None, "ngram") if r % 2 == 0 else ("ngram", None)):  # alternated, side by side
+                c = rts[mode].chat(msgs, mix, temperature=0.0, **opts)
+                times.setdefault((label, mode), []).append(c.timings.decode_ms)
+                if mode is None:
+                    tokens[label] = tokens.get(label, 0) + c.completion_tokens - 1
+                else:
+                    k = kept.setdefault(label, [0, 0])
+                    k[0], k[1] = k[0] + c.draft_accepted, k[1] + c.draft_tokens
+    for rt in rts.values():
+        rt.close()
+    rows = []
+    for label in dict.fromkeys(c[0] for c in cases):
+        plain, spec = sum(times[(label, None)]), sum(times[(label, "ngram")])
+        n = tokens[label]
+        acc, drafted = kept[label]
+        rows.append([label, f"{n / plain * 1000:.1f}", f"{n / spec * 1000:.1f}", f"**{plain / spec:.2f}**",
+                     f"{acc}/{drafted}"])
+    table(f"6. Speculative decoding by prompt lookup (ngram, up to 8 drafted): decode tokens/s, greedy, "
+          f"{repeats} alternating rounds", ["case", "off", "on", "on / off", "drafted tokens kept"], rows)
+
+
 def run_base(key: str, quick: bool, only: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     base = gemma_base() if key == "gemma" else synthetic_base(key)
@@ -565,7 +618,8 @@ def run_base(key: str, quick: bool, only: Sequence[str] | None = None) -> None:
              "switch": lambda: bench_switch(base, adapters, 3 if quick else 6),
              "history": lambda: bench_history(base, adapters, 1 if quick else 2),
              "alora": lambda: bench_alora(base, key, adapters, 1 if quick else 3),
-             "memory": lambda: bench_memory(base, adapters, (1, 8) if quick else (1, 4, 8))}
+             "memory": lambda: bench_memory(base, adapters, (1, 8) if quick else (1, 4, 8)),
+             "speculative": lambda: bench_speculative(base, key, 2 if quick else 4)}
     for name, step in steps.items():
         if only is None or name in only:
             print(f"\n(measured in {timed(step):.0f} s)")
@@ -579,7 +633,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", choices=["gemma", "synthetic", "moe", "all"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats: a fast smoke run")
-    ap.add_argument("--only", action="append", choices=["decode", "switch", "history", "alora", "memory"],
+    ap.add_argument("--only", action="append", choices=["decode", "switch", "history", "alora", "memory", "speculative"],
                     help="run only these measurements (repeatable; the moe base has its own one)")
     args = ap.parse_args()
     logging.getLogger("edge_lora").setLevel(logging.ERROR)

@@ -75,6 +75,22 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="stop when TEXT is generated (repeatable; not printed)")
 
 
+def add_speculative_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speculative", choices=["ngram"], default=None,
+                   help="speculative decoding by prompt lookup: drafts from the prompt, the same output")
+    p.add_argument("--draft-max", type=int, default=8, metavar="N",
+                   help="tokens drafted per step at most (default 8)")
+
+
+def speculative_setting(args: argparse.Namespace) -> Any:
+    """The Runtime's ``speculative`` from ``--speculative``/``--draft-max`` (None: off)."""
+    if args.speculative is None:
+        return None
+    from ..runtime.speculative import Speculative
+
+    return Speculative(args.speculative, num_speculative_tokens=args.draft_max)
+
+
 def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     """The generation options given on the command line (the rest keep their defaults)."""
     opts = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}

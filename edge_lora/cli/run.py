@@ -8,8 +8,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .common import (
-    add_chat_template_flag, add_sampling_flags, parse_adapter_spec, parse_template_kwargs, parse_use, read_flag_file,
-    sampling_options,
+    add_chat_template_flag, add_sampling_flags, add_speculative_flags, parse_adapter_spec, parse_template_kwargs, parse_use, read_flag_file,
+    sampling_options, speculative_setting,
 )
 
 if TYPE_CHECKING:  # the runtime loads the native engine: imported when a command runs
@@ -49,6 +49,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-op-offload", action="store_true",
                    help="compute layers kept on the CPU there, also for long prompts (llama.cpp's op offload off)")
     add_chat_template_flag(p)
+    add_speculative_flags(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +77,8 @@ def _open(args: argparse.Namespace) -> tuple[Runtime, dict[str, float]]:
     from ..runtime.runtime import Runtime
 
     rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-                 op_offload=not args.no_op_offload, chat_template=template, template_kwargs=kwargs)
+                 op_offload=not args.no_op_offload, chat_template=template, template_kwargs=kwargs,
+                 speculative=speculative_setting(args))
     try:
         for name, path, scale in specs:
             rt.load_adapter(name, path, scale, template_kwargs=per_adapter.get(name))
@@ -121,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                 "ttft_ms": round(c.timings.ttft_ms, 2), "total_ms": round(c.timings.total_ms, 2),
                 "tokens_per_second": round(c.tokens_per_second, 2),
+                **({"draft_tokens": c.draft_tokens, "draft_accepted": c.draft_accepted} if rt.speculative else {}),
             }, ensure_ascii=False))
         else:
             print()

@@ -7,7 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import add_chat_template_flag, parse_adapter_spec, parse_template_kwargs, read_flag_file
+from .common import (
+    add_chat_template_flag, add_speculative_flags, parse_adapter_spec, parse_template_kwargs, read_flag_file,
+    speculative_setting,
+)
 from ..errors import InvalidRequestError, MissingDependencyError
 
 HELP = "OpenAI-compatible local server: the base and each adapter are models"
@@ -51,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-op-offload", action="store_true",
                    help="compute layers kept on the CPU there, also for long prompts (llama.cpp's op offload off)")
     add_chat_template_flag(p)
+    add_speculative_flags(p)
     p.add_argument("--max-tokens-limit", type=int, default=4096, metavar="N", help="largest max_tokens accepted")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let browser pages from ORIGIN call the server (repeatable; '*': any; default none)")
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs, per_adapter = parse_template_kwargs(args.chat_template_kwargs, [n for n, _, _ in specs])
     rt = Runtime(args.base, n_ctx=args.n_ctx, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
                  n_parallel=args.parallel, op_offload=not args.no_op_offload, chat_template=template,
-                 template_kwargs=kwargs)
+                 template_kwargs=kwargs, speculative=speculative_setting(args))
     with rt:
         converted = ConvertedAdapters(args.convert_cache or default_cache_dir(), rt.base_info)
         for name, path, scale in specs:

@@ -383,6 +383,12 @@ class NativeModel:
     def is_eog(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self.vocab, token))
 
+    @property
+    def can_rewind(self) -> bool:
+        """Whether a context's memory can drop its last tokens (attention KV): a recurrent or
+        hybrid model's state cannot be cut back to an earlier position."""
+        return not (ll.llama_model_is_recurrent(self.ptr) or ll.llama_model_is_hybrid(self.ptr))
+
     def token_text(self, token: int) -> str:
         raw = ll.llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
@@ -650,7 +656,15 @@ class NativeContext:
 
     def last_logits(self) -> np.ndarray:
         """The last evaluated token's logits ``[n_vocab]`` (a view into llama.cpp's buffer)."""
-        return np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, -1), (self.model.n_vocab,))
+        return self.logits_ith(-1)
+
+    def logits_ith(self, i: int) -> np.ndarray:
+        """The logits ``[n_vocab]`` of row ``i`` of the last decode (-1: its last row; a row is
+        kept for each token decoded with its logits), a view into llama.cpp's buffer."""
+        ptr = ll.llama_get_logits_ith(self.ptr, i)
+        if not ptr:
+            raise NativeError(f"llama.cpp has no logits for row {i} of the last decode")
+        return np.ctypeslib.as_array(ptr, (self.model.n_vocab,))
 
     @property
     def has_output(self) -> bool:
@@ -745,11 +759,12 @@ class NativeSampler:
     def accept(self, token: int) -> None:
         ll.llama_sampler_accept(self.ptr, token)
 
-    def sample(self, ctx: NativeContext) -> int:
-        """Pick the next token from ``ctx``'s last logits and accept it (chain and grammar)."""
+    def sample(self, ctx: NativeContext, row: int = -1) -> int:
+        """Pick the next token from ``ctx``'s logits of ``row`` of the last decode (-1: the last
+        row) and accept it (chain and grammar)."""
         if self.grammar is None:
-            return int(ll.llama_sampler_sample(self.ptr, ctx.ptr, -1))
-        logits = ctx.last_logits()
+            return int(ll.llama_sampler_sample(self.ptr, ctx.ptr, row))
+        logits = ctx.logits_ith(row)
         tok = self._pick(logits, grammar_first=False)
         one = np.array([(tok, 0.0, 0.0)], dtype=_TOKEN_DATA)
         self._apply(self.grammar, one)

@@ -11,6 +11,7 @@ import numpy as np
 from ..engine.native import NativeModel, NativeSampler
 from ..cancel import CancelToken
 from ..errors import CancelledError, InvalidRequestError, NonFiniteLogitsError
+from .speculative import PromptLookup, Speculative
 from .activation import Run, plan, segments
 from .kv import KVState
 from .stops import StopScanner
@@ -101,12 +102,15 @@ def generate(
     on_token: Callable[[int], None] | None = None,
     cancel: CancelToken | None = None,
     keep_special: frozenset[int] = frozenset(),
+    speculative: Speculative | None = None,
 ) -> Iterator[str]:
     """Yield text pieces; the generator's return value (StopIteration.value) is the Completion.
     A ``cancel`` token stops it (``finish_reason == "cancelled"``), within a token or a graph node.
     The prompt must leave room for a token (the runtime checks it at the call). Special tokens
     are left out of the text but those in ``keep_special`` (a tool-call marker such as Mistral's
-    ``[TOOL_CALLS]``: llama.cpp's "preserved tokens")."""
+    ``[TOOL_CALLS]``: llama.cpp's "preserved tokens"). With ``speculative``, each step evaluates
+    the token and a draft from prompt lookup in one batch and keeps the drafted tokens the
+    sampler picks itself (:mod:`.speculative`: the same tokens as without it)."""
     t0 = time.perf_counter()
     if not prompt:
         raise InvalidRequestError("the prompt is empty")
@@ -132,6 +136,10 @@ def generate(
     logprobs: list[TokenLogprob] = []
     finish = "length"
     t_first = None
+    lookup = PromptLookup(speculative, prompt) if speculative is not None and model.can_rewind else None
+    draft: list[int] = []  # drafted after the token decoded last: their rows follow its row 0
+    row, at = -1, len(kv)  # the row sampled next (-1: the last one), the KV length before the last decode
+    n_drafted = n_accepted = 0
     try:
         # the prompt counts for the repeat penalty (llama.cpp's convention); OpenAI's two alone count
         # generated tokens only (with a repeat penalty too, one stage counts the prompt for all three)
@@ -141,9 +149,9 @@ def generate(
             if (cancel is not None and cancel.cancelled) or pool.closing.is_set():
                 finish = "cancelled"
                 break
-            logits = slot.ctx.last_logits()
+            logits = slot.ctx.logits_ith(row)
             check_finite(logits, kv, aset, f"after {len(out_tokens)} generated tokens")
-            tok = sampler.sample(slot.ctx)
+            tok = sampler.sample(slot.ctx, row)
             if params.logprobs is not None and not model.is_eog(tok):
                 logprobs.append(token_logprob(model, logits, tok, params.logprobs, keep_special))
             if t_first is None:
@@ -160,9 +168,27 @@ def generate(
             if scanner.stopped:
                 finish = "stop"
                 break
+            if lookup is None:
+                if len(out_tokens) >= params.max_tokens or len(kv) + 1 >= n_ctx:
+                    break
+                kv.decode(aset.key, [tok])
+                continue
+            lookup.extend([tok])
+            if 0 <= row < len(draft) and tok == draft[row]:  # the drafted token: its row is computed
+                n_accepted += 1
+                row += 1
+                if len(out_tokens) >= params.max_tokens:
+                    break
+                continue
+            if draft:
+                kv.truncate(at + 1 + row)  # the rows after the sampled one were drafted past a miss
             if len(out_tokens) >= params.max_tokens or len(kv) + 1 >= n_ctx:
                 break
-            kv.decode(aset.key, [tok])
+            draft = lookup.draft(min(params.max_tokens - len(out_tokens) - 1, n_ctx - len(kv) - 2))
+            n_drafted += len(draft)
+            at = len(kv)
+            kv.decode(aset.key, [tok, *draft], all_rows=bool(draft))
+            row = 0 if draft else -1
         rest = scanner.finish()
         if rest:
             yield rest
@@ -179,6 +205,8 @@ def generate(
         cached_tokens=cached,
         adapters=aset.scales,
         logprobs=tuple(logprobs),
+        draft_tokens=n_drafted,
+        draft_accepted=n_accepted,
         timings=Timings(
             prompt_ms=(t_prompt - t0) * 1000,
             ttft_ms=(t_first - t0) * 1000,

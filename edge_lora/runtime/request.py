@@ -211,6 +211,9 @@ class Completion:
     reasoning_content: str | None = None
     #: one per generated token when ``logprobs`` was asked for
     logprobs: tuple[TokenLogprob, ...] = field(default=(), repr=False)
+    #: speculative decoding: tokens drafted, and how many of them the model kept
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
     def __post_init__(self) -> None:
         if self.content is None:

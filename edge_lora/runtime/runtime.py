@@ -32,6 +32,7 @@ from .grammar import Grammar
 from . import reasoning
 from .tool_formats import force_grammar, with_tool_calls
 from .tools import ToolRequest
+from .speculative import Speculative
 from .activation import plan
 from .decode import check_finite, check_grammar, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
@@ -67,6 +68,7 @@ class Runtime:
         op_offload: bool = True,
         chat_template: str | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        speculative: str | Speculative | None = None,
         on_load_progress: Callable[[float], object] | None = None,
     ) -> None:
         """Load ``model_path`` (mmap kept on). ``n_parallel`` contexts serve calls in parallel,
@@ -86,7 +88,13 @@ class Runtime:
 
         ``chat_template`` (Jinja text) replaces the base's own template, or the fallback of a base
         without one (llama.cpp's ``--chat-template-file``): for adapters trained with another
-        template than the base ships. Raises :class:`InvalidRequestError` when it does not compile."""
+        template than the base ships. Raises :class:`InvalidRequestError` when it does not compile.
+        ``template_kwargs``: chat-template variables every chat call gets by default
+        (llama.cpp's ``--chat-template-kwargs``); an adapter's own defaults and the call's win.
+
+        ``speculative`` (``"ngram"`` or a :class:`~.speculative.Speculative`): speculative decoding
+        by prompt lookup, the same tokens as without it (:mod:`.speculative`); off on a recurrent
+        or hybrid model, whose state cannot drop a rejected draft."""
         problems = Problems()
         for name, v, lo in (("n_ctx", n_ctx, 16), ("n_parallel", n_parallel, 1), ("n_batch", n_batch, 1)):
             problems.add(int_problem(name, v, lo=lo), param=name)
@@ -102,6 +110,7 @@ class Runtime:
             problems.add("chat_template must be non-empty Jinja text", param="chat_template")
         problems.add(template_kwargs_problem(template_kwargs or {}), param="template_kwargs")
         problems.raise_if_any(InvalidRequestError, "invalid Runtime options")
+        self.speculative = Speculative.of(speculative)
         self._template_kwargs = dict(template_kwargs or {})
         self.base_info = read_gguf(model_path)
         require_base(self.base_info)
@@ -417,7 +426,7 @@ class Runtime:
         try:
             with self._call(adapters, cancel) as (slot, aset):
                 return (yield from generate(self._pool, slot, aset, ids, params, cancel=cancel,
-                                            keep_special=keep_special))
+                                            keep_special=keep_special, speculative=self.speculative))
         except CancelledError:  # cancelled while waiting for a context: nothing was evaluated
             t = (time.perf_counter() - t0) * 1000
             return Completion("", [], "cancelled", len(ids), 0, 0, {}, Timings(t, t, 0.0, t))
