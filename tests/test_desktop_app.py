@@ -61,7 +61,7 @@ def report(display):
 
 
 def test_the_window_shows_what_runtime_chat_answers(report):
-    assert report["adapters"] == ["french", "json", "spell"]
+    assert report["adapters"] == ["french", "json", "spell", "tools"]
     assert len(report["turns"]) == 3
     for turn in report["turns"]:
         assert turn["shown"] == turn["result"] == turn["chat"], turn

@@ -39,8 +39,8 @@ def rt():
 def _rate(rt: Runtime, task: str, adapters: dict[str, float]) -> float:
     t = TASKS[task]
     sample = split(t, 60)[1][:SAMPLE]
-    ok = [t.check(ex, rt.chat([{"role": "user", "content": ex.prompt}], adapters, temperature=0.0,
-                              max_tokens=t.max_tokens).text) for ex in sample]
+    ok = [t.check(ex, rt.chat(ex.messages, adapters, temperature=0.0, max_tokens=t.max_tokens,
+                              **ex.chat_options()).text) for ex in sample]
     return sum(ok) / len(ok)
 
 

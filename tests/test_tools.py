@@ -24,6 +24,7 @@ from edge_lora.errors import InvalidRequestError
 
 ROOT = Path(__file__).resolve().parent.parent
 JSON_ADAPTER = ROOT / "examples" / "adapters" / "json.gguf"
+TOOLS_ADAPTER = ROOT / "examples" / "adapters" / "tools.gguf"
 TOOLS = [
     {"type": "function", "function": {
         "name": "get_weather", "description": "Current weather in a city",
@@ -97,7 +98,8 @@ def test_calls_compose_with_adapters_and_streams_hold_them_back(base):
 
 @pytest.fixture(scope="module")
 def server(base):
-    with serve([str(base), "--adapter", f"json={JSON_ADAPTER}", "--n-ctx", "2048", "--model-name", "gemma"]) as (url, _p):
+    with serve([str(base), "--adapter", f"json={JSON_ADAPTER}", "--adapter", f"tools={TOOLS_ADAPTER}",
+                "--n-ctx", "2048", "--model-name", "gemma"]) as (url, _p):
         yield url
 
 
@@ -118,6 +120,30 @@ def test_the_openai_client_gets_calls_and_sends_results_back(server):
     r3 = client.chat.completions.create(model="json", messages=ASK, tools=TOOLS, tool_choice=ADD, temperature=0,
                                         max_tokens=80)
     assert r3.choices[0].message.tool_calls[0].function.name == "add"
+
+
+def test_the_tools_adapter_calls_by_its_own_choice_and_answers_with_the_result(server):
+    """``tool_choice="auto"`` (nothing forced): the tools demo adapter decides to call, with the
+    arguments from the question, streamed or not; given the result it answers with it, and with
+    no tool that fits it answers in words."""
+    client = openai.OpenAI(base_url=server + "/v1", api_key="none")
+    ask = [{"role": "user", "content": "What is 12 plus 30?"}]
+    r = client.chat.completions.create(model="tools", messages=ask, tools=TOOLS, temperature=0, max_tokens=60)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "add" and json.loads(call.function.arguments) == {"a": 12, "b": 30}
+    streamed = client.chat.completions.create(model="tools", messages=ask, tools=TOOLS, temperature=0,
+                                              max_tokens=60, stream=True)
+    deltas = [c.choices[0].delta.tool_calls for c in streamed if c.choices and c.choices[0].delta.tool_calls]
+    assert deltas and deltas[0][0].function.arguments == call.function.arguments
+    history = [*ask, choice.message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": "42"}]
+    r2 = client.chat.completions.create(model="tools", messages=history, tools=TOOLS, temperature=0, max_tokens=30)
+    assert r2.choices[0].finish_reason == "stop" and r2.choices[0].message.content == "The result is 42."
+    r3 = client.chat.completions.create(model="tools", messages=[{"role": "user", "content": "Tell me a joke."}],
+                                        tools=TOOLS, temperature=0, max_tokens=30)
+    assert r3.choices[0].finish_reason == "stop" and not r3.choices[0].message.tool_calls
 
 
 def test_streamed_call_deltas_assemble_into_the_call(server):
