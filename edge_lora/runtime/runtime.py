@@ -32,7 +32,7 @@ from .grammar import Grammar
 from . import reasoning
 from .tool_formats import force_grammar, with_tool_calls
 from .tools import ToolRequest
-from .speculative import Speculative
+from .speculative import DraftCosts, Speculative
 from .activation import plan
 from .decode import check_finite, check_grammar, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
@@ -111,6 +111,7 @@ class Runtime:
         problems.add(template_kwargs_problem(template_kwargs or {}), param="template_kwargs")
         problems.raise_if_any(InvalidRequestError, "invalid Runtime options")
         self.speculative = Speculative.of(speculative)
+        self._draft_costs = DraftCosts()  # measured by the calls themselves
         self._template_kwargs = dict(template_kwargs or {})
         self.base_info = read_gguf(model_path)
         require_base(self.base_info)
@@ -426,7 +427,8 @@ class Runtime:
         try:
             with self._call(adapters, cancel) as (slot, aset):
                 return (yield from generate(self._pool, slot, aset, ids, params, cancel=cancel,
-                                            keep_special=keep_special, speculative=self.speculative))
+                                            keep_special=keep_special, speculative=self.speculative,
+                                            draft_costs=self._draft_costs))
         except CancelledError:  # cancelled while waiting for a context: nothing was evaluated
             t = (time.perf_counter() - t0) * 1000
             return Completion("", [], "cancelled", len(ids), 0, 0, {}, Timings(t, t, 0.0, t))
