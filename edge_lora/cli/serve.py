@@ -59,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let browser pages from ORIGIN call the server (repeatable; '*': any; default none)")
     p.add_argument("--no-ollama", action="store_true", help="do not serve Ollama's API under /api/")
+    p.add_argument("--no-web", action="store_true", help="do not serve the web page at /")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="info: a line per request; warning: failed requests only (default info)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body accepted")
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             max_tokens_limit=args.max_tokens_limit,
             cors_origins=tuple(args.cors_origin),
             ollama=not args.no_ollama,
+            web=not args.no_web,
             checkpoints=converted,
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         app = create_app(rt, settings)
         print(f"edge-lora serving {settings.model_id} + {len(rt.adapters)} adapters on "
-              f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+              f"http://{args.host}:{args.port}/v1" + ("" if args.no_web else f"; web page: http://{args.host}:{args.port}/"),
+              file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
         app.state.executor.shutdown(wait=False, cancel_futures=True)
     return 0

@@ -3,13 +3,15 @@
 Protocols: OpenAI's (:mod:`.openai`: ``/v1/models``, ``/v1/chat/completions``,
 ``/v1/completions``; :mod:`.responses`: ``/v1/responses``), Ollama's (:mod:`.ollama`: ``/api/...``)
 and adapter loading (:mod:`.lora_admin`, vLLM's names), all over the
-protocol-neutral :mod:`.service`. ``GET /health`` needs no key. Library errors become HTTP
+protocol-neutral :mod:`.service`; the web page at ``/`` (:mod:`.web`). ``GET /health`` and the
+page's static files need no key. Library errors become HTTP
 statuses and OpenAI-style error bodies in :mod:`.errors` only.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import re
 import time
@@ -24,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 from .._version import __version__
 from ..errors import EdgeLoraError
-from . import lora_admin, ollama, openai, responses
+from . import lora_admin, ollama, openai, responses, web
 from .errors import ApiError, error_for
 from .lora_admin import allowed_path
 from .service import ServerSettings, Service
@@ -72,6 +74,18 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)[:200]
 
 
+def _mix_of(body: bytes) -> str | None:
+    """The ``"adapters"`` mix of a request body as ``name:scale,...`` (None without one)."""
+    m = re.search(rb'"adapters"\s*:\s*(\{[^{}]{0,1024}\})', body)
+    if not m:
+        return None
+    try:
+        mix = json.loads(m.group(1))
+    except ValueError:
+        return None
+    return ",".join(f"{k}:{v:g}" if isinstance(v, (int, float)) else f"{k}:default" for k, v in mix.items()) or "none"
+
+
 class AccessLog:
     """ASGI middleware: one line per request at info (method, path, model, status, prompt and
     completion tokens, ms), at warning for a 4xx/5xx with the error's message. Streams are logged
@@ -91,6 +105,7 @@ class AccessLog:
             if state["model"] is None and message.get("body"):
                 m = re.search(rb'"model"\s*:\s*"([^"]{1,128})"', message["body"])
                 state["model"] = m.group(1).decode(errors="replace") if m else "-"
+                state["mix"] = _mix_of(message["body"])
             return message
 
         async def sending(message: dict) -> None:
@@ -117,7 +132,8 @@ class AccessLog:
                                body))  # Ollama
         tokens = f"tokens {usage[-1][0].decode()}+{usage[-1][1].decode()}" if usage else "tokens -"
         path, model = _printable(scope["path"]), _printable(state["model"] or "-")
-        line = f'{scope["method"]} {path} model={model} {status} {tokens} {ms:.0f} ms'
+        mix = f" adapters={_printable(state['mix'])}" if state.get("mix") else ""
+        line = f'{scope["method"]} {path} model={model}{mix} {status} {tokens} {ms:.0f} ms'
         if status >= 500:
             access_log.error("%s", line)
         elif status >= 400:
@@ -193,6 +209,8 @@ def create_app(rt: Runtime, settings: ServerSettings) -> FastAPI:
     if settings.ollama:
         app.include_router(ollama.router(service, auth))
     app.include_router(lora_admin.router(service, auth))
+    if settings.web:
+        app.include_router(web.router())
     app.state.runtime = rt
     app.state.executor = executor
     app.state.service = service

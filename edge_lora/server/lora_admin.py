@@ -45,6 +45,14 @@ def router(service: Service, auth: Callable[..., None]) -> APIRouter:
                                   template_kwargs=req.chat_template_kwargs)
         return {"status": "ok", "lora_name": info.name, "lora_path": str(info.path), "ranks": info.ranks, **extra}
 
+    @api.get("/v1/adapter_files")
+    async def adapter_files() -> dict:
+        """What ``--adapter-dir`` holds that ``load_lora_adapter`` takes (edge-lora's extension,
+        for the web page's picker): GGUF adapters and checkpoint folders, by path relative to
+        their folder."""
+        return {"object": "list", "enabled": bool(settings.adapter_dirs),
+                "data": [e for d in settings.adapter_dirs for e in _listing(d)]}
+
     @api.post("/v1/unload_lora_adapter")
     async def unload_adapter(req: UnloadAdapterRequest) -> dict:
         if req.lora_name not in rt.adapters:
@@ -73,3 +81,16 @@ def allowed_path(raw: str, dirs: tuple[Path, ...]) -> Path:
                                param="lora_path")
             return real
     raise ApiError(403, f"{raw}: outside the allowed adapter folders", param="lora_path", kind="permission_error")
+
+
+def _listing(folder: Path) -> list[dict]:
+    """The adapters in ``folder`` (not below it): ``.gguf`` files, and folders holding an
+    ``adapter_config.json`` (checkpoints, converted on load)."""
+    out = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if p.is_file() and p.suffix == ".gguf":
+            out.append({"path": p.name, "kind": "gguf", "bytes": p.stat().st_size, "dir": str(folder)})
+        elif p.is_dir() and (p / "adapter_config.json").is_file():
+            out.append({"path": p.name, "kind": "checkpoint", "bytes": sum(f.stat().st_size for f in p.iterdir()
+                                                                            if f.is_file()), "dir": str(folder)})
+    return out

@@ -136,7 +136,7 @@ def model_of(service: Service, name: str) -> dict[str, float | None]:
 def _durations(c: Completion) -> dict[str, int]:
     ns = 1_000_000
     return {"total_duration": int(c.timings.total_ms * ns), "load_duration": 0,
-            "prompt_eval_count": c.prompt_tokens - c.cached_tokens, "prompt_eval_duration": int(c.timings.prompt_ms * ns),
+            "prompt_eval_count": c.prompt_tokens, "prompt_eval_duration": int(c.timings.prompt_ms * ns),
             "eval_count": c.completion_tokens, "eval_duration": int((c.timings.total_ms - c.timings.prompt_ms) * ns)}
 
 

@@ -89,7 +89,8 @@ def router(service: Service, auth: Callable[..., None]) -> APIRouter:
     async def models() -> dict:
         model_id = service.settings.model_id
         data = [{"id": model_id, "object": "model", "created": created, "owned_by": "edge-lora",
-                 "root": model_id, "parent": None}]
+                 "root": model_id, "parent": None, "chat_template": service.rt.chat_template,
+                 "n_ctx": service.rt.n_ctx}]
         for name, info in service.rt.adapters.items():
             entry = {"id": name, "object": "model", "created": created, "owned_by": "edge-lora",
                      "root": str(info.path), "parent": model_id}

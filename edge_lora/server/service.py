@@ -40,6 +40,8 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     #: serve Ollama's API under /api/ too
     ollama: bool = True
+    #: serve the web page at / (:mod:`.web`)
+    web: bool = True
     #: converts a PEFT / MLX-LM checkpoint named by ``load_lora_adapter`` to a GGUF adapter (``serve``
     #: gives :class:`edge_lora.cli.checkpoints.ConvertedAdapters`); None: checkpoints are refused
     checkpoints: CheckpointConverter | None = None
