@@ -65,15 +65,21 @@ def browser():
         b.close()
 
 
+def errors_of(pg) -> list[str]:
+    """The console errors and uncaught exceptions of ``pg`` from now on (a list it fills)."""
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: problems.append(str(e)))
+    return problems
+
+
 @pytest.fixture
 def page(browser, server):
     # the harness's own waits evaluate strings, which the page's Content-Security-Policy forbids: off
     # for these contexts (the page is also shown under its policy: test_dark_theme_and_a_phone_width)
     context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
     pg = context.new_page()
-    problems: list[str] = []
-    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: problems.append(str(e)))
+    problems = errors_of(pg)
     pg.goto(server["url"] + "/")
     pg.wait_for_selector("#adapters li")
     pg.fill("#temperature", "0")
@@ -191,9 +197,7 @@ def test_load_and_unload_from_the_adapter_folder(page, server):
 def test_dark_theme_and_a_phone_width(browser, server):
     context = browser.new_context(viewport={"width": 390, "height": 800}, color_scheme="dark")
     pg = context.new_page()
-    problems: list[str] = []
-    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: problems.append(str(e)))
+    problems = errors_of(pg)
     pg.goto(server["url"] + "/")
     pg.wait_for_selector("#adapters li")
     assert problems == []  # under the page's Content-Security-Policy: nothing it needs is refused
