@@ -193,3 +193,20 @@ def test_server_llama_cpp_extensions(server):
         "json_schema": PERSON}, timeout=60)
     assert r.status_code == 200, r.text
     jsonschema.validate(json.loads(r.json()["choices"][0]["message"]["content"]), PERSON)
+
+
+#: strings a grammar literal must escape (a quote, a backslash, a newline) beside markup
+AWKWARD = ['say "hi"', "C:\\temp\\new", "line one\nline two", '<img src=x onerror="alert(1)">', 'tab\there "\\"']
+
+
+@pytest.mark.parametrize("value", AWKWARD)
+def test_an_enum_or_const_with_quotes_and_backslashes_is_written_exactly(rt, value):
+    """The only value a schema allows is what the grammar makes the model write, character for
+    character, whatever it holds: as an ``enum``, a ``const`` and a property name."""
+    for schema in ({"enum": [value]},
+                   {"type": "object", "properties": {"v": {"const": value}}, "required": ["v"]},
+                   {"type": "object", "properties": {value: {"type": "boolean"}}, "required": [value],
+                    "additionalProperties": False}):
+        c = rt.chat([{"role": "user", "content": "Answer."}], json_schema=schema, max_tokens=48, temperature=0)
+        assert c.finish_reason == "stop", (schema, c.text)
+        jsonschema.validate(json.loads(c.text), schema)

