@@ -117,6 +117,7 @@ def send(page, text: str) -> str:
 def test_the_page_loads_and_the_json_adapter_answers_in_json(page, server):
     assert page.locator("#adapters li").count() == 2 and page.is_checked("#base-only")
     assert "chat template" in page.inner_text("#model")
+    assert page.is_visible("#view-chat") and page.is_hidden("#view-compare")  # one view at a time
     use(page, "json")
     shown = send(page, PROMPT)
     want = api_answer(server, [{"role": "user", "content": PROMPT}], {"json": 1.0})
@@ -139,6 +140,7 @@ def test_a_mix_set_on_the_sliders_reaches_the_server(page, server):
 
 def test_compare_three_mixes_side_by_side_then_continue_with_one(page, server):
     page.click("#tab-compare")
+    assert page.is_hidden("#view-chat") and page.is_visible("#view-compare")
     page.select_option("#n-columns", "3")
     columns = page.locator("#columns .column")
     assert columns.count() == 3
@@ -155,7 +157,7 @@ def test_compare_three_mixes_side_by_side_then_continue_with_one(page, server):
     assert shown == want and len(set(shown)) == 3
     page.screenshot(path=str(OUTPUT / "web-compare.png"))
     columns.nth(2).locator(".continue").click()
-    assert not page.is_hidden("#view-chat")
+    assert page.is_visible("#view-chat") and page.is_hidden("#view-compare")
     assert page.locator("#messages .msg.assistant .body").last.inner_text().strip() == want[2]
     assert page.is_checked('#adapters li[data-name="json"] input.enable')
     assert page.problems == []
