@@ -1,0 +1,51 @@
+"""edge-lora's patches to the pinned llama.cpp (cmake/patches/), checked in the built engine.
+
+0003 (ggml-cpu: the leftovers of the f16 and f32 dot products as whole vectors): ggml's
+matrix-vector product of every dot length from 1 to 80, f16 and f32 weights, against float64
+(tests/ggml_dot.py), on this CPU's ggml variant and, where qemu-user is installed, on an emulated
+Haswell (AVX2: 8-wide vectors) and Nehalem (SSE4.2: 4-wide): the lengths below, at and past a
+whole step land in each of the three loops. Tolerance: 1e-6 of sum(|w| |x|) per row (float32
+accumulation of at most 80 products is about 1e-7). 0001 is tested by tests/test_mix_adapters.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QEMU = shutil.which("qemu-x86_64")
+TOLERANCE = 1e-6
+
+
+def _dot_errors(wrapper: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.run([*wrapper, sys.executable, str(ROOT / "tests" / "ggml_dot.py")], capture_output=True,
+                          text=True, timeout=900, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_dot_products_of_every_length_match_float64():
+    out = _dot_errors([])
+    assert out["lengths"] == 80
+    assert out["worst"]["f16"] <= TOLERANCE and out["worst"]["f32"] <= TOLERANCE, out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 only")
+@pytest.mark.parametrize("cpu, variant", [("Haswell", "haswell"), ("Nehalem", "sse42")])
+def test_dot_products_on_emulated_older_cpus(cpu, variant):
+    if QEMU is None:
+        if os.environ.get("EDGE_LORA_REQUIRE_QEMU") == "1":
+            pytest.fail("qemu-x86_64 is required (EDGE_LORA_REQUIRE_QEMU=1): apt-get install qemu-user")
+        pytest.skip("qemu-x86_64 not installed (Debian: apt-get install qemu-user)")
+    out = _dot_errors([QEMU, "-cpu", cpu])
+    assert out["cpu_variant"] == variant, out
+    assert out["worst"]["f16"] <= TOLERANCE and out["worst"]["f32"] <= TOLERANCE, out
