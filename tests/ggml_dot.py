@@ -16,9 +16,10 @@ import json
 import sys
 
 import numpy as np
+from gguf import GGMLQuantizationType as QT
 
 LENGTHS, ROWS = 80, 7
-GGML_TYPE_F32, GGML_TYPE_F16, CPU_DEVICE = 0, 1, 0
+CPU_DEVICE = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
 
 
 class InitParams(ctypes.Structure):
@@ -56,14 +57,14 @@ def worst_errors() -> dict[str, float]:
     rng = np.random.default_rng(0)
     worst = {"f16": 0.0, "f32": 0.0}
     try:
-        for kind, gtype, np_t in (("f16", GGML_TYPE_F16, np.float16), ("f32", GGML_TYPE_F32, np.float32)):
+        for kind, gtype, np_t in (("f16", QT.F16, np.float16), ("f32", QT.F32, np.float32)):
             for n in range(1, LENGTHS + 1):
                 w = rng.standard_normal((ROWS, n)).astype(np_t)
                 x = rng.standard_normal(n).astype(np.float32)
                 ctx = base.ggml_init(InitParams(16 << 20, None, False))
                 try:
                     tw = base.ggml_new_tensor_2d(ctx, gtype, n, ROWS)
-                    tx = base.ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, 1)
+                    tx = base.ggml_new_tensor_2d(ctx, QT.F32, n, 1)
                     _fill(base, tw, np.ascontiguousarray(w))
                     _fill(base, tx, x)
                     ty = base.ggml_mul_mat(ctx, tw, tx)
