@@ -1,5 +1,6 @@
-"""ggml's CPU matrix-vector product (the decode path of a LoRA factor) against float64, run as a
-child process (natively, or under qemu's emulated CPUs by tests/test_engine_patches.py).
+"""ggml's CPU matrix-vector product (the decode path of a LoRA factor) and its fused LoRA pair
+against float64, run as a child process (natively, or under qemu's emulated CPUs by
+tests/test_engine_patches.py).
 
 For every dot length n in 1..LENGTHS and each of f16 and f32 weights: ``ggml_mul_mat`` of a
 [rows, n] matrix by one column (llamafile's sgemm needs two or more columns, so one column is
@@ -7,6 +8,14 @@ ggml_vec_dot's path: whole steps, cmake/patches/0003's whole vectors, scalar lef
 backend, compared with numpy in float64 on the same rounded inputs (f16 weights get the column
 rounded to f16 too: their vec_dot_type). Prints one JSON line: the variant's worst error relative
 to sum(|w| |x|) per row, the lengths checked and the CPU variant that ran.
+
+The LoRA pair (cmake/patches/0004): ``y = res + (s * B (A x) + bias)`` built as llama.cpp's
+build_lora_mm builds it (MUL_MAT, MUL_MAT, SCALE, ADD), for f16 and f32 factors, ranks 1..130,
+1 to 9 tokens, on inputs that are multiples of 1/2 in [-1, 1] so that every product and sum
+before the scale is exact in f16 and f32 (the error left is the final scale and add's float32
+rounding). B t's own buffer is filled with NaN first: the four nodes ran as one exactly when
+it is still NaN after the compute, which must be so for 1 to 8 tokens and not for 9 or when
+B t has a second use.
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ def _libs():
         (base, "ggml_init", [InitParams], vp), (base, "ggml_free", [vp], None),
         (base, "ggml_new_tensor_2d", [vp, ctypes.c_int, i64, i64], vp), (base, "ggml_mul_mat", [vp, vp, vp], vp),
         (base, "ggml_new_graph", [vp], vp), (base, "ggml_build_forward_expand", [vp, vp], None),
-        (base, "ggml_get_data", [vp], vp),
+        (base, "ggml_get_data", [vp], vp), (base, "ggml_add", [vp, vp, vp], vp),
+        (base, "ggml_scale_bias", [vp, vp, ctypes.c_float, ctypes.c_float], vp),
         (ggml, "ggml_backend_init_by_type", [ctypes.c_int, ctypes.c_char_p], vp),
         (ggml, "ggml_backend_graph_compute", [vp, vp], ctypes.c_int), (ggml, "ggml_backend_free", [vp], None),
     ):
@@ -84,9 +94,66 @@ def worst_errors() -> dict[str, float]:
     return worst
 
 
+#: (A type, B type, rank, input dim K, output dim N, tokens T, second use of B t)
+LORA_CASES = [(ta, tb, r, k, n, t, False)
+              for ta, tb in (("f16", "f16"), ("f32", "f32"), ("f16", "f32"))
+              for r in (1, 8, 16, 17, 32, 64, 130) for k, n in ((64, 33), (96, 1)) for t in (1, 2, 8, 9)]
+LORA_CASES += [("f16", "f16", 16, 64, 33, 1, True)]
+_TYPES = {"f16": (QT.F16, np.float16), "f32": (QT.F32, np.float32)}
+
+
+def lora_pairs() -> dict:
+    """The LoRA pair's worst error against float64 (relative to |res| + |s| |B| |A| |x| + |bias|)
+    and the cases whose fusion was not as expected."""
+    base, ggml = _libs()
+    backend = ggml.ggml_backend_init_by_type(CPU_DEVICE, None)
+    assert backend, "no CPU backend"
+    rng = np.random.default_rng(1)
+    worst, wrong_fusion = 0.0, []
+    halves = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    try:
+        for ta, tb, r, k, n, t, second_use in LORA_CASES:
+            a, x, b = (rng.choice(halves, shape) for shape in ((r, k), (t, k), (n, r)))
+            res = rng.standard_normal((t, n)).astype(np.float32)
+            s, bias = float(rng.uniform(-2, 2)), (0.0 if r % 2 else 0.375)
+            ctx = base.ggml_init(InitParams(16 << 20, None, False))
+            try:
+                tensors = {}
+                for name, arr, kind in (("a", a, ta), ("b", b, tb), ("x", x, "f32"), ("res", res, "f32")):
+                    gtype, np_t = _TYPES[kind]
+                    tensors[name] = base.ggml_new_tensor_2d(ctx, gtype, arr.shape[1], arr.shape[0])
+                    _fill(base, tensors[name], np.ascontiguousarray(arr.astype(np_t)))
+                tu = base.ggml_mul_mat(ctx, tensors["b"], base.ggml_mul_mat(ctx, tensors["a"], tensors["x"]))
+                ty = base.ggml_add(ctx, tensors["res"], base.ggml_scale_bias(ctx, tu, s, bias))
+                if second_use:
+                    ty = base.ggml_add(ctx, ty, tu)
+                graph = base.ggml_new_graph(ctx)
+                base.ggml_build_forward_expand(graph, ty)
+                u_view = np.ctypeslib.as_array(ctypes.cast(base.ggml_get_data(tu), ctypes.POINTER(ctypes.c_float)),
+                                               shape=(t, n))
+                u_view[:] = np.nan
+                assert ggml.ggml_backend_graph_compute(backend, graph) == 0
+                got = np.ctypeslib.as_array(ctypes.cast(base.ggml_get_data(ty), ctypes.POINTER(ctypes.c_float)),
+                                            shape=(t, n)).astype(np.float64)
+                fused = bool(np.isnan(u_view).all())
+            finally:
+                base.ggml_free(ctx)
+            u = (x @ a.T) @ b.T  # exact: every partial sum is a multiple of 1/4 well inside f16's range
+            ref = res + (s * u + bias) + (u if second_use else 0.0)
+            scale = np.abs(res) + abs(s) * ((np.abs(x) @ np.abs(a.T)) @ np.abs(b.T)) + abs(bias) + 1e-30
+            worst = max(worst, float(np.max(np.abs(got - ref) / scale)))
+            if fused != (t <= 8 and not second_use):
+                wrong_fusion.append(f"{ta}/{tb} r={r} k={k} n={n} t={t} second_use={second_use}: fused={fused}")
+    finally:
+        ggml.ggml_backend_free(backend)
+    return {"worst": worst, "cases": len(LORA_CASES), "wrong_fusion": wrong_fusion,
+            "fusable": sum(1 for c in LORA_CASES if c[5] <= 8 and not c[6])}
+
+
 if __name__ == "__main__":
     from edge_lora.engine.probe import cpu_variant, loaded_libraries
 
     worst = worst_errors()
-    print(json.dumps({"worst": worst, "lengths": LENGTHS, "cpu_variant": cpu_variant(loaded_libraries())}))
+    print(json.dumps({"worst": worst, "lengths": LENGTHS, "lora": lora_pairs(),
+                      "cpu_variant": cpu_variant(loaded_libraries())}))
     sys.stdout.flush()

@@ -6,6 +6,11 @@ matrix-vector product of every dot length from 1 to 80, f16 and f32 weights, aga
 Haswell (AVX2: 8-wide vectors) and Nehalem (SSE4.2: 4-wide): the lengths below, at and past a
 whole step land in each of the three loops. Tolerance: 1e-6 of sum(|w| |x|) per row (float32
 accumulation of at most 80 products is about 1e-7). 0001 is tested by tests/test_mix_adapters.py.
+
+0004 (ggml-cpu: a LoRA pair's four nodes as one for up to 8 tokens): the pattern against float64
+on exact inputs (tests/ggml_dot.py), same tolerance, on the same CPUs, and fused exactly where
+it should be (1-8 tokens, single-use intermediates) and nowhere else. The runtime's outputs
+against PEFT (tests/test_runtime*.py, test_mix_adapters.py) run through it on every decode.
 """
 
 from __future__ import annotations
@@ -32,10 +37,27 @@ def _dot_errors(wrapper: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_dot_products_of_every_length_match_float64():
-    out = _dot_errors([])
+def _check(out: dict) -> None:
     assert out["lengths"] == 80
     assert out["worst"]["f16"] <= TOLERANCE and out["worst"]["f32"] <= TOLERANCE, out
+    assert out["lora"]["cases"] > 100 and out["lora"]["worst"] <= TOLERANCE, out["lora"]
+    assert out["lora"]["wrong_fusion"] == [], out["lora"]["wrong_fusion"]
+
+
+def test_dot_products_and_lora_pairs_match_float64():
+    _check(_dot_errors([]))
+
+
+def test_lora_pairs_unfused_match_too():
+    """GGML_CPU_DISABLE_FUSION=1: the four nodes one by one give the same results, and every
+    case the fused path takes is reported as unfused (the NaN check sees the difference)."""
+    os.environ["GGML_CPU_DISABLE_FUSION"] = "1"
+    try:
+        out = _dot_errors([])
+    finally:
+        del os.environ["GGML_CPU_DISABLE_FUSION"]
+    assert out["lora"]["worst"] <= TOLERANCE, out["lora"]
+    assert out["lora"]["fusable"] > 100 and len(out["lora"]["wrong_fusion"]) == out["lora"]["fusable"], out["lora"]
 
 
 @pytest.mark.slow
@@ -48,4 +70,4 @@ def test_dot_products_on_emulated_older_cpus(cpu, variant):
         pytest.skip("qemu-x86_64 not installed (Debian: apt-get install qemu-user)")
     out = _dot_errors([QEMU, "-cpu", cpu])
     assert out["cpu_variant"] == variant, out
-    assert out["worst"]["f16"] <= TOLERANCE and out["worst"]["f32"] <= TOLERANCE, out
+    _check(out)
