@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -309,6 +310,7 @@ def bench_decode(base: Path, adapters: list[Path], n_tok: int, repeats: int) -> 
                 tps, n_r[k], text = llcpp_decode(llms[f][k], PROMPT, n_tok)
                 ref[f][k].append(tps)
                 same[k] = "yes" if text == c.text else "no"
+    cost = adapter_cost(rt, sets, max(16, n_tok // 2), 8 * repeats)
     rt.close()
     for m in llms[0] + llms[1]:
         m.close()
@@ -328,6 +330,28 @@ def bench_decode(base: Path, adapters: list[Path], n_tok: int, repeats: int) -> 
           "(flash_attn=False by default; mmap off whenever lora_path is set), and with flash_attn=True, which "
           "edge-lora gets from llama.cpp's auto. 'same text' (edge vs flash_attn=True llcpp): greedy paths can "
           "part at near-ties where a cached prompt re-decodes its last token alone.")
+    table(f"1b. Adapter cost: decode with adapters / the base, edge-lora alone ({cost['rounds']} alternating rounds "
+          f"of {cost['n_tok']} tokens; per-round ratios: median, its 95% bootstrap interval, min-max)",
+          ["adapters", "ratio to the base", "95% interval", "min-max"],
+          [[str(k), f"**{cost[k]['median']:.3f}**", f"{cost[k]['lo']:.3f}-{cost[k]['hi']:.3f}",
+            f"{cost[k]['min']:.3f}-{cost[k]['max']:.3f}"] for k in (1, 2)])
+
+
+def adapter_cost(rt: Any, sets: Sequence[dict[str, float]], n_tok: int, rounds: int) -> dict[Any, Any]:
+    """Decode rate with each of ``sets[1:]`` over the base's (``sets[0]``), measured in alternating
+    rounds (base, one, two, base, ...) so that the machine's drifts cancel in each round's ratio;
+    the median of the per-round ratios with a bootstrap 95% interval of that median."""
+    rates: list[list[float]] = [[] for _ in sets]
+    for _ in range(rounds):
+        for k, s in enumerate(sets):
+            rates[k].append(rt.complete(PROMPT, s, max_tokens=n_tok, temperature=0.0).tokens_per_second)
+    out: dict[Any, Any] = {"rounds": rounds, "n_tok": n_tok}
+    rng = random.Random(0)
+    for k in range(1, len(sets)):
+        ratios = [a / b for a, b in zip(rates[k], rates[0])]
+        boot = sorted(med(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+        out[k] = {"median": med(ratios), "lo": boot[49], "hi": boot[1949], "min": min(ratios), "max": max(ratios)}
+    return out
 
 
 def bench_moe_decode(base: Path, adapter: Path, n_tok: int, repeats: int) -> None:
