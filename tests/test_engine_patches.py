@@ -8,8 +8,9 @@ whole step land in each of the three loops. Tolerance: 1e-6 of sum(|w| |x|) per 
 accumulation of at most 80 products is about 1e-7). 0001 is tested by tests/test_mix_adapters.py.
 
 0004 (ggml-cpu: a LoRA pair's four nodes as one for up to 8 tokens): the pattern against float64
-on exact inputs (tests/ggml_dot.py), same tolerance, on the same CPUs, and fused exactly where
-it should be (1-8 tokens, single-use intermediates) and nowhere else. The runtime's outputs
+on exact inputs (tests/ggml_dot.py), same tolerance, on the same CPUs and at 1 to 16 threads,
+fused exactly where it should be (1-8 tokens, single-use intermediates, no output flag) and
+nowhere else, and bit for bit equal to the unfused nodes for one token on random inputs. The runtime's outputs
 against PEFT (tests/test_runtime*.py, test_mix_adapters.py) run through it on every decode.
 """
 
@@ -49,8 +50,10 @@ def test_dot_products_and_lora_pairs_match_float64():
 
 
 def test_lora_pairs_unfused_match_too():
-    """GGML_CPU_DISABLE_FUSION=1: the four nodes one by one give the same results, and every
-    case the fused path takes is reported as unfused (the NaN check sees the difference)."""
+    """GGML_CPU_DISABLE_FUSION=1: the four nodes one by one give the same results, every case the
+    fused path takes is reported as unfused (the NaN check sees the difference), and one token's
+    outputs on random inputs are the same bits as the fused node's."""
+    fused = _dot_errors([])
     os.environ["GGML_CPU_DISABLE_FUSION"] = "1"
     try:
         out = _dot_errors([])
@@ -58,6 +61,7 @@ def test_lora_pairs_unfused_match_too():
         del os.environ["GGML_CPU_DISABLE_FUSION"]
     assert out["lora"]["worst"] <= TOLERANCE, out["lora"]
     assert out["lora"]["fusable"] > 100 and len(out["lora"]["wrong_fusion"]) == out["lora"]["fusable"], out["lora"]
+    assert out["lora"]["digest"] == fused["lora"]["digest"]
 
 
 @pytest.mark.slow
