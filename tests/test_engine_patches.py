@@ -12,6 +12,10 @@ on exact inputs (tests/ggml_dot.py), same tolerance, on the same CPUs and at 1 t
 fused exactly where it should be (1-8 tokens, single-use intermediates, no output flag) and
 nowhere else, and bit for bit equal to the unfused nodes for one token on random inputs. The runtime's outputs
 against PEFT (tests/test_runtime*.py, test_mix_adapters.py) run through it on every decode.
+
+0007 (ggml-cpu: the fused pair's f16 B rows eight at a time on AVX2): the same float64 cases
+(ranks 8, 16, 32 and 64 take it here and under qemu Haswell, not under Nehalem), and on random
+inputs within 1e-6 of the terms' size of the unfused nodes (the same products, summed in another order).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +67,13 @@ def test_lora_pairs_unfused_match_too():
     assert out["lora"]["worst"] <= TOLERANCE, out["lora"]
     assert out["lora"]["fusable"] > 100 and len(out["lora"]["wrong_fusion"]) == out["lora"]["fusable"], out["lora"]
     assert out["lora"]["digest"] == fused["lora"]["digest"]
+    # 0007's rows (f16 B, rank a multiple of 8): the same sums in another order
+    assert out["lora"]["random"].keys() == fused["lora"]["random"].keys() and len(fused["lora"]["random"]) == 8
+    worst = 0.0
+    for label, (got, bound) in fused["lora"]["random"].items():
+        want = np.array(out["lora"]["random"][label][0])
+        worst = max(worst, float(np.max(np.abs(np.array(got) - want) / np.array(bound))))
+    assert worst <= TOLERANCE, worst
 
 
 @pytest.mark.slow
