@@ -1,6 +1,7 @@
 """Several all-linear adapters mixed in one call, on every supported architecture: the runtime
 against transformers + PEFT with the same adapters all active (relative error <= 2e-3 on the
-logits, f32 KV; the mix moving the logits by > 0.05), and many adapters at once on the
+logits, f32 KV; the mix moving the logits by > 0.05), applied one by one and combined into one
+adapter (edge_lora/runtime/mixes.py), and many adapters at once on the
 architectures whose graph budget llama.cpp sizes apart (qwen35, qwen35moe): without
 cmake/patches/0001-graph-max-nodes-lora-every-arch.patch, 12 to 24 adapters there abort the process."""
 
@@ -43,10 +44,13 @@ def test_four_all_linear_adapters_mixed_match_peft(tiny, tmp_path, case):
     with Runtime(t.base_path, n_ctx=64, kv_type="f32") as rt:
         for i in range(N_MIX):
             rt.load_adapter(f"a{i}", tmp_path / f"a{i}.gguf")
-        got = rt.logits(TOKENS, {f"a{i}": 1.0 for i in range(N_MIX)})
-    err = rel_err(got, want)
-    print(f"{N_MIX} adapters mixed on {case}: {err:.1e}")
-    assert err <= RTOL
+        mix = {f"a{i}": 1.0 for i in range(N_MIX)}
+        got = rt.logits(TOKENS, mix)  # one by one (the set's first call)
+        assert rt.prepare_mix(mix)  # then as one adapter (edge_lora/runtime/mixes.py)
+        got_one = rt.logits(TOKENS, mix)
+    err, err_one = rel_err(got, want), rel_err(got_one, want)
+    print(f"{N_MIX} adapters mixed on {case}: {err:.1e}, as one adapter {err_one:.1e}")
+    assert err <= RTOL and err_one <= RTOL
 
 
 @pytest.mark.parametrize("case", ["qwen35", "qwen35moe"])

@@ -86,7 +86,7 @@ def evaluate(slot: Slot, runs: Sequence[Run], tokens: Sequence[int], start: int,
     for r in runs:
         if r.end <= start:
             continue
-        slot.ctx.set_adapters(r.aset.natives)
+        slot.ctx.set_adapters(r.aset.run_with)
         out = slot.kv.decode(r.aset.key, tokens[max(start, r.start) : r.end], all_logits=all_logits, cancel=cancel)
         if out is not None:
             outs.append(out)
@@ -121,7 +121,7 @@ def generate(
     cached = pool.prepare(slot, segments(runs, prompt))
     try:
         if cached == len(prompt):  # held with its logits: put them back for the sampler, no decode
-            slot.ctx.set_adapters(aset.natives)
+            slot.ctx.set_adapters(aset.run_with)
             slot.ctx.set_last_logits(kv.kept_logits(cached))  # type: ignore[arg-type]
         else:
             evaluate(slot, runs, prompt, cached, cancel=cancel)  # leaves the last token's logits for the sampler

@@ -19,7 +19,8 @@ class MemoryUsage:
     the page cache); ``model_resident``: the part of that mapping in RAM now (Linux; None
     elsewhere); ``kv_per_context``: one context's KV cache (allocated at creation), times
     ``contexts``; ``adapters``: the loaded adapters' tensors (llama.cpp copies them in);
-    ``snapshots``: saved KV states kept for switching back."""
+    ``snapshots``: saved KV states kept for switching back; ``mixes``: the adapters of mixes
+    run as one (:mod:`.mixes`; their file sizes)."""
 
     model_mapped: int
     model_resident: int | None
@@ -27,13 +28,15 @@ class MemoryUsage:
     contexts: int
     adapters: int
     snapshots: int
+    mixes: int = 0
 
     @property
     def total(self) -> int:
         """The sum of the figures above, counting the whole mapped model. Not counted: llama.cpp's
         compute buffers (allocated per context for the largest batch, hundreds of MiB on a large
         vocabulary) and the Python process itself; compare with the process RSS for those."""
-        return self.model_mapped + self.kv_per_context * self.contexts + self.adapters + self.snapshots
+        return (self.model_mapped + self.kv_per_context * self.contexts + self.adapters + self.snapshots
+                + self.mixes)
 
 
 def _per_layer(value: object, n_layer: int) -> list[int]:

@@ -64,9 +64,12 @@ class AdapterSet:
     """The adapters (and scales) one call runs with; also its KV-cache key."""
 
     key: SetKey
+    #: the registry's adapters with their scales, in ``key``'s order (each held by the call)
     natives: tuple[tuple[NativeAdapter, float], ...]
     #: each adapter's aLoRA invocation tokens, in ``key``'s order (() for a plain LoRA)
     invocations: tuple[tuple[int, ...], ...] = ()
+    #: their combination as one adapter at scale 1 (:mod:`.mixes`), or () to apply ``natives``
+    applied: tuple[tuple[NativeAdapter, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.invocations:
@@ -76,10 +79,17 @@ class AdapterSet:
     def scales(self) -> dict[str, float]:
         return {name: scale for name, _, scale in self.key}
 
+    @property
+    def run_with(self) -> tuple[tuple[NativeAdapter, float], ...]:
+        """What llama.cpp applies for this set: the combination when there is one, else ``natives``."""
+        return self.applied or self.natives
+
     def subset(self, names: set[str]) -> AdapterSet:
         """The set of those of its adapters named in ``names`` (its key is what a call naming
         only them resolves to, so their KV is shared)."""
         keep = [i for i, (n, _, _) in enumerate(self.key) if n in names]
+        if len(keep) == len(self.key):
+            return self  # with its combination, if it has one
         return AdapterSet(tuple(self.key[i] for i in keep), tuple(self.natives[i] for i in keep),
                           tuple(self.invocations[i] for i in keep))
 
@@ -135,6 +145,12 @@ class AdapterRegistry:
         if entry is None:
             raise self._unknown(name)
         self._retire(entry)
+
+    def path_of(self, uid: int) -> Path | None:
+        """The file of the adapter loaded as ``uid`` while it is loaded or in use, else None."""
+        with self._lock:
+            entry = self._live.get(uid)
+            return None if entry is None else entry.info.path
 
     def infos(self) -> dict[str, AdapterInfo]:
         with self._lock:

@@ -38,9 +38,10 @@ from .decode import check_finite, check_grammar, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
 from ..formats.gguf_file import read_gguf, require_base
 from ..engine.check import ensure_engine_ok
-from ..engine.native import ContextParams, NativeModel, backends, devices
+from ..engine.native import ContextParams, NativeAdapter, NativeModel, backends, devices
 from ..engine.offload import no_device_problem
 from .kv import SnapshotStore
+from .mixes import MixCache
 from .scheduler import Scheduler, Slot
 from .registry import AdapterInfo, AdapterRegistry, AdapterSet
 
@@ -65,6 +66,7 @@ class Runtime:
         n_batch: int = 512,
         kv_type: str = "f16",
         snapshot_mb: float = 256,
+        mix_cache_mb: float = 256,
         op_offload: bool = True,
         chat_template: str | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
@@ -73,7 +75,9 @@ class Runtime:
     ) -> None:
         """Load ``model_path`` (mmap kept on). ``n_parallel`` contexts serve calls in parallel,
         each with its own ``n_ctx`` KV cache; ``snapshot_mb`` bounds the KV snapshots kept to make
-        switching back to an earlier adapter set cheap (0 disables them).
+        switching back to an earlier adapter set cheap (0 disables them). ``mix_cache_mb`` bounds
+        the mixes run as one adapter (:mod:`.mixes`: two or more adapters in a call combined
+        exactly into one, after the set's first call; 0 applies them one by one always).
 
         ``on_load_progress(fraction)`` is called from this thread while llama.cpp loads the model
         (0.0 to 1.0, from its own progress reports); returning False cancels the load
@@ -103,6 +107,7 @@ class Runtime:
         if n_threads is not None:
             problems.add(int_problem("n_threads", n_threads, lo=1), param="n_threads")
         problems.add(number_problem("snapshot_mb", snapshot_mb, lo=0), param="snapshot_mb")
+        problems.add(number_problem("mix_cache_mb", mix_cache_mb, lo=0), param="mix_cache_mb")
         problems.add(int_problem("n_gpu_layers", n_gpu_layers, lo=-1), param="n_gpu_layers")
         if not isinstance(op_offload, bool):
             problems.add(f"op_offload must be True or False, got {op_offload!r}", param="op_offload")
@@ -135,7 +140,9 @@ class Runtime:
         except Exception:
             self._model.close()
             raise
-        self._registry = AdapterRegistry(self._model, self.base_info, self._pool.detach)
+        self._registry = AdapterRegistry(self._model, self.base_info, self._detach_adapter)
+        self.mixes = MixCache(self._model, self.base_info.architecture, int(mix_cache_mb * 1024 * 1024),
+                              self._registry.path_of, self._pool.detach)
         try:
             self._template = ChatTemplate(
                 chat_template or self._model.chat_template(),
@@ -167,6 +174,18 @@ class Runtime:
     def unload_adapter(self, name: str) -> None:
         """Unload an adapter; it is freed when the last call using it ends."""
         self._registry.unload(name)
+
+    def prepare_mix(self, adapters: Adapters) -> bool:
+        """Combine a mix of adapters into one now (:mod:`.mixes`; otherwise done in the background
+        after its first call), waiting for it; True when calls with ``adapters`` then run it as one
+        adapter, False when they apply its adapters one by one (fewer than two, an aLoRA among
+        them, ``mix_cache_mb`` too small: ``Runtime.mixes.refused()`` says why)."""
+        self._check_open()
+        aset = self._registry.acquire(adapters)
+        try:
+            return self.mixes.build(aset)
+        finally:
+            self._registry.release(aset)
 
     def check_adapters(self, adapters: Adapters) -> None:
         """Raise :class:`UnknownAdapterError` / :class:`InvalidRequestError` for a bad adapter mix."""
@@ -329,6 +348,7 @@ class Runtime:
             contexts=self._pool.size,
             adapters=sum(a.size_bytes for a in self.adapters.values()),
             snapshots=self.snapshots.bytes_used if self.snapshots else 0,
+            mixes=self.mixes.bytes_used,
         )
 
     def chat_tokens(self, messages: Sequence[Mapping[str, Any]], adapters: Adapters = None, *,
@@ -377,6 +397,7 @@ class Runtime:
         if not self._pool.close(timeout):
             log.warning("Runtime.close: a call still holds a context after %.0f s; keeping the model loaded", timeout)
             return
+        self.mixes.close()
         self._registry.close()
         self._model.close()
 
@@ -414,12 +435,18 @@ class Runtime:
     def _call(self, adapters: Adapters, cancel: CancelToken | None = None) -> Iterator[tuple[Slot, AdapterSet]]:
         if self._closed:
             raise InvalidRequestError("this Runtime is closed")
-        aset = self._registry.acquire(adapters)
+        aset = self.mixes.use(self._registry.acquire(adapters))
         try:
             with self._pool.lease(cancel) as slot:
                 yield slot, aset
         finally:
+            self.mixes.release(aset)
             self._registry.release(aset)
+
+    def _detach_adapter(self, native: NativeAdapter, uid: int) -> None:
+        """Before an adapter is freed: its combinations dropped, it taken off the idle contexts."""
+        self.mixes.drop_adapter(uid)
+        self._pool.detach(native, uid)
 
     def _run(self, ids: list[int], adapters: Adapters, params: SamplingParams,
              cancel: CancelToken | None = None, keep_special: frozenset[int] = frozenset()) -> Iterator[str]:
