@@ -50,6 +50,10 @@ def _runtime(files, outtype="f16", **kw) -> Runtime:
     return rt
 
 
+def MIX_KEY(rt: Runtime) -> tuple:
+    return tuple((n, rt.adapters[n].uid, s) for n, s in sorted(MIX.items()))
+
+
 SAME = {"a": 1.0, "b": 1.0, "c": 1.0}  # alpha = 2r for each: one effective scale, 2.0
 
 
@@ -63,6 +67,7 @@ def test_combined_equals_the_adapters_one_by_one(files, outtype, mix, tol):
     with _runtime(files, outtype) as rt:
         assert rt.prepare_mix(mix)
         combined = rt.logits(TOKENS, mix)
+        assert rt.mixes.hits == 1  # the call ran the combination
         assert rt.complete("tok1 tok2", mix, max_tokens=16, temperature=0.0).tokens == text
         (key,) = rt.mixes.combined()
         assert [(n, s) for n, _, s in key] == sorted(mix.items())
@@ -82,10 +87,11 @@ def test_built_after_the_first_call_and_counted_in_memory(files):
         sizes = sum(i.size_bytes for n, i in rt.adapters.items() if n in "ab")
         assert 0.9 * sizes < used < 1.1 * sizes  # the f16 factors of both, once more
         assert rt.memory().mixes == used
+        assert rt.mixes.hits == 0  # the first call ran the adapters one by one
         assert rel_err(rt.logits(TOKENS, {"a": 1.0, "b": 1.0}), first) <= 2e-3 * rel_err(first, rt.logits(TOKENS))
-        assert rt.mixes.combined() == [key]  # the same set, names in another order, hits it
-        rt.logits(TOKENS, {"b": 1.0, "a": 1.0})
-        assert rt.mixes.combined() == [key] and rt.mixes.refused() == {}
+        assert rt.mixes.hits == 1
+        rt.logits(TOKENS, {"b": 1.0, "a": 1.0})  # the same set, names in another order, hits it
+        assert rt.mixes.hits == 2 and rt.mixes.combined() == [key] and rt.mixes.refused() == {}
         assert not rt.prepare_mix({"a": 1.0})  # one adapter: nothing to combine
         assert not rt.prepare_mix({"a": 1.0, "b": 0.0})  # scale 0 drops b
 
@@ -101,7 +107,7 @@ def test_the_memory_bound_evicts_and_refuses(files):
         assert not rt.prepare_mix(MIX)  # c is rank 16: a+b+c is larger than the whole bound
         (reason,) = rt.mixes.refused().values()
         assert "larger than the mix cache" in reason and "mix_cache_mb" in reason
-        assert rel_err(rt.logits(TOKENS, MIX), rt.logits(TOKENS, MIX)) == 0.0  # still runs, one by one
+        assert MIX_KEY(rt) not in rt.mixes.combined() and rt.logits(TOKENS, MIX).shape[0] == len(TOKENS)
 
 
 def test_unloading_an_adapter_drops_its_combinations_after_the_calls_using_them(files):
@@ -142,7 +148,10 @@ def test_calls_from_many_threads_while_sets_are_combined(files):
             th.join()
         rt.mixes.wait()
         assert len(rt.mixes.combined()) == 4
-    assert len(errors) == 24 and max(errors) <= 1.0
+        hits = rt.mixes.hits  # how many of the 24 ran a combination depends on the builds' timing
+        work(0), work(1), work(2), work(3)
+        assert rt.mixes.hits == hits + 12
+    assert len(errors) == 36 and max(errors) <= 1.0
 
 
 def test_an_alora_set_or_a_zero_budget_is_never_combined():
@@ -170,3 +179,20 @@ def test_the_factors_of_adapters_sharing_a_scale_are_stacked_unchanged(files):
     b_a, b_b = (read_gguf_lora(paths[n, "f16"]).weights[name].b for n in "ab")
     assert np.array_equal(pairs[name].b[:, 4:], b_b)
     assert np.allclose(pairs[name].b[:, :4], b_a * (-1 / 3), rtol=1e-6)
+
+
+def test_a_file_rewritten_after_its_load_is_not_combined(files, tmp_path):
+    """llama.cpp holds an adapter as it was loaded: a combination read from a file rewritten
+    since would run other weights under the same load id, so the set stays one by one."""
+    base, paths = files
+    copy = tmp_path / "b.gguf"
+    copy.write_bytes(paths["b", "f16"].read_bytes())
+    with Runtime(base, n_ctx=128, kv_type="f32") as rt:
+        rt.load_adapter("a", paths["a", "f16"])
+        rt.load_adapter("b", copy)
+        copy.write_bytes(paths["c", "f16"].read_bytes())  # another adapter under the loaded name's file
+        assert not rt.prepare_mix({"a": 1.0, "b": 1.0})
+        (reason,) = rt.mixes.refused().values()
+        assert "b.gguf changed on disk since it was loaded" in reason
+        rt.load_adapter("b", copy)  # loaded again: a new set, combined from the file as it is now
+        assert rt.prepare_mix({"a": 1.0, "b": 1.0})

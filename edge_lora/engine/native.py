@@ -573,6 +573,7 @@ class NativeContext:
             ll.llama_batch_free(self._batch)
             ll.llama_free(self.ptr)
             self.ptr = None
+            self._adapters = ()  # holds none: a late Scheduler.detach leaves a closed context alone
 
     # -- adapters --------------------------------------------------------------
     def set_adapters(self, adapters: Sequence[tuple[NativeAdapter, float]]) -> None:

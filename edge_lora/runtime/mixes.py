@@ -40,7 +40,7 @@ from ..formats.gguf_file import read_gguf
 from ..formats.values import F16_MAX
 from ..lora.adapter import LoraSource, read_gguf_lora
 from ..lora.pair import LoraPair, concat
-from .registry import AdapterSet, SetKey
+from .registry import AdapterSet, FileStamp, SetKey, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,25 @@ def combined_pairs(sources: list[LoraSource]) -> tuple[dict[str, LoraPair], floa
 class MixCache:
     """Combined adapters by set, built in the background, within ``budget`` bytes (0: none).
 
-    ``path_of(uid)`` is a loaded adapter's file (None once it is gone); ``detach(native, uid)``
+    ``file_of(uid)`` is a loaded adapter's file and its stamp at load (None once the adapter is
+    gone: :meth:`AdapterRegistry.file_of`); ``detach(native, uid)``
     takes a native adapter off every idle context before it is freed (the scheduler's)."""
 
-    def __init__(self, model: NativeModel, arch: str, budget: int, path_of: Callable[[int], Path | None],
+    def __init__(self, model: NativeModel, arch: str, budget: int,
+                 file_of: Callable[[int], tuple[Path, FileStamp | None] | None],
                  detach: Callable[[NativeAdapter, int], None]) -> None:
         self._model, self._arch, self.budget = model, arch, budget
-        self._path_of, self._detach = path_of, detach
+        self._file_of, self._detach = file_of, detach
+        #: calls that ran a combination (as opposed to their adapters one by one)
+        self.hits = 0
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._active = 0  # builds under way, background or not: close() waits for them
         self._mixes: OrderedDict[SetKey, _Mix] = OrderedDict()  # least recently used first
         self._live: dict[int, _Mix] = {}  # by native serial: cached, or dropped but still in use
         self._building: set[SetKey] = set()
         self._refused: dict[SetKey, str] = {}
         self._gone: set[int] = set()  # uids of unloaded adapters: a build finishing late is dropped
-        self._threads: list[threading.Thread] = []
         self._closed = False
 
     # -- calls -------------------------------------------------------------------------
@@ -102,15 +107,11 @@ class MixCache:
             if mix is not None:
                 self._mixes.move_to_end(aset.key)
                 mix.refs += 1
+                self.hits += 1
                 return replace(aset, applied=((mix.native, mix.scale),))
-            start = aset.key not in self._building and aset.key not in self._refused and not self._closed
-            if start:
-                self._building.add(aset.key)
+            start = self._begin(aset.key)
         if start:
-            thread = threading.Thread(target=self._build, args=(aset.key,), name="edge-lora-mix", daemon=True)
-            with self._lock:
-                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-            thread.start()
+            threading.Thread(target=self._build, args=(aset.key,), name="edge-lora-mix", daemon=True).start()
         return aset
 
     def release(self, aset: AdapterSet) -> None:
@@ -136,28 +137,24 @@ class MixCache:
         if not self.eligible(aset):
             return False
         with self._lock:
-            ready = aset.key in self._mixes
-            start = not ready and aset.key not in self._building and aset.key not in self._refused
-            if start:
-                self._building.add(aset.key)
+            start = aset.key not in self._mixes and self._begin(aset.key)
         if start:
             self._build(aset.key)
-        self.wait()
-        with self._lock:
+        with self._cond:  # a build of this set under way in another thread, background or not
+            self._cond.wait_for(lambda: aset.key not in self._building)
             return aset.key in self._mixes
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the builds under way."""
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout)
+        with self._cond:
+            self._cond.wait_for(lambda: self._active == 0, timeout)
 
     # -- state -------------------------------------------------------------------------
     @property
     def bytes_used(self) -> int:
+        """The combinations' sizes: those kept, and those dropped but still used by a call."""
         with self._lock:
-            return sum(m.size for m in self._mixes.values())
+            return sum(m.size for m in self._live.values())
 
     def combined(self) -> list[SetKey]:
         """The sets running as one adapter now, least recently used first."""
@@ -180,10 +177,9 @@ class MixCache:
 
     def close(self) -> None:
         """Stop building and free every combination (the contexts are closed first)."""
-        with self._lock:
+        with self._cond:
             self._closed = True
-        self.wait()
-        with self._lock:
+            self._cond.wait_for(lambda: self._active == 0)
             mixes = list(self._live.values())
             self._mixes.clear()
             self._live.clear()
@@ -191,17 +187,33 @@ class MixCache:
             mix.native.close()
 
     # -- internals ---------------------------------------------------------------------
+    def _begin(self, key: SetKey) -> bool:
+        """Under the lock: claim ``key``'s build (False when built, refused, under way or closed)."""
+        if key in self._building or key in self._refused or self._closed:
+            return False
+        self._building.add(key)
+        self._active += 1
+        return True
+
     def _build(self, key: SetKey) -> None:
         try:
-            native, scale, size = self._combine(key)
-        except (EdgeLoraError, OSError, ValueError) as exc:
-            with self._lock:
+            self._install(key)
+        finally:
+            with self._cond:
                 self._building.discard(key)
-                self._refused[key] = str(exc)
+                self._active -= 1
+                self._cond.notify_all()
+
+    def _install(self, key: SetKey) -> None:
+        try:
+            native, scale, size = self._combine(key)
+        except Exception as exc:  # any failure: the set runs one by one, never a build stuck 'under way'
+            with self._lock:
+                if not any(u in self._gone for _, u, _ in key):
+                    self._refused[key] = f"{type(exc).__name__}: {exc}"
             log.info("adapters %s run one by one: %s", [n for n, _, _ in key], exc)
             return
         with self._lock:
-            self._building.discard(key)
             stale = self._closed or any(u in self._gone for _, u, _ in key)
             if not stale:
                 mix = _Mix(native, scale, size)
@@ -219,25 +231,35 @@ class MixCache:
         """The ``cat`` combination of ``key``'s adapters (each at its scale, :func:`combined_pairs`)
         loaded natively, the scale to apply it at, and its size; raises :class:`EdgeLoraError` when
         it cannot be built (too large, an overflow, a file gone)."""
-        paths = [self._path_of(uid) for _, uid, _ in key]
-        if any(p is None for p in paths):
+        files = [self._file_of(uid) for _, uid, _ in key]
+        if any(f is None for f in files):
             raise EdgeLoraError("an adapter of the set was unloaded")
-        infos = [read_gguf(p) for p in paths]  # type: ignore[arg-type]
+        paths = [f[0] for f in files]  # type: ignore[index]
+
+        def check_unchanged() -> None:  # llama.cpp holds the adapters as they were loaded
+            changed = [p.name for p, stamp in files if stamp is None or file_stamp(p) != stamp]  # type: ignore[misc]
+            if changed:
+                raise EdgeLoraError(f"{', '.join(changed)} changed on disk since it was loaded: load it again to "
+                                    "run the new file")
+
+        check_unchanged()
+        infos = [read_gguf(p) for p in paths]
         f32 = any(t.type_name == GGMLQuantizationType.F32.name for i in infos for t in i.tensors.values())
         size = sum(int(np.prod(t.shape)) for i in infos for t in i.tensors.values()) * (4 if f32 else 2)
         if size > self.budget:
             raise EdgeLoraError(f"their combination ({size / 2**20:.1f} MiB) is larger than the mix cache "
                                 f"({self.budget / 2**20:.1f} MiB: mix_cache_mb)")
-        sources = [read_gguf_lora(p, scale=s, label=n) for (n, _, s), p in zip(key, paths)]  # type: ignore[arg-type]
+        sources = [read_gguf_lora(p, scale=s, label=n) for (n, _, s), p in zip(key, paths)]
+        check_unchanged()  # what was read is what llama.cpp holds
         pairs, ref = combined_pairs(sources)
         tensors = pair_tensors(pairs)
         if not f32 and any(np.abs(t.data).max(initial=0.0) > F16_MAX for t in tensors):
             raise EdgeLoraError("a factor goes beyond f16's range once the scales are folded in")
-        with tempfile.TemporaryDirectory(prefix="edge-lora-mix-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="edge-lora-mix-", ignore_cleanup_errors=True) as tmp:
             path = Path(tmp) / "mix.gguf"
             write_adapter(path, self._arch, 0.0, tensors, "f32" if f32 else "f16", {}, progress=False)
-            native = NativeAdapter(self._model, str(path))  # llama.cpp copies the tensors in
-            return native, ref, path.stat().st_size
+            size = path.stat().st_size
+            return NativeAdapter(self._model, str(path)), ref, size  # llama.cpp copies the tensors in
 
     def _drop(self, key: SetKey) -> None:
         with self._lock:

@@ -51,8 +51,22 @@ class AdapterInfo:
 class _Entry:
     info: AdapterInfo
     native: NativeAdapter
+    stamp: FileStamp | None = None  # the file as it was loaded
     refs: int = 0
     retired: bool = False
+
+
+#: a file's (size, mtime in ns, inode): what tells that it was rewritten since
+FileStamp = tuple[int, int, int]
+
+
+def file_stamp(path: Path) -> FileStamp | None:
+    """``path``'s :data:`FileStamp`, or None when it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 #: what a call resolved: (name, uid, scale) sorted by name; zero scales dropped
@@ -124,13 +138,14 @@ class AdapterRegistry:
         problem = template_kwargs_problem(template_kwargs or {})
         if problem:
             raise InvalidRequestError(f"adapter {name!r}: {problem}", param="template_kwargs")
+        stamp = file_stamp(Path(path))
         info = require_adapter(read_gguf(path))
         problems = adapter_problems(info, self._base, archs=adapter_archs(self._base.architecture))
         if problems:
             raise IncompatibleAdapterError(f"{info.path}: cannot be used with the base {self._base.path.name}", problems)
         native = self._native(info)
         entry = _Entry(replace(_describe(name, info, scale, native.serial),
-                               template_kwargs=MappingProxyType(dict(template_kwargs or {}))), native)
+                               template_kwargs=MappingProxyType(dict(template_kwargs or {}))), native, stamp)
         with self._lock:
             old = self._entries.get(name)
             self._entries[name] = entry
@@ -146,11 +161,12 @@ class AdapterRegistry:
             raise self._unknown(name)
         self._retire(entry)
 
-    def path_of(self, uid: int) -> Path | None:
-        """The file of the adapter loaded as ``uid`` while it is loaded or in use, else None."""
+    def file_of(self, uid: int) -> tuple[Path, FileStamp | None] | None:
+        """The file of the adapter loaded as ``uid``, with its stamp when it was loaded, while the
+        adapter is loaded or in use; else None."""
         with self._lock:
             entry = self._live.get(uid)
-            return None if entry is None else entry.info.path
+            return None if entry is None else (entry.info.path, entry.stamp)
 
     def infos(self) -> dict[str, AdapterInfo]:
         with self._lock:

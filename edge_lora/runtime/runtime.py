@@ -142,7 +142,7 @@ class Runtime:
             raise
         self._registry = AdapterRegistry(self._model, self.base_info, self._detach_adapter)
         self.mixes = MixCache(self._model, self.base_info.architecture, int(mix_cache_mb * 1024 * 1024),
-                              self._registry.path_of, self._pool.detach)
+                              self._registry.file_of, self._pool.detach)
         try:
             self._template = ChatTemplate(
                 chat_template or self._model.chat_template(),
