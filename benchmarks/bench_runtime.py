@@ -7,7 +7,9 @@ quantizer. Each base gets 8 random rank-16 LoRA adapters on every linear layer o
 Generated files are cached under .cache/bench-runtime/ and reused.
 
 Measured side by side in one run (2 threads, greedy decoding), printed as markdown tables:
-  1. decode tokens/s with 0, 1, 2 adapters: Runtime vs Llama(lora_path=...)
+  1. decode tokens/s with 0, 1, 2 adapters: Runtime vs Llama(lora_path=...); 1b, the adapters'
+     cost as a ratio to the base from alternating rounds (two adapters as one and one by one);
+     1c, the same for prompt evaluation (prefill)
   2. adapter-set switch latency (1-token completion): Runtime switching sets vs reusing one,
      vs constructing a new Llama with the other lora_path (llama-cpp-python's only way)
   3. time to first token when a 1,000-token session switches A -> B -> A, with and without
@@ -310,7 +312,12 @@ def bench_decode(base: Path, adapters: list[Path], n_tok: int, repeats: int) -> 
                 tps, n_r[k], text = llcpp_decode(llms[f][k], PROMPT, n_tok)
                 ref[f][k].append(tps)
                 same[k] = "yes" if text == c.text else "no"
-    cost = adapter_cost(rt, sets, max(16, n_tok // 2), 8 * repeats)
+    assert rt.prepare_mix(sets[2]), rt.mixes.refused()  # the two as one adapter (mixes.py)
+    apart = edge_runtime(base, adapters[:2], 1024, mix_cache_mb=0)  # the same two, one by one
+    apart.complete(PROMPT, sets[2], max_tokens=4, temperature=0.0)
+    cost = adapter_cost([(rt, sets[0]), (rt, sets[1]), (rt, sets[2]), (apart, sets[2])], max(16, n_tok // 2),
+                        8 * repeats)
+    apart.close()
     rt.close()
     for m in llms[0] + llms[1]:
         m.close()
@@ -333,25 +340,62 @@ def bench_decode(base: Path, adapters: list[Path], n_tok: int, repeats: int) -> 
     table(f"1b. Adapter cost: decode with adapters / the base, edge-lora alone ({cost['rounds']} alternating rounds "
           f"of {cost['n_tok']} tokens; per-round ratios: median, its 95% bootstrap interval, min-max)",
           ["adapters", "ratio to the base", "95% interval", "min-max"],
-          [[str(k), f"**{cost[k]['median']:.3f}**", f"{cost[k]['lo']:.3f}-{cost[k]['hi']:.3f}",
-            f"{cost[k]['min']:.3f}-{cost[k]['max']:.3f}"] for k in (1, 2)])
+          [[label, f"**{cost[k]['median']:.3f}**", f"{cost[k]['lo']:.3f}-{cost[k]['hi']:.3f}",
+            f"{cost[k]['min']:.3f}-{cost[k]['max']:.3f}"]
+           for k, label in ((1, "1"), (2, "2, as one adapter (default)"), (3, "2, one by one (mix_cache_mb=0)"))])
 
 
-def adapter_cost(rt: Any, sets: Sequence[dict[str, float]], n_tok: int, rounds: int) -> dict[Any, Any]:
-    """Decode rate with each of ``sets[1:]`` over the base's (``sets[0]``), measured in alternating
-    rounds (base, one, two, base, ...) so that the machine's drifts cancel in each round's ratio;
-    the median of the per-round ratios with a bootstrap 95% interval of that median."""
-    rates: list[list[float]] = [[] for _ in sets]
-    for _ in range(rounds):
-        for k, s in enumerate(sets):
-            rates[k].append(rt.complete(PROMPT, s, max_tokens=n_tok, temperature=0.0).tokens_per_second)
-    out: dict[Any, Any] = {"rounds": rounds, "n_tok": n_tok}
+def adapter_cost(runs: Sequence[tuple[Any, dict[str, float]]], n_tok: int, rounds: int,
+                 measure: Callable[[Any, dict[str, float], int], float] | None = None) -> dict[Any, Any]:
+    """The rate of each ``(runtime, set)`` of ``runs[1:]`` over the base's (``runs[0]``): decode
+    tokens/s of ``n_tok`` tokens, or what ``measure(rt, set, round)`` returns. Measured in
+    alternating rounds (base, one, two, base, ...) so that the machine's drifts cancel in each
+    round's ratio; the median of the per-round ratios with a bootstrap 95% interval of that median."""
+    if measure is None:
+        measure = lambda rt, s, i: rt.complete(PROMPT, s, max_tokens=n_tok, temperature=0.0).tokens_per_second  # noqa: E731
+    rates: list[list[float]] = [[] for _ in runs]
+    for i in range(rounds):
+        for k, (rt, s) in enumerate(runs):
+            rates[k].append(measure(rt, s, i))
+    out: dict[Any, Any] = {"rounds": rounds, "n_tok": n_tok, "rates": [med(r) for r in rates]}
     rng = random.Random(0)
-    for k in range(1, len(sets)):
+    for k in range(1, len(runs)):
         ratios = [a / b for a, b in zip(rates[k], rates[0])]
         boot = sorted(med(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
         out[k] = {"median": med(ratios), "lo": boot[49], "hi": boot[1949], "min": min(ratios), "max": max(ratios)}
     return out
+
+
+LONG = " ".join([PROMPT] * 12)  # about 200 tokens
+
+
+def bench_prefill(base: Path, adapters: list[Path], rounds: int) -> None:
+    """Prompt evaluation with 0, 1 and 2 adapters: prompt tokens/s of a fresh ~200-token prompt
+    (its first token differs each round, so nothing is reused; snapshots off), ratio to the base."""
+    rt = edge_runtime(base, adapters[:2], 1024, snapshot_mb=0)
+    apart = edge_runtime(base, adapters[:2], 1024, snapshot_mb=0, mix_cache_mb=0)
+    sets: list[dict[str, float]] = [{}, {"a0": 1.0}, {"a0": 1.0, "a1": 1.0}]
+    assert rt.prepare_mix(sets[2]), rt.mixes.refused()
+    n_prompt = [0]
+
+    def measure(r: Any, s: dict[str, float], i: int) -> float:
+        c = r.complete(f"{i}: {LONG}", s, max_tokens=1, temperature=0.0)
+        n_prompt[0] = c.prompt_tokens - c.cached_tokens
+        return n_prompt[0] / (c.timings.prompt_ms / 1000)
+
+    runs = [(rt, sets[0]), (rt, sets[1]), (rt, sets[2]), (apart, sets[2])]
+    for r, s in runs:  # warm-up: the graphs for a long batch
+        measure(r, s, -1)
+    cost = adapter_cost(runs, 0, rounds, measure)
+    rt.close()
+    apart.close()
+    table(f"1c. Prefill: prompt tokens/s with adapters / the base ({cost['rounds']} alternating rounds of a fresh "
+          f"{n_prompt[0]}-token prompt; per-round ratios: median, its 95% bootstrap interval, min-max)",
+          ["adapters", "prompt tokens/s", "ratio to the base", "95% interval", "min-max"],
+          [["0", f"{cost['rates'][0]:.0f}", "1", "-", "-"]] +
+          [[label, f"{cost['rates'][k]:.0f}", f"**{cost[k]['median']:.3f}**", f"{cost[k]['lo']:.3f}-{cost[k]['hi']:.3f}",
+            f"{cost[k]['min']:.3f}-{cost[k]['max']:.3f}"]
+           for k, label in ((1, "1"), (2, "2, as one adapter (default)"), (3, "2, one by one (mix_cache_mb=0)"))])
 
 
 def bench_moe_decode(base: Path, adapter: Path, n_tok: int, repeats: int) -> None:
@@ -544,8 +588,11 @@ def rss_kb() -> dict[str, int]:
     return out
 
 
-def mem_child(base: str, adapters: list[str]) -> None:
-    rt = Runtime(base, n_ctx=512, n_threads=THREADS)
+def mem_child(base: str, mode: str, adapters: list[str]) -> None:
+    """RSS (``/proc/self/status``) in a fresh process: before the adapters, loaded, after a call
+    with one, and after a call mixing all of them, applied one by one (``mode == "apart"``,
+    mix_cache_mb=0) or as one adapter (``"one"``: combined first by prepare_mix)."""
+    rt = Runtime(base, n_ctx=512, n_threads=THREADS, mix_cache_mb=0 if mode == "apart" else 256)
     rt.complete(SHORT, max_tokens=1, temperature=0.0)
     before = rss_kb()
     for i, p in enumerate(adapters):
@@ -553,29 +600,48 @@ def mem_child(base: str, adapters: list[str]) -> None:
     loaded = rss_kb()
     rt.complete(SHORT, {"a0": 1.0}, max_tokens=1, temperature=0.0)
     one = rss_kb()
-    rt.complete(SHORT, {f"a{i}": 1.0 for i in range(len(adapters))}, max_tokens=1, temperature=0.0)
+    mix = {f"a{i}": 1.0 for i in range(len(adapters))}
+    as_one = mode == "one" and rt.prepare_mix(mix)
+    rt.complete(SHORT, mix, max_tokens=1, temperature=0.0)
     after = rss_kb()
-    print(json.dumps({"before": before, "loaded": loaded, "one": one, "after": after}))
+    print(json.dumps({"before": before, "loaded": loaded, "one": one, "after": after, "as_one": as_one,
+                      "mixes": rt.memory().mixes}))
 
 
 def bench_memory(base: Path, adapters: list[Path], ns: Sequence[int]) -> None:
     rows = []
     for n in ns:
-        cmd = [sys.executable, __file__, "--mem-child", str(base), *map(str, adapters[:n])]
-        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        res = {}
+        for mode in ("apart", "one") if n > 1 else ("apart",):
+            cmd = [sys.executable, __file__, "--mem-child", str(base), mode, *map(str, adapters[:n])]
+            res[mode] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+                                   .splitlines()[-1])
         files = sum(p.stat().st_size for p in adapters[:n]) / 2**20
-        delta = {k: (res[k]["VmRSS"] - res["before"]["VmRSS"]) / 1024 for k in ("loaded", "one", "after")}
-        anon = (res["after"]["RssAnon"] - res["before"]["RssAnon"]) / 1024
-        rows.append([str(n), f"{res['before']['VmRSS'] / 1024:.0f}", f"{files:.1f}",
-                     f"{delta['loaded']:.1f} (**{delta['loaded'] / files:.2f}**)",
-                     f"{delta['one']:.1f} (**{delta['one'] / files:.2f}**)",
-                     f"{delta['after']:.1f} (**{delta['after'] / files:.2f}**)", f"{anon:.1f}"])
-    table("5. Resident memory of loaded adapters (fresh process per N; RSS added over the base, MiB, and its ratio "
-          "to the adapter files)",
+        r = res["apart"]
+        delta = {k: (r[k]["VmRSS"] - r["before"]["VmRSS"]) / 1024 for k in ("loaded", "one", "after")}
+        row = [str(n), f"{r['before']['VmRSS'] / 1024:.0f}", f"{files:.1f}",
+               f"{delta['loaded']:.1f} (**{delta['loaded'] / files:.2f}**)",
+               f"{delta['one']:.1f} (**{delta['one'] / files:.2f}**)",
+               f"{delta['after']:.1f} (**{delta['after'] / files:.2f}**)"]
+        if "one" in res:
+            o = res["one"]
+            assert o["as_one"], "the mix was not combined"
+            mixes = o["mixes"] / 2**20
+            added = (o["after"]["VmRSS"] - o["one"]["VmRSS"]) / 1024
+            row += [f"{(o['after']['VmRSS'] - o['before']['VmRSS']) / 1024:.1f}",
+                    f"{mixes:.1f}: RSS +{added:.1f} (**{added / mixes:.2f}**)"]
+        else:
+            row += ["-", "-"]
+        rows.append(row)
+    table("5. Resident memory of loaded adapters (fresh process per N and mode; RSS added over the base, MiB, and "
+          "its ratio to the adapter files)",
           ["N adapters", "RSS base alone", "adapter files", "loaded", "after a call with one of them",
-           "after a call mixing all N", "RssAnon, all N mixed"], rows)
+           "after a call mixing all N, one by one", "the same, the N as one adapter",
+           "that combination's size: the RSS it added (ratio)"], rows)
     print("\n'loaded' is the adapters' own storage; a call adds its context's graph for the set it applies "
-          "(6 graph nodes per adapted tensor per adapter mixed: their metadata and the scheduler's per-node arrays).")
+          "(6 graph nodes per adapted tensor per adapter mixed: their metadata and the scheduler's per-node arrays). "
+          "A mix run as one adapter (the default, mix_cache_mb) holds its combination besides its adapters: "
+          "the sum of their sizes once more, in the mix cache, bounded by mix_cache_mb.")
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -648,6 +714,7 @@ def run_base(key: str, quick: bool, only: Sequence[str] | None = None) -> None:
         print(f"\n({key}: {time.perf_counter() - t0:.0f} s)")
         return
     steps = {"decode": lambda: bench_decode(base, adapters, n_tok, reps),
+             "prefill": lambda: bench_prefill(base, adapters, 4 if quick else 12),
              "switch": lambda: bench_switch(base, adapters, 3 if quick else 6),
              "history": lambda: bench_history(base, adapters, 1 if quick else 2),
              "alora": lambda: bench_alora(base, key, adapters, 1 if quick else 3),
@@ -661,12 +728,12 @@ def run_base(key: str, quick: bool, only: Sequence[str] | None = None) -> None:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--mem-child":
-        mem_child(sys.argv[2], sys.argv[3:])
+        mem_child(sys.argv[2], sys.argv[3], sys.argv[4:])
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", choices=["gemma", "synthetic", "moe", "all"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats: a fast smoke run")
-    ap.add_argument("--only", action="append", choices=["decode", "switch", "history", "alora", "memory", "speculative"],
+    ap.add_argument("--only", action="append", choices=["decode", "prefill", "switch", "history", "alora", "memory", "speculative"],
                     help="run only these measurements (repeatable; the moe base has its own one)")
     args = ap.parse_args()
     logging.getLogger("edge_lora").setLevel(logging.ERROR)

@@ -22,7 +22,7 @@ from tiny_models import TOKENS, rel_err
 
 from edge_lora import Runtime
 from edge_lora.lora.adapter import read_gguf_lora
-from edge_lora.runtime.mixes import MixCache, combined_pairs
+from edge_lora.runtime.mixes import MixCache, MixPart, combined_tensors
 from edge_lora.runtime.registry import AdapterSet
 from edge_lora_convert import convert
 
@@ -165,20 +165,23 @@ def test_an_alora_set_or_a_zero_budget_is_never_combined():
 
 def test_the_factors_of_adapters_sharing_a_scale_are_stacked_unchanged(files):
     base, paths = files
-    sources = [read_gguf_lora(paths[n, "f16"], scale=1.0) for n in "abc"]  # alpha 2r: effective scale 2 each
-    pairs, ref = combined_pairs(sources)
+    parts = [MixPart.open(paths[n, "f16"], 1.0) for n in "abc"]  # alpha 2r: effective scale 2 each
+    tensors, ref = combined_tensors(parts, np.float16)
     assert ref == 2.0
-    for name, pair in pairs.items():
-        parts = [s.weights[name] for s in sources]
-        assert np.array_equal(pair.a, np.concatenate([p.a for p in parts]))
-        assert np.array_equal(pair.b, np.concatenate([p.b for p in parts], axis=1))
-    pairs, ref = combined_pairs([read_gguf_lora(paths["a", "f16"], scale=0.5),
-                                 read_gguf_lora(paths["b", "f16"], scale=-1.5)])
-    name = next(iter(pairs))
+    got = {t.name: t.data for t in tensors}
+    sources = [read_gguf_lora(paths[n, "f16"]) for n in "abc"]
+    assert len(got) == 2 * len(sources[0].weights)
+    for name in sources[0].weights:
+        weights = [s.weights[name] for s in sources]
+        assert np.array_equal(got[name + ".lora_a"], np.concatenate([w.a for w in weights]).astype(np.float16))
+        assert np.array_equal(got[name + ".lora_b"], np.concatenate([w.b for w in weights], axis=1).astype(np.float16))
+    tensors, ref = combined_tensors([MixPart.open(paths["a", "f16"], 0.5), MixPart.open(paths["b", "f16"], -1.5)],
+                                    np.float32)
     assert ref == -3.0  # b's: its block as stored, a's times 1 / -3
-    b_a, b_b = (read_gguf_lora(paths[n, "f16"]).weights[name].b for n in "ab")
-    assert np.array_equal(pairs[name].b[:, 4:], b_b)
-    assert np.allclose(pairs[name].b[:, :4], b_a * (-1 / 3), rtol=1e-6)
+    name = next(iter(sources[0].weights))
+    b = {t.name: t.data for t in tensors}[name + ".lora_b"]
+    assert np.array_equal(b[:, 4:], sources[1].weights[name].b)
+    assert np.allclose(b[:, :4], sources[0].weights[name].b * (-1 / 3), rtol=1e-6)
 
 
 def test_a_file_rewritten_after_its_load_is_not_combined(files, tmp_path):

@@ -44,9 +44,9 @@ def encode(data: np.ndarray, outtype: str) -> tuple[np.ndarray, GGMLQuantization
     """Encode one tensor; returns (array, type, note). Q8_0 needs rows that are a multiple of 32."""
     qtype = OUTTYPES[outtype]
     if qtype == GGMLQuantizationType.F32:
-        return data.astype(np.float32), qtype, None
+        return data.astype(np.float32, copy=False), qtype, None  # no copy of what is already f32
     if qtype == GGMLQuantizationType.F16:
-        return data.astype(np.float16), qtype, None
+        return data.astype(np.float16, copy=False), qtype, None
     try:
         return quantize(data.astype(np.float32), qtype), qtype, None
     except QuantError as exc:

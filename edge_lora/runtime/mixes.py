@@ -11,7 +11,7 @@ a Llama-3.2-1B-shaped base 0.90x and 0.94x (``benchmarks/bench_runtime.py``, tab
 A set (its names, load ids and scales: :data:`~.registry.SetKey`) is combined in a background
 thread after its first use; the calls until then apply the adapters one by one. The factors are
 stored in f16 (f32 when a part is f32), each scale folded into its B relative to the largest
-(:func:`combined_pairs`), so the outputs agree with the separate path within f16 rounding: of the
+(:func:`combined_tensors`), so the outputs agree with the separate path within f16 rounding: of the
 folded factors, and of B's input, which llama.cpp rounds to f16 or not by the product's shape
 (its f16 matrix products take an f32 input as it is where llamafile's sgemm fits the rank). Combined adapters are kept within ``budget`` bytes, the
 least recently used dropped first; a set whose combination would not fit, or cannot be stored
@@ -31,15 +31,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGMLQuantizationType, Keys
 
-from ..engine.native import NativeAdapter, NativeModel
+from ..engine.native import NativeAdapter, NativeModel, release_free_heap
 from ..errors import EdgeLoraError
-from ..formats.adapter_file import pair_tensors, write_adapter
-from ..formats.gguf_file import read_gguf
+from ..formats.adapter_file import OutTensor, pair_tensors, write_adapter
+from ..formats.gguf_file import LORA_A_SUFFIX, LORA_B_SUFFIX, GGUFInfo, read_gguf, require_adapter
 from ..formats.values import F16_MAX
-from ..lora.adapter import LoraSource, read_gguf_lora
-from ..lora.pair import LoraPair, concat
+from ..lora.adapter import read_tensor_f32
+from ..lora.compat import lora_pairs
+from ..lora.pair import LoraPair, concat, layout_for
+from ..lora.scales import llama_cpp_scale
 from .registry import AdapterSet, FileStamp, SetKey, file_stamp
 
 log = logging.getLogger(__name__)
@@ -54,22 +56,57 @@ class _Mix:
     retired: bool = False
 
 
-def combined_pairs(sources: list[LoraSource]) -> tuple[dict[str, LoraPair], float]:
-    """The ``cat`` combination of ``sources`` per base tensor, and the scale to apply it at.
+@dataclass(frozen=True)
+class MixPart:
+    """One adapter of a set, read lazily: its factors stay in the (memory-mapped) file until
+    its tensors are combined, so a combination's peak memory is its own size and one tensor."""
+
+    info: GGUFInfo
+    data: np.ndarray  # the file's bytes, memory-mapped
+    user_scale: float
+
+    @classmethod
+    def open(cls, path: Path, user_scale: float) -> MixPart:
+        return cls(require_adapter(read_gguf(path)), np.memmap(path, dtype=np.uint8, mode="r"), user_scale)
+
+    @property
+    def names(self) -> list[str]:
+        """Its base tensor names, in file order."""
+        return list(lora_pairs(self.info)[0])
+
+    def scale(self, name: str) -> float:
+        """The effective scale of its LoRA on ``name`` (llama.cpp's: user scale * alpha / rank)."""
+        alpha = float(self.info.metadata.get(Keys.Adapter.LORA_ALPHA, 0.0))
+        return llama_cpp_scale(alpha, int(self.info.tensors[name + LORA_B_SUFFIX].shape[-1]), self.user_scale)
+
+    def pair(self, name: str) -> LoraPair:
+        a = read_tensor_f32(self.data, self.info.tensors[name + LORA_A_SUFFIX])
+        b = read_tensor_f32(self.data, self.info.tensors[name + LORA_B_SUFFIX])
+        return LoraPair(a, b, self.scale(name), layout_for(name, a.ndim))
+
+
+def combined_tensors(parts: list[MixPart], dtype: type[np.floating]) -> tuple[list[OutTensor], float]:
+    """The ``cat`` combination of ``parts`` (:func:`~edge_lora.lora.pair.concat` per base tensor),
+    its factors in ``dtype``, and the scale to apply it at.
 
     The effective scale of largest magnitude, ``ref``, is left to llama.cpp (applied in f32, as
     on the separate path), and each adapter's block of B is multiplied by ``s_i / ref`` (at most
     1 in magnitude): the blocks whose scale is ``ref`` (all of them when the adapters share one
-    scale) keep their stored values exactly, the others are rounded once more when stored in f16.
-    Raises :class:`EdgeLoraError` for a DoRA adapter (its magnitudes do not stack)."""
-    if any(src.is_dora for src in sources):
-        raise EdgeLoraError("a DoRA adapter's magnitudes do not combine by stacking")
+    scale) keep their stored values exactly, the others are rounded once more in f16. Raises
+    :class:`EdgeLoraError` when a value folded in goes beyond f16's range."""
+    held = [set(p.names) for p in parts]
     names: dict[str, None] = {}  # first-appearance order
-    for src in sources:
-        names.update(dict.fromkeys(src.weights))
-    ref = max((w.scale for src in sources for w in src.weights.values()), key=abs)
-    return {n: concat([replace(s.weights[n], scale=s.weights[n].scale / ref) for s in sources if n in s.weights])
-            for n in names}, ref
+    for part in parts:
+        names.update(dict.fromkeys(part.names))
+    ref = max((p.scale(n) for p, h in zip(parts, held) for n in h), key=abs)
+    out: list[OutTensor] = []
+    for name in names:
+        pairs = [p.pair(name) for p, h in zip(parts, held) if name in h]
+        pair = concat([replace(q, scale=q.scale / ref) for q in pairs])
+        if dtype == np.float16 and float(np.abs(pair.b).max(initial=0.0)) > F16_MAX:
+            raise EdgeLoraError(f"{name}: a factor goes beyond f16's range once the scales are folded in")
+        out += [OutTensor(t.name, t.data.astype(dtype)) for t in pair_tensors({name: pair})]
+    return out, ref
 
 
 class MixCache:
@@ -198,6 +235,7 @@ class MixCache:
     def _build(self, key: SetKey) -> None:
         try:
             self._install(key)
+            release_free_heap()  # the transient of reading, stacking and writing the factors
         finally:
             with self._cond:
                 self._building.discard(key)
@@ -228,7 +266,7 @@ class MixCache:
         self._free_retired()
 
     def _combine(self, key: SetKey) -> tuple[NativeAdapter, float, int]:
-        """The ``cat`` combination of ``key``'s adapters (each at its scale, :func:`combined_pairs`)
+        """The ``cat`` combination of ``key``'s adapters (each at its scale, :func:`combined_tensors`)
         loaded natively, the scale to apply it at, and its size; raises :class:`EdgeLoraError` when
         it cannot be built (too large, an overflow, a file gone)."""
         files = [self._file_of(uid) for _, uid, _ in key]
@@ -249,12 +287,10 @@ class MixCache:
         if size > self.budget:
             raise EdgeLoraError(f"their combination ({size / 2**20:.1f} MiB) is larger than the mix cache "
                                 f"({self.budget / 2**20:.1f} MiB: mix_cache_mb)")
-        sources = [read_gguf_lora(p, scale=s, label=n) for (n, _, s), p in zip(key, paths)]
+        parts = [MixPart.open(p, s) for (_, _, s), p in zip(key, paths)]
+        tensors, ref = combined_tensors(parts, np.float32 if f32 else np.float16)
+        del parts  # the files' mappings
         check_unchanged()  # what was read is what llama.cpp holds
-        pairs, ref = combined_pairs(sources)
-        tensors = pair_tensors(pairs)
-        if not f32 and any(np.abs(t.data).max(initial=0.0) > F16_MAX for t in tensors):
-            raise EdgeLoraError("a factor goes beyond f16's range once the scales are folded in")
         with tempfile.TemporaryDirectory(prefix="edge-lora-mix-", ignore_cleanup_errors=True) as tmp:
             path = Path(tmp) / "mix.gguf"
             write_adapter(path, self._arch, 0.0, tensors, "f32" if f32 else "f16", {}, progress=False)
