@@ -281,13 +281,13 @@ class MixCache:
                                     "run the new file")
 
         check_unchanged()
-        infos = [read_gguf(p) for p in paths]
+        infos = [require_adapter(read_gguf(p)) for p in paths]
         f32 = any(t.type_name == GGMLQuantizationType.F32.name for i in infos for t in i.tensors.values())
         size = sum(int(np.prod(t.shape)) for i in infos for t in i.tensors.values()) * (4 if f32 else 2)
         if size > self.budget:
             raise EdgeLoraError(f"their combination ({size / 2**20:.1f} MiB) is larger than the mix cache "
                                 f"({self.budget / 2**20:.1f} MiB: mix_cache_mb)")
-        parts = [MixPart.open(p, s) for (_, _, s), p in zip(key, paths)]
+        parts = [MixPart(i, np.memmap(p, dtype=np.uint8, mode="r"), s) for (_, _, s), p, i in zip(key, paths, infos)]
         tensors, ref = combined_tensors(parts, np.float32 if f32 else np.float16)
         del parts  # the files' mappings
         check_unchanged()  # what was read is what llama.cpp holds
