@@ -454,6 +454,8 @@ class ContextParams:
     op_offload: bool = True
     #: gathers input statistics while the graph is evaluated (slower: llama.cpp syncs at each product)
     input_stats: InputStats | None = None
+    #: sequences in the context (llama.cpp's ``n_seq_max``), each with its own KV of ``n_ctx`` tokens
+    n_seq: int = 1
 
 
 class _GgmlTensor(ctypes.Structure):
@@ -549,15 +551,23 @@ class InputStats:
         self._pending.clear()
 
 
+def adapters_key(adapters: Sequence[tuple[NativeAdapter, float]]) -> tuple[tuple[int, float], ...]:
+    """What identifies an applied adapter list: each adapter's load serial and scale, in order."""
+    return tuple((a.serial, float(s)) for a, s in adapters)
+
+
 class NativeContext:
-    """One llama context (its own KV cache) over a shared model; not thread-safe by itself."""
+    """One llama context over a shared model, with ``n_seq`` sequences, each its own KV cache of
+    ``n_ctx`` tokens (llama.cpp's per-sequence streams, ``kv_unified`` off). Each method is one
+    step under the context's lock: threads serving different sequences may call it at once."""
 
     def __init__(self, model: NativeModel, p: ContextParams) -> None:
         params = ll.llama_context_default_params()
-        params.n_ctx = p.n_ctx
+        params.n_seq_max = p.n_seq
+        params.n_ctx = p.n_ctx * p.n_seq  # llama.cpp gives each sequence n_ctx / n_seq_max
+        params.kv_unified = False
         params.n_batch = p.n_batch
         params.n_ubatch = min(p.n_batch, 512)
-        params.n_seq_max = 1
         params.n_threads = p.n_threads
         params.n_threads_batch = p.n_threads
         params.type_k = params.type_v = KV_TYPES[p.kv_type]
@@ -575,11 +585,13 @@ class NativeContext:
             raise NativeError("llama.cpp could not create a context (out of memory for this n_ctx?)")
         self.ptr = ptr
         self.model = model
-        self.n_ctx = int(ll.llama_n_ctx(ptr))
+        self.n_seq = p.n_seq
+        self.n_ctx = int(ll.llama_n_ctx_seq(ptr))  # per sequence
         self.n_batch = int(ll.llama_n_batch(ptr))  # llama.cpp caps it at the requested n_ctx
         self.mem = ll.llama_get_memory(ptr)
         self.n_threads = p.n_threads
         self.kv_type = p.kv_type
+        self._lock = threading.RLock()
         self._adapters: tuple[tuple[int, float], ...] = ()
         self._abort_check: Callable[[], bool] | None = None
         self._abort_cb = ll.ggml_abort_callback(lambda _data: bool(self._abort_check and self._abort_check()))
@@ -587,63 +599,90 @@ class NativeContext:
         self._decoded = 0  # decodes run (the output buffer exists after the first)
 
     def close(self) -> None:
-        if self.ptr:
-            ll.llama_batch_free(self._batch)
-            ll.llama_free(self.ptr)
-            self.ptr = None
-            self._adapters = ()  # holds none: a late Scheduler.detach leaves a closed context alone
+        with self._lock:
+            if self.ptr:
+                ll.llama_batch_free(self._batch)
+                ll.llama_free(self.ptr)
+                self.ptr = None
+                self._adapters = ()  # holds none: a late Scheduler.detach leaves a closed context alone
 
     # -- adapters --------------------------------------------------------------
     def set_adapters(self, adapters: Sequence[tuple[NativeAdapter, float]]) -> None:
-        key = tuple((a.serial, float(s)) for a, s in adapters)
-        if key == self._adapters:
-            return
-        n = len(adapters)
-        arr = (ll.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.ptr for a, _ in adapters])
-        scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])
-        with self.model.adapter_lock.shared():
-            rc = ll.llama_set_adapters_lora(self.ptr, arr if n else None, n, scales if n else None)
-        if rc != 0:
-            raise NativeError(f"llama_set_adapters_lora failed ({rc})")
-        self._adapters = key
+        """Apply ``adapters`` (with their scales) to the context's next decodes (every sequence's).
+        llama.cpp re-plans the graph after a change (a few ms): unchanged sets cost nothing."""
+        key = adapters_key(adapters)
+        with self._lock:
+            if key == self._adapters:
+                return
+            n = len(adapters)
+            arr = (ll.llama_adapter_lora_p_ctypes * max(n, 1))(*[a.ptr for a, _ in adapters])
+            scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])
+            with self.model.adapter_lock.shared():
+                rc = ll.llama_set_adapters_lora(self.ptr, arr if n else None, n, scales if n else None)
+            if rc != 0:
+                raise NativeError(f"llama_set_adapters_lora failed ({rc})")
+            self._adapters = key
+
+    @property
+    def applied(self) -> tuple[tuple[int, float], ...]:
+        """The :func:`adapters_key` of the adapters applied now."""
+        return self._adapters
 
     def holds_adapter(self, adapter: NativeAdapter) -> bool:
         return any(serial == adapter.serial for serial, _ in self._adapters)
 
-    # -- KV memory ---------------------------------------------------------------
-    def clear(self) -> None:
-        ll.llama_memory_clear(self.mem, True)
+    # -- KV memory (per sequence) ------------------------------------------------
+    def clear(self, seq: int = 0) -> None:
+        with self._lock:
+            if self.n_seq == 1:
+                ll.llama_memory_clear(self.mem, True)
+            else:
+                ll.llama_memory_seq_rm(self.mem, seq, -1, -1)
 
-    def truncate(self, n_keep: int) -> bool:
-        """Drop KV positions >= n_keep; False when this memory cannot do a partial removal."""
-        return bool(ll.llama_memory_seq_rm(self.mem, 0, n_keep, -1))
+    def truncate(self, n_keep: int, seq: int = 0) -> bool:
+        """Drop ``seq``'s KV positions >= n_keep; False when this memory cannot do a partial removal."""
+        with self._lock:
+            return bool(ll.llama_memory_seq_rm(self.mem, seq, n_keep, -1))
 
-    def save_state(self) -> bytes:
-        size = ll.llama_state_seq_get_size(self.ptr, 0)
-        buf = (ctypes.c_uint8 * size)()
-        n = ll.llama_state_seq_get_data(self.ptr, buf, size, 0)
-        return ctypes.string_at(buf, n)  # one memcpy (slicing a ctypes array builds a list of ints)
+    def save_state(self, seq: int = 0) -> bytes:
+        with self._lock:
+            size = ll.llama_state_seq_get_size(self.ptr, seq)
+            buf = (ctypes.c_uint8 * size)()
+            n = ll.llama_state_seq_get_data(self.ptr, buf, size, seq)
+            return ctypes.string_at(buf, n)  # one memcpy (slicing a ctypes array builds a list of ints)
 
-    def load_state(self, data: bytes) -> bool:
-        self.clear()
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        return ll.llama_state_seq_set_data(self.ptr, buf, len(data), 0) == len(data)
+    def load_state(self, data: bytes, seq: int = 0) -> bool:
+        """Load a state saved from any sequence (of a context of this model) into ``seq``."""
+        with self._lock:
+            self.clear(seq)
+            buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+            return ll.llama_state_seq_set_data(self.ptr, buf, len(data), seq) == len(data)
 
     def abort_when(self, check: Callable[[], bool] | None) -> None:
         """While set, llama.cpp polls ``check`` between graph nodes of a decode and aborts it
         when True (:meth:`decode` then raises :class:`CancelledError`). Costs a Python call per
-        node: set it around long prompt evaluations only."""
+        node: set it around long prompt evaluations only (with the lock held by the caller, for
+        a context of several sequences: the check applies to every decode while set)."""
         self._abort_check = check
         ll.llama_set_abort_callback(self.ptr, self._abort_cb if check else ll.ggml_abort_callback(), None)
 
     # -- evaluation --------------------------------------------------------------
-    def decode(self, tokens: Sequence[int], start_pos: int, *, all_logits: bool = False,
-               all_rows: bool = False) -> np.ndarray | None:
-        """Evaluate ``tokens`` at positions ``start_pos...``. With ``all_logits``, return every
-        token's logits ``[len(tokens), n_vocab]``; else only the last token's are computed, left
-        in the context for the sampler. ``all_rows`` computes every token through the last
-        layer without returning the logits (llama.cpp otherwise drops the rows whose output is
-        not wanted before the last layer: input statistics need them all)."""
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the context for several steps (a cancellable prompt evaluation)."""
+        with self._lock:
+            yield
+
+    def decode(self, tokens: Sequence[int], start_pos: int, *, seq: int = 0,
+               adapters: Sequence[tuple[NativeAdapter, float]] | None = None, all_logits: bool = False,
+               all_rows: bool = False, copy_last: bool = False) -> np.ndarray | None:
+        """Evaluate ``tokens`` at positions ``start_pos...`` of sequence ``seq``, under ``adapters``
+        when given (set first, in the same step). With ``all_logits``, return every token's logits
+        ``[len(tokens), n_vocab]``; else only the last token's are computed, left in the context for
+        the sampler, and returned as a copy ``[n_vocab]`` with ``copy_last`` (another sequence's
+        decode replaces them). ``all_rows`` computes every token through the last layer without
+        returning the logits (llama.cpp otherwise drops the rows whose output is not wanted
+        before the last layer: input statistics need them all)."""
         n_total = len(tokens)
         if start_pos + n_total > self.n_ctx:
             raise ContextOverflowError(
@@ -651,28 +690,73 @@ class NativeContext:
             )
         n_vocab = self.model.n_vocab
         out = np.empty((n_total, n_vocab), dtype=np.float32) if all_logits else None
-        batch = self._batch
-        for off in range(0, n_total, self.n_batch):
-            chunk = tokens[off : off + self.n_batch]
-            batch.n_tokens = len(chunk)
-            for i, tok in enumerate(chunk):
-                batch.token[i] = tok
-                batch.pos[i] = start_pos + off + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = all_logits or all_rows or (off + i == n_total - 1)
-            with self.model.adapter_lock.shared():  # may re-size the graph over the model's adapters
-                rc = ll.llama_decode(self.ptr, batch)
-            if rc == 2 and self._abort_check is not None:  # llama_decode: 2 = aborted
-                raise CancelledError("the evaluation was cancelled")
-            if rc != 0:
-                raise NativeError(f"llama_decode failed ({rc})")
-            self._decoded += 1
-            if out is not None:
-                for i in range(len(chunk)):
-                    out[off + i] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), (n_vocab,))
+        with self._lock:
+            if adapters is not None:
+                self.set_adapters(adapters)
+            batch = self._batch
+            for off in range(0, n_total, self.n_batch):
+                chunk = tokens[off : off + self.n_batch]
+                batch.n_tokens = len(chunk)
+                for i, tok in enumerate(chunk):
+                    batch.token[i] = tok
+                    batch.pos[i] = start_pos + off + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = seq
+                    batch.logits[i] = all_logits or all_rows or (off + i == n_total - 1)
+                self._run_batch()
+                if out is not None:
+                    for i in range(len(chunk)):
+                        out[off + i] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), (n_vocab,))
+            if out is None and copy_last:
+                return self.logits_ith(-1).copy()
         return out
 
+    def decode_steps(self, steps: Sequence[tuple[int, Sequence[int], int, bool]],
+                     adapters: Sequence[tuple[NativeAdapter, float]]) -> list[np.ndarray]:
+        """One ``llama_decode`` over several sequences, under ``adapters``: each step
+        ``(seq, tokens, start_pos, all_rows)`` evaluates its tokens after its sequence's KV.
+        Returns each step's logits (copies): ``[len(tokens), n_vocab]`` with ``all_rows``, else its
+        last token's ``[1, n_vocab]``. The tokens together must fit ``n_batch``."""
+        total = sum(len(t) for _, t, _, _ in steps)
+        if total > self.n_batch:
+            raise NativeError(f"{total} tokens in one batched step exceed n_batch ({self.n_batch})")
+        for _, tokens, start, _ in steps:
+            if start + len(tokens) > self.n_ctx:
+                raise ContextOverflowError(f"{start + len(tokens)} tokens do not fit the context of {self.n_ctx}",
+                                           needed=start + len(tokens), n_ctx=self.n_ctx)
+        n_vocab = self.model.n_vocab
+        with self._lock:
+            self.set_adapters(adapters)
+            batch = self._batch
+            batch.n_tokens = total
+            i = 0
+            for seq, tokens, start, all_rows in steps:
+                for j, tok in enumerate(tokens):
+                    batch.token[i] = tok
+                    batch.pos[i] = start + j
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = seq
+                    batch.logits[i] = all_rows or j == len(tokens) - 1
+                    i += 1
+            self._run_batch()
+            outs, i = [], 0
+            for _, tokens, _, all_rows in steps:
+                rows = range(i, i + len(tokens)) if all_rows else (i + len(tokens) - 1,)
+                out = np.empty((len(rows), n_vocab), dtype=np.float32)
+                for k, r in enumerate(rows):
+                    out[k] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, r), (n_vocab,))
+                outs.append(out)
+                i += len(tokens)
+        return outs
+
+    def _run_batch(self) -> None:
+        with self.model.adapter_lock.shared():  # may re-size the graph over the model's adapters
+            rc = ll.llama_decode(self.ptr, self._batch)
+        if rc == 2 and self._abort_check is not None:  # llama_decode: 2 = aborted
+            raise CancelledError("the evaluation was cancelled")
+        if rc != 0:
+            raise NativeError(f"llama_decode failed ({rc})")
+        self._decoded += 1
 
     def last_logits(self) -> np.ndarray:
         """The last evaluated token's logits ``[n_vocab]`` (a view into llama.cpp's buffer)."""
@@ -795,8 +879,16 @@ class NativeSampler:
         row) and accept it (chain and grammar)."""
         if self.grammar is None:
             return int(ll.llama_sampler_sample(self.ptr, ctx.ptr, row))
-        logits = ctx.logits_ith(row)
+        return self.sample_logits(ctx.logits_ith(row))
+
+    def sample_logits(self, logits: np.ndarray) -> int:
+        """Like :meth:`sample`, from ``logits`` ``[n_vocab]`` given (a copy taken from a batched
+        decode) rather than a context's: the same chain over the same candidates
+        (``llama_sampler_sample`` builds them from the logits as :meth:`_pick` does)."""
         tok = self._pick(logits, grammar_first=False)
+        if self.grammar is None:
+            ll.llama_sampler_accept(self.ptr, tok)
+            return tok
         one = np.array([(tok, 0.0, 0.0)], dtype=_TOKEN_DATA)
         self._apply(self.grammar, one)
         if not np.isfinite(one["logit"][0]):  # the grammar refuses the chain's pick: constrain all, pick again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -86,8 +87,8 @@ def evaluate(slot: Slot, runs: Sequence[Run], tokens: Sequence[int], start: int,
     for r in runs:
         if r.end <= start:
             continue
-        slot.ctx.set_adapters(r.aset.run_with)
-        out = slot.kv.decode(r.aset.key, tokens[max(start, r.start) : r.end], all_logits=all_logits, cancel=cancel)
+        out = slot.kv.decode(r.aset.key, tokens[max(start, r.start) : r.end], adapters=r.aset.run_with,
+                             all_logits=all_logits, cancel=cancel)
         if out is not None:
             outs.append(out)
     return np.concatenate(outs) if all_logits else None
@@ -111,7 +112,9 @@ def generate(
     are left out of the text but those in ``keep_special`` (a tool-call marker such as Mistral's
     ``[TOOL_CALLS]``: llama.cpp's "preserved tokens"). With ``speculative``, each step evaluates
     the token and a draft from prompt lookup in one batch and keeps the drafted tokens the
-    sampler picks itself (:mod:`.speculative`: the same tokens as without it)."""
+    sampler picks itself (:mod:`.speculative`: the same tokens as without it). On a sequence of a
+    shared context, each step is decoded batched with the context's other generating sequences
+    (:mod:`.batch`) and sampled from the logits it returns."""
     t0 = time.perf_counter()
     if not prompt:
         raise InvalidRequestError("the prompt is empty")
@@ -119,13 +122,20 @@ def generate(
     kv = slot.kv
     runs = plan(aset, prompt)  # an aLoRA acts from its invocation on
     cached = pool.prepare(slot, segments(runs, prompt))
+    batched = slot.batcher is not None
+    rows: np.ndarray | None = None  # batched: the logits of the last step's rows
     try:
         if cached == len(prompt):  # held with its logits: put them back for the sampler, no decode
-            slot.ctx.set_adapters(aset.run_with)
-            slot.ctx.set_last_logits(kv.kept_logits(cached))  # type: ignore[arg-type]
+            if batched:
+                rows = kv.kept_logits(cached)[None]  # type: ignore[index]
+            else:
+                slot.ctx.set_adapters(aset.run_with)
+                slot.ctx.set_last_logits(kv.kept_logits(cached))  # type: ignore[arg-type]
         else:
             evaluate(slot, runs, prompt, cached, cancel=cancel)  # leaves the last token's logits for the sampler
             kv.keep_logits()
+            if batched:
+                rows = kv.kept[1][None]  # type: ignore[index]
     except CancelledError:
         t = (time.perf_counter() - t0) * 1000
         return Completion("", [], "cancelled", len(prompt), 0, cached, aset.scales, Timings(t, t, 0.0, t))
@@ -141,6 +151,8 @@ def generate(
     draft: list[int] = []  # drafted after the token decoded last: their rows follow its row 0
     row, at = -1, len(kv)  # the row sampled next (-1: the last one), the KV length before the last decode
     n_drafted = n_accepted = 0
+    via = partial(slot.batcher.step, slot.seq) if slot.batcher is not None else None
+    max_draft = slot.ctx.n_batch - 1 if batched else n_ctx
     try:
         # the prompt counts for the repeat penalty (llama.cpp's convention); OpenAI's two alone count
         # generated tokens only (with a repeat penalty too, one stage counts the prompt for all three)
@@ -150,9 +162,9 @@ def generate(
             if (cancel is not None and cancel.cancelled) or pool.closing.is_set():
                 finish = "cancelled"
                 break
-            logits = slot.ctx.logits_ith(row)
+            logits = rows[row] if rows is not None else slot.ctx.logits_ith(row)
             check_finite(logits, kv, aset, f"after {len(out_tokens)} generated tokens")
-            tok = sampler.sample(slot.ctx, row)
+            tok = sampler.sample_logits(logits) if rows is not None else sampler.sample(slot.ctx, row)
             if params.logprobs is not None and not model.is_eog(tok):
                 logprobs.append(token_logprob(model, logits, tok, params.logprobs, keep_special))
             if t_first is None:
@@ -172,7 +184,7 @@ def generate(
             if lookup is None:
                 if len(out_tokens) >= params.max_tokens or len(kv) + 1 >= n_ctx:
                     break
-                kv.decode(aset.key, [tok])
+                rows = kv.decode(aset.key, [tok], adapters=aset.run_with, via=via)
                 continue
             lookup.extend([tok])
             if 0 <= row < len(draft) and tok == draft[row]:  # the drafted token: its row is computed
@@ -186,11 +198,11 @@ def generate(
                 lookup.record(len(draft), row)
             if len(out_tokens) >= params.max_tokens or len(kv) + 1 >= n_ctx:
                 break
-            draft = lookup.draft(min(params.max_tokens - len(out_tokens) - 1, n_ctx - len(kv) - 2))
+            draft = lookup.draft(min(params.max_tokens - len(out_tokens) - 1, n_ctx - len(kv) - 2, max_draft))
             n_drafted += len(draft)
             at = len(kv)
             t_step = time.perf_counter()
-            kv.decode(aset.key, [tok, *draft], all_rows=bool(draft))
+            rows = kv.decode(aset.key, [tok, *draft], adapters=aset.run_with, all_rows=bool(draft), via=via)
             if draft_costs is not None:
                 draft_costs.record(1 + len(draft), (time.perf_counter() - t_step) * 1000)
             row = 0 if draft else -1
@@ -199,6 +211,8 @@ def generate(
             yield rest
     finally:
         sampler.close()
+        if slot.batcher is not None:
+            slot.batcher.leave(slot.seq)
     t_end = time.perf_counter()
     t_first = t_first or t_end
     return Completion(

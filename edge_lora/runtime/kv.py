@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,7 @@ from ..cancel import CancelToken
 from ..errors import ContextOverflowError
 
 if TYPE_CHECKING:
-    from ..engine.native import NativeContext
+    from ..engine.native import NativeAdapter, NativeContext
     from .registry import SetKey
 
 
@@ -108,10 +108,13 @@ def _is_prefix(old: Segments, new: Segments) -> bool:
 
 
 class KVState:
-    """What one context's KV holds (:class:`Segment` s); the only writer of that context's KV."""
+    """What one sequence of a context holds in its KV (:class:`Segment` s); the only writer of
+    that sequence's KV."""
 
-    def __init__(self, ctx: NativeContext) -> None:
+    def __init__(self, ctx: NativeContext, seq: int = 0) -> None:
         self.ctx = ctx
+        self.seq = seq
+        self._last: np.ndarray | None = None  # the last decode's last logits, copied (a shared context)
         self._segments: list[Segment] = []
         #: the logits after the first ``n`` tokens, kept (:meth:`keep_logits`) while the KV holds them
         self._kept: tuple[int, np.ndarray] | None = None
@@ -135,15 +138,20 @@ class KVState:
     def reusable(self, want: Sequence[Segment]) -> int:
         return reusable(self._segments, want)
 
+    def holds(self, uid: int) -> bool:
+        """Whether any of this KV was computed with the adapter loaded as ``uid``."""
+        return _holds(self._segments, uid)
+
     def clear(self) -> None:
-        self.ctx.clear()
+        self.ctx.clear(self.seq)
         self._segments = []
         self._kept = None
 
     def keep_logits(self) -> None:
         """Keep a copy of the last evaluated token's logits, valid while the KV holds its history
         (a later call with the same history then samples them without a decode)."""
-        self._kept = (len(self), self.ctx.last_logits().copy())
+        last = self._last if self._last is not None else self.ctx.last_logits().copy()
+        self._kept = (len(self), last)
 
     def kept_logits(self, n: int) -> np.ndarray | None:
         """The kept logits after the first ``n`` tokens, if those are what was kept."""
@@ -162,7 +170,7 @@ class KVState:
             return 0
         if n >= len(self):
             return len(self)
-        if not self.ctx.truncate(n):
+        if not self.ctx.truncate(n, self.seq):
             self.clear()
             return 0
         self._segments = list(cut(self._segments, n))
@@ -171,42 +179,65 @@ class KVState:
         return n
 
     def save(self) -> bytes:
-        return self.ctx.save_state()
+        return self.ctx.save_state(self.seq)
 
     def restore(self, segments: Segments, state: bytes, kept: Kept | None = None) -> bool:
         """Load a snapshot's KV (and the logits it kept); False (and cleared) when llama.cpp refuses it."""
-        if self.ctx.load_state(state):
+        if self.ctx.load_state(state, self.seq):
             self._segments = list(segments)
             self._kept = kept
             return True
         self.clear()
         return False
 
-    def decode(self, key: SetKey, tokens: Sequence[int], *, all_logits: bool = False, all_rows: bool = False,
-               cancel: CancelToken | None = None) -> np.ndarray | None:
+    def decode(self, key: SetKey, tokens: Sequence[int], *, adapters: Applied | None = None, all_logits: bool = False,
+               all_rows: bool = False, cancel: CancelToken | None = None, via: StepFn | None = None) -> np.ndarray | None:
         """The one decode step: evaluate ``tokens`` after what the KV holds, under the set ``key``
-        (its adapters already on the context), and record them. ``cancel`` aborts a long
-        evaluation between graph nodes: :class:`CancelledError` is raised and the KV, partly
-        written, is cleared. Returns every token's logits with ``all_logits``, else None (the
-        last token's logits stay in the context for the sampler)."""
-        if cancel is not None:
-            self.ctx.abort_when(lambda: cancel.cancelled)
+        (``adapters``, applied in the same step; None: those already on the context), and record
+        them. ``cancel`` aborts a long evaluation between graph nodes: :class:`CancelledError` is
+        raised and the KV, partly written, is cleared. Returns every token's logits with
+        ``all_logits``, else None (the last token's logits stay in the context for the sampler).
+
+        ``via`` (a shared context's :meth:`.batch.StepBatcher.step`, bound to this sequence)
+        evaluates the step batched with the context's other sequences: it returns the logits
+        ``[len(tokens), n_vocab]`` with ``all_rows``, else ``[1, n_vocab]``, and so does this."""
+        shared = self.ctx.n_seq > 1
+        self._last = None
         try:
-            out = self.ctx.decode(tokens, len(self), all_logits=all_logits, all_rows=all_rows)
+            if via is not None:
+                out = via(tokens, len(self), all_rows, adapters if adapters is not None else ())
+            elif cancel is not None:
+                with self.ctx.locked():
+                    self.ctx.abort_when(lambda: cancel.cancelled)
+                    try:
+                        out = self.ctx.decode(tokens, len(self), seq=self.seq, adapters=adapters,
+                                              all_logits=all_logits, all_rows=all_rows, copy_last=shared)
+                    finally:
+                        self.ctx.abort_when(None)
+            else:
+                out = self.ctx.decode(tokens, len(self), seq=self.seq, adapters=adapters, all_logits=all_logits,
+                                      all_rows=all_rows, copy_last=shared)
         except ContextOverflowError:
             raise  # refused before anything was evaluated
         except BaseException:
             self.clear()  # a partial evaluation (cancelled, or failed): nothing in the KV is reusable
             raise
-        finally:
-            if cancel is not None:
-                self.ctx.abort_when(None)
+        if out is not None and out.ndim == 1:  # the last logits, copied from a shared context
+            self._last, out = out, None
+        elif out is not None and not all_logits:
+            self._last = out[-1]
         if self._segments and self._segments[-1].key == key:
             last = self._segments[-1]
             self._segments[-1] = Segment(key, last.tokens + tuple(tokens))
         else:
             self._segments.append(Segment(key, tuple(tokens)))
         return out
+
+
+#: the adapters a step applies, with their scales
+Applied = Sequence[tuple["NativeAdapter", float]]
+#: a batched step: ``(tokens, start, all_rows, adapters) -> logits``
+StepFn = Callable[[Sequence[int], int, bool, Applied], np.ndarray]
 
 
 #: logits kept after the first ``n`` tokens of a history: ``(n, logits [n_vocab])``

@@ -5,8 +5,9 @@
     rt.complete("SELECT", adapters={"sql": 1.0}, max_tokens=32).text
 
 Thread safety: every public method may be called from any thread. Calls lease one
-of ``n_parallel`` llama contexts for their duration (more calls wait); the adapter
-registry and the snapshot store have their own locks. See :mod:`edge_lora.runtime.kv`.
+of ``n_parallel`` sequences for their duration (more calls wait), whose generation steps
+decode batched (:mod:`.batch`); the adapter registry and the snapshot store have their own
+locks. See :mod:`edge_lora.runtime.kv` and :mod:`.scheduler`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .decode import check_finite, check_grammar, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
 from ..formats.gguf_file import read_gguf, require_base
 from ..engine.check import ensure_engine_ok
-from ..engine.native import ContextParams, NativeAdapter, NativeModel, backends, devices
+from ..engine.native import ContextParams, NativeAdapter, NativeModel, adapters_key, backends, devices
 from ..engine.offload import no_device_problem
 from .kv import SnapshotStore
 from .mixes import MixCache
@@ -63,6 +64,7 @@ class Runtime:
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         n_parallel: int = 1,
+        n_seq_max: int | None = None,
         n_batch: int = 512,
         kv_type: str = "f16",
         snapshot_mb: float = 256,
@@ -73,8 +75,12 @@ class Runtime:
         speculative: str | Speculative | None = None,
         on_load_progress: Callable[[float], object] | None = None,
     ) -> None:
-        """Load ``model_path`` (mmap kept on). ``n_parallel`` contexts serve calls in parallel,
-        each with its own ``n_ctx`` KV cache; ``snapshot_mb`` bounds the KV snapshots kept to make
+        """Load ``model_path`` (mmap kept on). ``n_parallel`` calls run at once, each on its own
+        sequence with its own ``n_ctx`` KV cache; ``n_seq_max`` sequences share a llama context
+        (default: all of them, one context), whose calls' generation steps decode together in one
+        batch (:mod:`.batch`: calls under different adapter sets decode apart, and llama.cpp
+        re-plans its graph when a context changes sets, so set ``n_seq_max`` lower to keep
+        contexts for calls under different sets); ``snapshot_mb`` bounds the KV snapshots kept to make
         switching back to an earlier adapter set cheap (0 disables them). ``mix_cache_mb`` bounds
         the mixes run as one adapter (:mod:`.mixes`: two or more adapters in a call combined
         exactly into one, after the set's first call; 0 applies them one by one always).
@@ -102,6 +108,8 @@ class Runtime:
         problems = Problems()
         for name, v, lo in (("n_ctx", n_ctx, 16), ("n_parallel", n_parallel, 1), ("n_batch", n_batch, 1)):
             problems.add(int_problem(name, v, lo=lo), param=name)
+        if n_seq_max is not None:
+            problems.add(int_problem("n_seq_max", n_seq_max, lo=1), param="n_seq_max")
         if kv_type not in ("f16", "f32", "q8_0"):
             problems.add(f"kv_type must be f16, f32 or q8_0, got {kv_type!r}", param="kv_type")
         if n_threads is not None:
@@ -131,12 +139,14 @@ class Runtime:
         self._model = NativeModel(str(self.model_path), n_gpu_layers=n_gpu_layers, on_progress=on_load_progress)
         # llama.cpp's worker threads spin while they wait: contexts running at once must not
         # oversubscribe the cores, so by default they share them
-        threads = n_threads or max(1, (os.cpu_count() or 1) // n_parallel)
+        n_seq = min(n_seq_max or n_parallel, n_parallel)
+        n_contexts = -(-n_parallel // n_seq)
+        threads = n_threads or max(1, (os.cpu_count() or 1) // n_contexts)
         params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, kv_type=kv_type, op_offload=op_offload)
         self._params = params
         store = SnapshotStore(int(snapshot_mb * 1024 * 1024)) if snapshot_mb > 0 else None
         try:
-            self._pool = Scheduler(self._model, params, n_parallel, store)
+            self._pool = Scheduler(self._model, params, n_parallel, store, n_seq)
         except Exception:
             self._model.close()
             raise
@@ -207,8 +217,15 @@ class Runtime:
 
     @property
     def busy_contexts(self) -> int:
-        """Contexts leased by calls in flight right now."""
+        """Sequences (of ``n_parallel``) leased by calls in flight right now."""
         return self._pool.busy
+
+    @property
+    def batching(self) -> dict[str, int]:
+        """Batched decoding so far: ``decodes`` run over shared contexts and the generation
+        ``steps`` they held (their ratio is the mean batch)."""
+        bs = self._pool.batchers
+        return {"decodes": sum(b.decodes for b in bs), "steps": sum(b.steps for b in bs)}
 
     @property
     def n_vocab(self) -> int:
@@ -437,7 +454,7 @@ class Runtime:
             raise InvalidRequestError("this Runtime is closed")
         aset = self.mixes.use(self._registry.acquire(adapters))
         try:
-            with self._pool.lease(cancel) as slot:
+            with self._pool.lease(cancel, adapters_key(aset.run_with)) as slot:
                 yield slot, aset
         finally:
             self.mixes.release(aset)

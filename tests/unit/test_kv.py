@@ -3,6 +3,8 @@ that records what its KV holds (the invariant: the context's KV == the segments)
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from edge_lora.cancel import CancelToken
@@ -16,6 +18,7 @@ BASE: tuple = ()
 
 class FakeContext:
     n_ctx = 64
+    n_seq = 1
 
     def __init__(self) -> None:
         self.kv: list[int] = []
@@ -23,26 +26,30 @@ class FakeContext:
         self.fail_at: int | None = None  # decode aborts after writing this many tokens
         self.can_truncate = True
 
-    def clear(self) -> None:
+    def clear(self, seq: int = 0) -> None:
         self.kv = []
 
-    def truncate(self, n: int) -> bool:
+    def truncate(self, n: int, seq: int = 0) -> bool:
         if not self.can_truncate:
             return False
         self.kv = self.kv[:n]
         return True
 
-    def save_state(self) -> bytes:
+    def save_state(self, seq: int = 0) -> bytes:
         return bytes(self.kv)
 
-    def load_state(self, data: bytes) -> bool:
+    def load_state(self, data: bytes, seq: int = 0) -> bool:
         self.kv = list(data)
         return True
 
     def abort_when(self, check) -> None:
         self.abort = check
 
-    def decode(self, tokens, start, *, all_logits=False, all_rows=False):
+    @contextlib.contextmanager
+    def locked(self):
+        yield
+
+    def decode(self, tokens, start, *, seq=0, adapters=None, all_logits=False, all_rows=False, copy_last=False):
         if start + len(tokens) > self.n_ctx:
             raise ContextOverflowError("too long", needed=start + len(tokens), n_ctx=self.n_ctx)
         assert start == len(self.kv), "decode must continue where the KV ends"
