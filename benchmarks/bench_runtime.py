@@ -19,6 +19,8 @@ Measured side by side in one run (2 threads, greedy decoding), printed as markdo
   5. resident memory of N = 1, 4, 8 loaded adapters (fresh process each) vs their file sizes
   6. speculative decoding by prompt lookup, on and off: the demo tasks with their adapters (gemma)
      and a plain chat prompt
+  7. concurrent calls: throughput of 4 and 8 clients at once, batched in one context vs one
+     context each, with the per-call latency (and the tokens checked equal to each call alone)
 A third base, ``moe`` (Qwen3-MoE's layout: hidden 1024, 8 layers, 16 experts of ff 512, 4 used), measures
 one thing: decode with an expert adapter (rank 16 on attention, router and every expert) against the base.
 
@@ -398,6 +400,64 @@ def bench_prefill(base: Path, adapters: list[Path], rounds: int) -> None:
            for k, label in ((1, "1"), (2, "2, as one adapter (default)"), (3, "2, one by one (mix_cache_mb=0)"))])
 
 
+def bench_batch(base: Path, adapters: list[Path], n_tok: int, rounds: int, clients: Sequence[int]) -> None:
+    """Throughput of ``n`` clients calling at once (each a fresh prompt, greedy, ``n_tok`` tokens):
+    ``n`` sequences of one context decoding their steps together (the default) against ``n``
+    contexts with the cores split between them (``n_seq_max=1``: edge-lora before batching).
+    Alternating rounds; the tokens of every call checked equal to the same call alone."""
+    import threading
+
+    def prompts(n: int, r: int) -> list[str]:
+        return [f"{r}.{i}: {PROMPT}" for i in range(n)]
+
+    cases = [(n, "one set", [{"a0": 1.0}] * n) for n in clients]
+    cases.append((clients[0], "two sets", [{"a0": 1.0}, {"a1": 1.0}] * (clients[0] // 2)))
+    alone = edge_runtime(base, adapters[:2], 1024)
+    rows = []
+    for n, label, sets in cases:
+        modes = {"contexts": edge_runtime(base, adapters[:2], 1024, n_parallel=n, n_seq_max=1,
+                                          n_threads=max(1, THREADS // n)),
+                 "batched": edge_runtime(base, adapters[:2], 1024, n_parallel=n)}
+        rate: dict[str, list[float]] = {m: [] for m in modes}
+        lat: dict[str, list[float]] = {m: [] for m in modes}
+        equal = True
+        for r in range(-1, rounds):  # round -1 warms up
+            ps = prompts(n, r)
+            want = [alone.complete(p, s, max_tokens=n_tok, temperature=0.0).tokens for p, s in zip(ps, sets)]
+            for m, rt in modes.items():
+                out: list[Any] = [None] * n
+                go = threading.Barrier(n + 1)
+
+                def call(i: int, rt: Runtime = rt, out: list[Any] = out, go: threading.Barrier = go) -> None:
+                    go.wait()
+                    out[i] = rt.complete(ps[i], sets[i], max_tokens=n_tok, temperature=0.0)
+
+                threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+                for th in threads:
+                    th.start()
+                go.wait()
+                t0 = time.perf_counter()
+                for th in threads:
+                    th.join()
+                wall = time.perf_counter() - t0
+                equal &= [c.tokens for c in out] == want
+                if r >= 0:
+                    rate[m].append(sum(c.completion_tokens for c in out) / wall)
+                    lat[m].append(med([c.timings.total_ms for c in out]))
+        for rt in modes.values():
+            rt.close()
+        ratios = [b / c for b, c in zip(rate["batched"], rate["contexts"])]
+        rows.append([f"{n}, {label}", f"{med(rate['contexts']):.1f}", f"{med(rate['batched']):.1f}",
+                     f"**{med(ratios):.2f}** ({min(ratios):.2f}-{max(ratios):.2f})",
+                     f"{med(lat['contexts']):.0f} / {med(lat['batched']):.0f}", "yes" if equal else "**no**"])
+    alone.close()
+    table(f"7. Concurrent calls: total tokens/s of n clients at once ({rounds} alternating rounds, {n_tok} tokens each, "
+          "greedy, rank-16 adapters; batched = n sequences of one context, the default; contexts = n contexts with "
+          "the cores split, n_seq_max=1)",
+          ["clients", "contexts tokens/s", "batched tokens/s", "batched / contexts (min-max)",
+           "per-call latency ms, contexts / batched", "tokens equal to each call alone"], rows)
+
+
 def bench_moe_decode(base: Path, adapter: Path, n_tok: int, repeats: int) -> None:
     """An expert adapter's decode cost: the same Runtime decoding with and without it, interleaved;
     llama-cpp-python's Llama with and without the same file beside it."""
@@ -719,7 +779,8 @@ def run_base(key: str, quick: bool, only: Sequence[str] | None = None) -> None:
              "history": lambda: bench_history(base, adapters, 1 if quick else 2),
              "alora": lambda: bench_alora(base, key, adapters, 1 if quick else 3),
              "memory": lambda: bench_memory(base, adapters, (1, 8) if quick else (1, 4, 8)),
-             "speculative": lambda: bench_speculative(base, key, 2 if quick else 4)}
+             "speculative": lambda: bench_speculative(base, key, 2 if quick else 4),
+             "batch": lambda: bench_batch(base, adapters, n_tok, 2 if quick else 5, (4, 8))}
     for name, step in steps.items():
         if only is None or name in only:
             print(f"\n(measured in {timed(step):.0f} s)")
@@ -733,7 +794,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", choices=["gemma", "synthetic", "moe", "all"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats: a fast smoke run")
-    ap.add_argument("--only", action="append", choices=["decode", "prefill", "switch", "history", "alora", "memory", "speculative"],
+    ap.add_argument("--only", action="append", choices=["decode", "prefill", "switch", "history", "alora", "memory", "speculative",
+                                                      "batch"],
                     help="run only these measurements (repeatable; the moe base has its own one)")
     args = ap.parse_args()
     logging.getLogger("edge_lora").setLevel(logging.ERROR)

@@ -17,8 +17,9 @@ _KV_TYPES = {"f16": GGMLQuantizationType.F16, "f32": GGMLQuantizationType.F32, "
 class MemoryUsage:
     """Bytes. ``model_mapped``: the base's tensor data, memory-mapped from its file (shared with
     the page cache); ``model_resident``: the part of that mapping in RAM now (Linux; None
-    elsewhere); ``kv_per_context``: one context's KV cache (allocated at creation), times
-    ``contexts``; ``adapters``: the loaded adapters' tensors (llama.cpp copies them in);
+    elsewhere); ``kv_per_context``: one sequence's KV cache (allocated at creation), times
+    ``contexts``, the sequences (``n_parallel``: several share a llama context, each with its
+    own KV); ``adapters``: the loaded adapters' tensors (llama.cpp copies them in);
     ``snapshots``: saved KV states kept for switching back; ``mixes``: the adapters of mixes
     run as one (:mod:`.mixes`; their file sizes)."""
 
