@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -557,15 +558,19 @@ def adapters_key(adapters: Sequence[tuple[NativeAdapter, float]]) -> tuple[tuple
 
 
 class NativeContext:
-    """One llama context over a shared model, with ``n_seq`` sequences, each its own KV cache of
-    ``n_ctx`` tokens (llama.cpp's per-sequence streams, ``kv_unified`` off). Each method is one
-    step under the context's lock: threads serving different sequences may call it at once."""
+    """One llama context over a shared model, with ``n_seq`` sequences, each its own KV of up to
+    ``n_ctx`` tokens (several: in llama.cpp's unified KV buffer of ``n_seq * n_ctx`` cells). Each
+    method is one step under the context's lock: threads serving different sequences may call it
+    at once."""
 
     def __init__(self, model: NativeModel, p: ContextParams) -> None:
         params = ll.llama_context_default_params()
         params.n_seq_max = p.n_seq
-        params.n_ctx = p.n_ctx * p.n_seq  # llama.cpp gives each sequence n_ctx / n_seq_max
-        params.kv_unified = False
+        params.n_ctx = p.n_ctx * p.n_seq
+        # several sequences share one KV buffer (llama.cpp's unified KV): a batch may then hold any
+        # of them in one ubatch; with a stream per sequence llama.cpp splits a batch wherever its
+        # sequence ids are not consecutive (llama_batch_allocr::split_equal), a pass per split
+        params.kv_unified = p.n_seq > 1
         params.n_batch = p.n_batch
         params.n_ubatch = min(p.n_batch, 512)
         params.n_threads = p.n_threads
@@ -586,7 +591,9 @@ class NativeContext:
         self.ptr = ptr
         self.model = model
         self.n_seq = p.n_seq
-        self.n_ctx = int(ll.llama_n_ctx_seq(ptr))  # per sequence
+        # per sequence (one sequence: what llama.cpp made of it; several: each gets its n_ctx of the
+        # buffer, the bound checked here)
+        self.n_ctx = int(ll.llama_n_ctx_seq(ptr)) if p.n_seq == 1 else min(p.n_ctx, int(ll.llama_n_ctx(ptr)) // p.n_seq)
         self.n_batch = int(ll.llama_n_batch(ptr))  # llama.cpp caps it at the requested n_ctx
         self.mem = ll.llama_get_memory(ptr)
         self.n_threads = p.n_threads
@@ -597,10 +604,16 @@ class NativeContext:
         self._abort_cb = ll.ggml_abort_callback(lambda _data: bool(self._abort_check and self._abort_check()))
         self._batch = ll.llama_batch_init(self.n_batch, 0, 1)  # reused by every decode
         self._decoded = 0  # decodes run (the output buffer exists after the first)
+        # a context of several sequences is decoded from the threads of its several calls: its
+        # decodes run on one thread of its own, so that ggml's OpenMP keeps one team of workers
+        # (a team per calling thread, each spinning after its work, takes the cores from the next)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="llama-decode") if p.n_seq > 1 else None
 
     def close(self) -> None:
         with self._lock:
             if self.ptr:
+                if self._worker is not None:
+                    self._worker.shutdown()
                 ll.llama_batch_free(self._batch)
                 ll.llama_free(self.ptr)
                 self.ptr = None
@@ -750,13 +763,19 @@ class NativeContext:
         return outs
 
     def _run_batch(self) -> None:
-        with self.model.adapter_lock.shared():  # may re-size the graph over the model's adapters
-            rc = ll.llama_decode(self.ptr, self._batch)
+        if self._worker is not None:
+            rc = self._worker.submit(self._llama_decode).result()
+        else:
+            rc = self._llama_decode()
         if rc == 2 and self._abort_check is not None:  # llama_decode: 2 = aborted
             raise CancelledError("the evaluation was cancelled")
         if rc != 0:
             raise NativeError(f"llama_decode failed ({rc})")
         self._decoded += 1
+
+    def _llama_decode(self) -> int:
+        with self.model.adapter_lock.shared():  # may re-size the graph over the model's adapters
+            return int(ll.llama_decode(self.ptr, self._batch))
 
     def last_logits(self) -> np.ndarray:
         """The last evaluated token's logits ``[n_vocab]`` (a view into llama.cpp's buffer)."""
