@@ -417,7 +417,9 @@ def bench_batch(base: Path, adapters: list[Path], n_tok: int, rounds: int, clien
     for n, label, sets in cases:
         modes = {"contexts": edge_runtime(base, adapters[:2], 1024, n_parallel=n, n_seq_max=1,
                                           n_threads=max(1, THREADS // n)),
-                 "batched": edge_runtime(base, adapters[:2], 1024, n_parallel=n)}
+                 "batched": edge_runtime(base, adapters[:2], 1024, n_parallel=n),
+                 "halves": edge_runtime(base, adapters[:2], 1024, n_parallel=n, n_seq_max=max(1, n // 2),
+                                        n_threads=max(1, THREADS // 2))}
         rate: dict[str, list[float]] = {m: [] for m in modes}
         lat: dict[str, list[float]] = {m: [] for m in modes}
         equal = {m: 0 for m in modes}
@@ -446,17 +448,20 @@ def bench_batch(base: Path, adapters: list[Path], n_tok: int, rounds: int, clien
                     lat[m].append(med([c.timings.total_ms for c in out]))
         for rt in modes.values():
             rt.close()
-        ratios = [b / c for b, c in zip(rate["batched"], rate["contexts"])]
-        rows.append([f"{n}, {label}", f"{med(rate['contexts']):.1f}", f"{med(rate['batched']):.1f}",
-                     f"**{med(ratios):.2f}** ({min(ratios):.2f}-{max(ratios):.2f})",
-                     f"{med(lat['contexts']):.0f} / {med(lat['batched']):.0f}",
-                     f"{equal['contexts']} / {equal['batched']} of {n * (rounds + 1)}"])
+        ratios = {m: [b / c for b, c in zip(rate[m], rate["contexts"])] for m in ("batched", "halves")}
+        rows.append([f"{n}, {label}", f"{med(rate['contexts']):.1f}"] +
+                    [f"{med(rate[m]):.1f}: **{med(ratios[m]):.2f}** ({min(ratios[m]):.2f}-{max(ratios[m]):.2f})"
+                     for m in ("batched", "halves")] +
+                    [" / ".join(f"{med(lat[m]):.0f}" for m in modes), " / ".join(str(equal[m]) for m in modes) +
+                     f" of {n * (rounds + 1)}"])
     alone.close()
     table(f"7. Concurrent calls: total tokens/s of n clients at once ({rounds} alternating rounds, {n_tok} tokens each, "
-          "greedy, rank-16 adapters; batched = n sequences of one context, the default; contexts = n contexts with "
-          "the cores split, n_seq_max=1)",
-          ["clients", "contexts tokens/s", "batched tokens/s", "batched / contexts (min-max)",
-           "per-call latency ms, contexts / batched", "calls whose tokens equal the call alone, contexts / batched"], rows)
+          "greedy, rank-16 adapters; contexts = n contexts with the cores split (n_seq_max=1, edge-lora before "
+          "batching); batched = n sequences of one context, the default; halves = two contexts of n/2 sequences, "
+          "the cores split; ratios to contexts per round: median (min-max))",
+          ["clients", "contexts tokens/s", "batched tokens/s: ratio", "halves tokens/s: ratio",
+           "per-call latency ms, contexts / batched / halves",
+           "calls whose tokens equal the call alone, contexts / batched / halves"], rows)
 
 
 def bench_moe_decode(base: Path, adapter: Path, n_tok: int, repeats: int) -> None:

@@ -167,3 +167,37 @@ def test_real_base_concurrent_demo_tasks_are_the_sequential_tokens():
             assert g is not None and g.tokens == w.tokens, (j[1], w.text, g and g.text)
         print(f"\nbatching gemma: {rt.batching}")
         assert rt.batching["steps"] > rt.batching["decodes"]
+
+
+def test_a_long_prompt_is_evaluated_in_chunks_beside_a_generating_call(files):
+    """Chunked prefill: a 200-token prompt goes 128 tokens a step, in the same decodes as the
+    steps of a call generating meanwhile; both give their sequential tokens."""
+    long_prompt = " ".join(f"tok{i % 7 + 1}" for i in range(28))  # about 200 tokens
+    gen = dict(temperature=0.0, max_tokens=200)
+    with _runtime(files) as one:
+        want_a = one.complete(PROMPTS[1], {"a": 1.0}, **gen)
+        want_b = one.complete(long_prompt, {"a": 1.0}, **CALLS[0])
+        assert 128 < len(one.tokenize(long_prompt)) < 240
+    with _runtime(files, n_parallel=2) as rt:
+        ctx = rt._pool._slots[0].ctx
+        batches: list[tuple[int, set[int]]] = []
+        decode = ctx._llama_decode
+
+        def recording() -> int:
+            b = ctx._batch
+            batches.append((b.n_tokens, {b.seq_id[i][0] for i in range(b.n_tokens)}))
+            return decode()
+
+        ctx._llama_decode = recording
+        stream = rt.stream(PROMPTS[1], {"a": 1.0}, **gen)
+        first = next(stream)
+        got_a: list[str] = []
+        reader = threading.Thread(target=lambda: got_a.append(first + "".join(stream)))
+        reader.start()
+        got_b = rt.complete(long_prompt, {"a": 1.0}, **CALLS[0])
+        reader.join(60)
+        assert got_a and got_a[0] == want_a.text and stream.result.tokens == want_a.tokens
+        _same(want_b, got_b)
+    mixed = [n for n, seqs in batches if len(seqs) == 2 and n > 2]
+    assert mixed, batches[:20]  # a chunk of the prompt and the other call's token in one decode
+    assert max(n for n, _ in batches) <= 128 + 1

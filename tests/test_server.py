@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import numpy as np
 import pytest
 from adapters import make_peft_adapter
 from serving import serve
@@ -221,13 +222,28 @@ def _stream_text(server: Server, model: str, prompt: str, errors: list, out: dic
         errors.append(repr(exc))
 
 
+def _a_tie_explains(reference, messages: list, mix: dict, want, got: str, tol: float = 1e-3) -> bool:
+    """Whether ``got`` (a streamed text) leaves ``want`` (the lone greedy run's Completion) where the
+    reference's two best logits are within ``tol``: a step decoded in a batch rounds otherwise than
+    alone (llama.cpp's CPU products take another kernel from two rows on), which may flip a tie."""
+    k = 0
+    while k < len(want.tokens) and got.startswith(reference.detokenize(want.tokens[: k + 1])):
+        k += 1
+    if k == len(want.tokens):
+        return False  # not a divergence at a token: something else differs
+    ids = reference.chat_tokens(messages, mix) + want.tokens[:k]
+    top = np.sort(reference.logits(ids, mix)[-1])[-2:]
+    return bool(top[1] - top[0] < tol)
+
+
 def test_load_32_concurrent_streams(server, reference):
-    """32 streaming requests over 3 adapters and the base at once, each equal to its lone greedy run,
-    while another adapter is loaded and unloaded."""
+    """32 streaming requests over 3 adapters and the base at once, each equal to its lone greedy run
+    (or leaving it only at a tie, see :func:`_a_tie_explains`), while another adapter is loaded and
+    unloaded."""
     models = [server.model_id, "sql", "tone", "style"]
     jobs = [(models[i % 4], PROMPTS[i % len(PROMPTS)]) for i in range(32)]
-    want = {i: reference.chat([{"role": "user", "content": p}], _mix(m, server), **GREEDY).text
-            for i, (m, p) in enumerate(jobs)}
+    lone = {i: reference.chat([{"role": "user", "content": p}], _mix(m, server), **GREEDY) for i, (m, p) in enumerate(jobs)}
+    want = {i: c.text for i, c in lone.items()}
     errors: list = []
     got: dict = {}
     threads = [threading.Thread(target=_stream_text, args=(server, m, p, errors, got, i)) for i, (m, p) in enumerate(jobs)]
@@ -241,8 +257,13 @@ def test_load_32_concurrent_streams(server, reference):
         t.join(timeout=120)
     elapsed = time.perf_counter() - t0
     assert errors == []
-    assert got == want
-    print(f"load test: 32 streams, 0 errors, {elapsed:.2f} s")
+    assert set(got) == set(want)
+    ties = [i for i in want if got[i] != want[i]]
+    for i in ties:
+        m, p = jobs[i]
+        assert _a_tie_explains(reference, [{"role": "user", "content": p}], _mix(m, server), lone[i], got[i]), (
+            i, m, p, want[i], got[i])
+    print(f"load test: 32 streams, 0 errors, {len(ties)} left their lone run at a tie, {elapsed:.2f} s")
 
 
 def test_disconnect_frees_the_slot(server):

@@ -674,28 +674,27 @@ class NativeContext:
     def abort_when(self, check: Callable[[], bool] | None) -> None:
         """While set, llama.cpp polls ``check`` between graph nodes of a decode and aborts it
         when True (:meth:`decode` then raises :class:`CancelledError`). Costs a Python call per
-        node: set it around long prompt evaluations only (with the lock held by the caller, for
-        a context of several sequences: the check applies to every decode while set)."""
+        node: set it around long prompt evaluations only (:meth:`decode`'s ``abort`` sets it for
+        each chunk, under the lock: in a context of several sequences it applies to every decode
+        while set)."""
         self._abort_check = check
         ll.llama_set_abort_callback(self.ptr, self._abort_cb if check else ll.ggml_abort_callback(), None)
 
     # -- evaluation --------------------------------------------------------------
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the context for several steps (a cancellable prompt evaluation)."""
-        with self._lock:
-            yield
-
     def decode(self, tokens: Sequence[int], start_pos: int, *, seq: int = 0,
                adapters: Sequence[tuple[NativeAdapter, float]] | None = None, all_logits: bool = False,
-               all_rows: bool = False, copy_last: bool = False) -> np.ndarray | None:
+               all_rows: bool = False, copy_last: bool = False,
+               abort: Callable[[], bool] | None = None) -> np.ndarray | None:
         """Evaluate ``tokens`` at positions ``start_pos...`` of sequence ``seq``, under ``adapters``
         when given (set first, in the same step). With ``all_logits``, return every token's logits
         ``[len(tokens), n_vocab]``; else only the last token's are computed, left in the context for
         the sampler, and returned as a copy ``[n_vocab]`` with ``copy_last`` (another sequence's
         decode replaces them). ``all_rows`` computes every token through the last layer without
         returning the logits (llama.cpp otherwise drops the rows whose output is not wanted
-        before the last layer: input statistics need them all)."""
+        before the last layer: input statistics need them all). ``abort`` is polled between graph
+        nodes (:meth:`abort_when`): :class:`CancelledError` when it returns True. In a context of
+        several sequences the batches of ``n_batch`` tokens are steps of their own, the lock let go
+        between them (:mod:`~edge_lora.runtime.batch` evaluates prompts in smaller chunks)."""
         n_total = len(tokens)
         if start_pos + n_total > self.n_ctx:
             raise ContextOverflowError(
@@ -703,12 +702,14 @@ class NativeContext:
             )
         n_vocab = self.model.n_vocab
         out = np.empty((n_total, n_vocab), dtype=np.float32) if all_logits else None
-        with self._lock:
-            if adapters is not None:
-                self.set_adapters(adapters)
-            batch = self._batch
-            for off in range(0, n_total, self.n_batch):
-                chunk = tokens[off : off + self.n_batch]
+        step = self.n_batch
+        last = None
+        for off in range(0, n_total, step):
+            chunk = tokens[off : off + step]
+            with self._lock:
+                if adapters is not None:
+                    self.set_adapters(adapters)
+                batch = self._batch
                 batch.n_tokens = len(chunk)
                 for i, tok in enumerate(chunk):
                     batch.token[i] = tok
@@ -716,13 +717,19 @@ class NativeContext:
                     batch.n_seq_id[i] = 1
                     batch.seq_id[i][0] = seq
                     batch.logits[i] = all_logits or all_rows or (off + i == n_total - 1)
-                self._run_batch()
+                if abort is not None:
+                    self.abort_when(abort)
+                try:
+                    self._run_batch()
+                finally:
+                    if abort is not None:
+                        self.abort_when(None)
                 if out is not None:
                     for i in range(len(chunk)):
                         out[off + i] = np.ctypeslib.as_array(ll.llama_get_logits_ith(self.ptr, i), (n_vocab,))
-            if out is None and copy_last:
-                return self.logits_ith(-1).copy()
-        return out
+                elif copy_last and off + step >= n_total:
+                    last = self.logits_ith(-1).copy()
+        return out if out is not None else last
 
     def decode_steps(self, steps: Sequence[tuple[int, Sequence[int], int, bool]],
                      adapters: Sequence[tuple[NativeAdapter, float]]) -> list[np.ndarray]:
@@ -845,9 +852,13 @@ class NativeSampler:
         self.grammar: ctypes.c_void_p | None = None
         self._cand: np.ndarray | None = None  # the candidates, reused token after token
         self._ids: np.ndarray | None = None
+        self._stages = 0
+        self._greedy_only = False  # the chain is llama.cpp's greedy stage alone
 
     def _add(self, stage: object) -> NativeSampler:
         ll.llama_sampler_chain_add(self.ptr, stage)
+        self._stages += 1
+        self._greedy_only = False
         return self
 
     def add_penalties(self, last_n: int, repeat: float, frequency: float = 0.0, presence: float = 0.0) -> NativeSampler:
@@ -859,7 +870,9 @@ class NativeSampler:
         return self._add(ll.llama_sampler_init_logit_bias(self.model.n_vocab, len(bias), arr))
 
     def add_greedy(self) -> NativeSampler:
-        return self._add(ll.llama_sampler_init_greedy())
+        self._add(ll.llama_sampler_init_greedy())
+        self._greedy_only = self._stages == 1
+        return self
 
     def add_top_k(self, k: int) -> NativeSampler:
         return self._add(ll.llama_sampler_init_top_k(k))
@@ -903,7 +916,13 @@ class NativeSampler:
     def sample_logits(self, logits: np.ndarray) -> int:
         """Like :meth:`sample`, from ``logits`` ``[n_vocab]`` given (a copy taken from a batched
         decode) rather than a context's: the same chain over the same candidates
-        (``llama_sampler_sample`` builds them from the logits as :meth:`_pick` does)."""
+        (``llama_sampler_sample`` builds them from the logits as :meth:`_pick` does). A chain of
+        greedy alone takes the first largest logit, as its stage does (``llama_sampler_greedy_apply``),
+        without building the candidates."""
+        if self._greedy_only and self.grammar is None:
+            tok = int(np.argmax(logits))
+            ll.llama_sampler_accept(self.ptr, tok)
+            return tok
         tok = self._pick(logits, grammar_first=False)
         if self.grammar is None:
             ll.llama_sampler_accept(self.ptr, tok)

@@ -12,21 +12,26 @@ vLLM batch the same way).
 
 A sequence whose caller is slow to come back (a stream left unconsumed, a long grammar check)
 is not waited for: after ``max(2 ms, half the last step's time)`` the others go without it and
-it is *parked* until it hands in its next step, so no call is held up by another.
+it is *parked* until it hands in its next step, so no call is held up by another. A prompt is
+evaluated the same way, a chunk of :data:`PREFILL_CHUNK` tokens per step (llama.cpp's server and
+vLLM's chunked prefill): a long prompt does not stop the calls generating beside it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..engine.native import NativeAdapter, NativeContext, adapters_key
+from ..errors import CancelledError
 
 Applied = Sequence[tuple[NativeAdapter, float]]
+#: tokens of a prompt evaluated per step in a shared context
+PREFILL_CHUNK = 128
 
 
 @dataclass
@@ -60,10 +65,26 @@ class StepBatcher:
         self.decodes = 0
         self.steps = 0
 
-    def step(self, seq: int, tokens: Sequence[int], start: int, all_rows: bool, adapters: Applied) -> np.ndarray:
+    def step(self, seq: int, tokens: Sequence[int], start: int, all_rows: bool, adapters: Applied,
+             cancelled: Callable[[], bool] | None = None) -> np.ndarray:
         """Evaluate ``tokens`` at positions ``start...`` of ``seq`` under ``adapters``, batched with
         the other sequences' steps; returns the logits ``[len(tokens), n_vocab]`` with ``all_rows``,
-        else ``[1, n_vocab]`` (its last token's). Raises what the decode raised."""
+        else ``[1, n_vocab]`` (its last token's). Raises what the decode raised.
+
+        A prompt goes :data:`PREFILL_CHUNK` tokens at a time, each chunk a step batched with the
+        others' (chunked prefill: the calls generating meanwhile go on, a token per chunk);
+        ``cancelled`` is checked between chunks (:class:`CancelledError`)."""
+        size = max(1, min(PREFILL_CHUNK, self.ctx.n_batch))
+        if len(tokens) <= size and cancelled is None:
+            return self._one(seq, tokens, start, all_rows, adapters)
+        outs = []
+        for off in range(0, len(tokens), size):
+            if cancelled is not None and cancelled():
+                raise CancelledError("the evaluation was cancelled")
+            outs.append(self._one(seq, tokens[off : off + size], start + off, all_rows, adapters))
+        return np.concatenate(outs) if all_rows else outs[-1]
+
+    def _one(self, seq: int, tokens: Sequence[int], start: int, all_rows: bool, adapters: Applied) -> np.ndarray:
         me = _Step(seq, tokens, start, all_rows, adapters)
         with self._cond:
             self._members.add(seq)

@@ -84,11 +84,12 @@ def evaluate(slot: Slot, runs: Sequence[Run], tokens: Sequence[int], start: int,
     ``[len(tokens) - start, n_vocab]`` with ``all_logits``, else None (the last token's logits
     stay in the context, under the last run's set, which generation continues with)."""
     outs = []
+    via = partial(slot.batcher.step, slot.seq) if slot.batcher is not None else None  # chunked, batched
     for r in runs:
         if r.end <= start:
             continue
         out = slot.kv.decode(r.aset.key, tokens[max(start, r.start) : r.end], adapters=r.aset.run_with,
-                             all_logits=all_logits, cancel=cancel)
+                             all_logits=all_logits, cancel=cancel, via=via)
         if out is not None:
             outs.append(out)
     return np.concatenate(outs) if all_logits else None
@@ -211,8 +212,6 @@ def generate(
             yield rest
     finally:
         sampler.close()
-        if slot.batcher is not None:
-            slot.batcher.leave(slot.seq)
     t_end = time.perf_counter()
     t_first = t_first or t_end
     return Completion(

@@ -205,18 +205,12 @@ class KVState:
         self._last = None
         try:
             if via is not None:
-                out = via(tokens, len(self), all_rows, adapters if adapters is not None else ())
-            elif cancel is not None:
-                with self.ctx.locked():
-                    self.ctx.abort_when(lambda: cancel.cancelled)
-                    try:
-                        out = self.ctx.decode(tokens, len(self), seq=self.seq, adapters=adapters,
-                                              all_logits=all_logits, all_rows=all_rows, copy_last=shared)
-                    finally:
-                        self.ctx.abort_when(None)
+                out = via(tokens, len(self), all_rows or all_logits, adapters if adapters is not None else (),
+                          (lambda: cancel.cancelled) if cancel is not None else None)
             else:
                 out = self.ctx.decode(tokens, len(self), seq=self.seq, adapters=adapters, all_logits=all_logits,
-                                      all_rows=all_rows, copy_last=shared)
+                                      all_rows=all_rows, copy_last=shared,
+                                      abort=(lambda: cancel.cancelled) if cancel is not None else None)
         except ContextOverflowError:
             raise  # refused before anything was evaluated
         except BaseException:
@@ -236,8 +230,8 @@ class KVState:
 
 #: the adapters a step applies, with their scales
 Applied = Sequence[tuple["NativeAdapter", float]]
-#: a batched step: ``(tokens, start, all_rows, adapters) -> logits``
-StepFn = Callable[[Sequence[int], int, bool, Applied], np.ndarray]
+#: a batched step: ``(tokens, start, all_rows, adapters, cancelled) -> logits``
+StepFn = Callable[[Sequence[int], int, bool, Applied, "Callable[[], bool] | None"], np.ndarray]
 
 
 #: logits kept after the first ``n`` tokens of a history: ``(n, logits [n_vocab])``

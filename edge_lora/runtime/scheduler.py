@@ -96,6 +96,8 @@ class Scheduler:
         try:
             yield slot
         finally:
+            if slot.batcher is not None:
+                slot.batcher.leave(slot.seq)  # no step waits for this sequence any more
             with self._cond:
                 del self._running[id(slot)]
                 self._free.append(slot)

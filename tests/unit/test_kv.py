@@ -3,8 +3,6 @@ that records what its KV holds (the invariant: the context's KV == the segments)
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 from edge_lora.cancel import CancelToken
@@ -45,18 +43,19 @@ class FakeContext:
     def abort_when(self, check) -> None:
         self.abort = check
 
-    @contextlib.contextmanager
-    def locked(self):
-        yield
-
-    def decode(self, tokens, start, *, seq=0, adapters=None, all_logits=False, all_rows=False, copy_last=False):
+    def decode(self, tokens, start, *, seq=0, adapters=None, all_logits=False, all_rows=False, copy_last=False,
+               abort=None):
         if start + len(tokens) > self.n_ctx:
             raise ContextOverflowError("too long", needed=start + len(tokens), n_ctx=self.n_ctx)
         assert start == len(self.kv), "decode must continue where the KV ends"
-        for i, t in enumerate(tokens):
-            if (self.fail_at is not None and i == self.fail_at) or (self.abort and self.abort()):
-                raise CancelledError("aborted")
-            self.kv.append(t)
+        self.abort = abort
+        try:
+            for i, t in enumerate(tokens):
+                if (self.fail_at is not None and i == self.fail_at) or (self.abort and self.abort()):
+                    raise CancelledError("aborted")
+                self.kv.append(t)
+        finally:
+            self.abort = None  # the real context removes its callback after the decode too
         return [[0.0]] * len(tokens) if all_logits else None
 
 
