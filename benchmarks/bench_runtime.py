@@ -417,7 +417,7 @@ def bench_batch(base: Path, adapters: list[Path], n_tok: int, rounds: int, clien
     for n, label, sets in cases:
         modes = {"contexts": edge_runtime(base, adapters[:2], 1024, n_parallel=n, n_seq_max=1,
                                           n_threads=max(1, THREADS // n)),
-                 "batched": edge_runtime(base, adapters[:2], 1024, n_parallel=n),
+                 "batched": edge_runtime(base, adapters[:2], 1024, n_parallel=n, n_seq_max=n),
                  "halves": edge_runtime(base, adapters[:2], 1024, n_parallel=n, n_seq_max=max(1, n // 2),
                                         n_threads=max(1, THREADS // 2))}
         rate: dict[str, list[float]] = {m: [] for m in modes}
@@ -457,8 +457,8 @@ def bench_batch(base: Path, adapters: list[Path], n_tok: int, rounds: int, clien
     alone.close()
     table(f"7. Concurrent calls: total tokens/s of n clients at once ({rounds} alternating rounds, {n_tok} tokens each, "
           "greedy, rank-16 adapters; contexts = n contexts with the cores split (n_seq_max=1, edge-lora before "
-          "batching); batched = n sequences of one context, the default; halves = two contexts of n/2 sequences, "
-          "the cores split; ratios to contexts per round: median (min-max))",
+          "batching); batched = n sequences of one context (n_seq_max=n); halves = two contexts of n/2 sequences, "
+          "the cores split, the default; ratios to contexts per round: median (min-max))",
           ["clients", "contexts tokens/s", "batched tokens/s: ratio", "halves tokens/s: ratio",
            "per-call latency ms, contexts / batched / halves",
            "calls whose tokens equal the call alone, contexts / batched / halves"], rows)

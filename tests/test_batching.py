@@ -70,9 +70,9 @@ def _same(want, got) -> None:
         assert w.token == g.token and abs(w.logprob - g.logprob) < 1e-4
 
 
-@pytest.mark.parametrize("n_seq_max", [None, 2], ids=["one-context", "two-contexts"])
+@pytest.mark.parametrize("n_seq_max", [4, None], ids=["one-context", "two-contexts"])
 def test_concurrent_calls_give_the_sequential_tokens(files, n_seq_max):
-    jobs = [(p, SETS[i % 2 if n_seq_max is None else 0], CALLS[i % 2]) for i, p in enumerate(PROMPTS)]
+    jobs = [(p, SETS[i % 2 if n_seq_max == 4 else 0], CALLS[i % 2]) for i, p in enumerate(PROMPTS)]
     with _runtime(files) as one:
         want = [one.complete(p, a, **c) for p, a, c in jobs]
     with _runtime(files, n_parallel=4, n_seq_max=n_seq_max) as rt:
@@ -89,7 +89,7 @@ def test_calls_under_different_sets_in_one_context(files):
     jobs = [(p, SETS[i % 4], CALLS[0]) for i, p in enumerate(PROMPTS)]
     with _runtime(files) as one:
         want = [one.complete(p, a, **c) for p, a, c in jobs]
-    with _runtime(files, n_parallel=8) as rt:
+    with _runtime(files, n_parallel=8, n_seq_max=8) as rt:
         got = _concurrently(rt, jobs)
     for w, g in zip(want, got):
         _same(w, g)
@@ -101,7 +101,7 @@ def test_speculative_steps_batch_too(files):
     jobs = [(p, SETS[i % 3], CALLS[i % 2]) for i, p in enumerate(prompts * 2)]
     with _runtime(files) as one:
         want = [one.complete(p, a, **c) for p, a, c in jobs]
-    with _runtime(files, n_parallel=6, speculative=spec) as rt:
+    with _runtime(files, n_parallel=6, n_seq_max=6, speculative=spec) as rt:
         got = _concurrently(rt, jobs)
     for w, g in zip(want, got):
         _same(w, g)
@@ -114,7 +114,7 @@ def test_a_stream_left_unconsumed_holds_no_one_up(files):
     with _runtime(files) as one:
         want = one.complete(PROMPTS[0], **CALLS[0])
         want2 = one.complete(PROMPTS[1], {"a": 1.0}, **CALLS[0])
-    with _runtime(files, n_parallel=2) as rt:
+    with _runtime(files, n_parallel=2, n_seq_max=2) as rt:
         stream = rt.stream(PROMPTS[0], **CALLS[0])
         first = next(stream)
         done = threading.Event()
@@ -128,7 +128,7 @@ def test_a_stream_left_unconsumed_holds_no_one_up(files):
 
 
 def test_a_repeated_prompt_is_answered_from_its_sequence(files):
-    with _runtime(files, n_parallel=2) as rt:
+    with _runtime(files, n_parallel=2, n_seq_max=2) as rt:
         a = rt.complete(PROMPTS[3], {"a": 1.0}, **CALLS[0])
         b = rt.complete(PROMPTS[3], {"a": 1.0}, **CALLS[0])
         assert b.tokens == a.tokens and b.cached_tokens == b.prompt_tokens
@@ -146,7 +146,7 @@ def test_real_base_concurrent_demo_tasks_are_the_sequential_tokens():
     for name, task in TASKS.items():
         for ex in split(task, 60)[1][:2]:
             jobs.append((ex.messages, {name: 1.0}, dict(temperature=0.0, max_tokens=task.max_tokens, **ex.chat_options())))
-    with Runtime(base, n_ctx=1024) as one, Runtime(base, n_ctx=1024, n_parallel=4) as rt:
+    with Runtime(base, n_ctx=1024) as one, Runtime(base, n_ctx=1024, n_parallel=4, n_seq_max=4) as rt:
         for r in (one, rt):
             for name in TASKS:
                 r.load_adapter(name, ROOT / "examples" / "adapters" / f"{name}.gguf")
@@ -178,7 +178,7 @@ def test_a_long_prompt_is_evaluated_in_chunks_beside_a_generating_call(files):
         want_a = one.complete(PROMPTS[1], {"a": 1.0}, **gen)
         want_b = one.complete(long_prompt, {"a": 1.0}, **CALLS[0])
         assert 128 < len(one.tokenize(long_prompt)) < 240
-    with _runtime(files, n_parallel=2) as rt:
+    with _runtime(files, n_parallel=2, n_seq_max=2) as rt:
         ctx = rt._pool._slots[0].ctx
         batches: list[tuple[int, set[int]]] = []
         decode = ctx._llama_decode

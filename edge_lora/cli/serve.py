@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--convert-cache", metavar="DIR", type=Path, default=None,
                    help="where PEFT/MLX-LM checkpoints given as adapters are converted to "
                    "(default ~/.cache/edge-lora/converted)")
-    p.add_argument("--parallel", type=int, default=1, metavar="N", help="requests generating at once (sequences of one context, their steps decoded in one batch)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="requests generating at once (sequences, half to each of two contexts, whose steps decode in one batch)")
     p.add_argument("--model-name", default=None, help="the base's model id (default: the file name without .gguf)")
     p.add_argument("--n-ctx", type=int, default=4096, metavar="N", help="context length per request slot")
     p.add_argument("--threads", type=int, default=None, metavar="N")

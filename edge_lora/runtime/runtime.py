@@ -77,10 +77,10 @@ class Runtime:
     ) -> None:
         """Load ``model_path`` (mmap kept on). ``n_parallel`` calls run at once, each on its own
         sequence with its own ``n_ctx`` KV cache; ``n_seq_max`` sequences share a llama context
-        (default: all of them, one context), whose calls' generation steps decode together in one
-        batch (:mod:`.batch`: calls under different adapter sets decode apart, and llama.cpp
-        re-plans its graph when a context changes sets, so set ``n_seq_max`` lower to keep
-        contexts for calls under different sets); ``snapshot_mb`` bounds the KV snapshots kept to make
+        (default: half of them, two contexts with the cores split), whose calls' generation steps
+        decode together in one batch (:mod:`.batch`: calls under different adapter sets decode
+        apart, taking turns; a call goes to a context running its set when one has room);
+        ``snapshot_mb`` bounds the KV snapshots kept to make
         switching back to an earlier adapter set cheap (0 disables them). ``mix_cache_mb`` bounds
         the mixes run as one adapter (:mod:`.mixes`: two or more adapters in a call combined
         exactly into one, after the set's first call; 0 applies them one by one always).
@@ -139,7 +139,10 @@ class Runtime:
         self._model = NativeModel(str(self.model_path), n_gpu_layers=n_gpu_layers, on_progress=on_load_progress)
         # llama.cpp's worker threads spin while they wait: contexts running at once must not
         # oversubscribe the cores, so by default they share them
-        n_seq = min(n_seq_max or n_parallel, n_parallel)
+        # by default two contexts share the calls (measured, bench_runtime 7: against one context of all
+        # of them, two let two adapter sets run without taking turns, and split cores beat one
+        # context's threads on a CPU)
+        n_seq = min(n_seq_max or -(-n_parallel // 2), n_parallel)
         n_contexts = -(-n_parallel // n_seq)
         threads = n_threads or max(1, (os.cpu_count() or 1) // n_contexts)
         params = ContextParams(n_ctx=n_ctx, n_batch=n_batch, n_threads=threads, kv_type=kv_type, op_offload=op_offload)
