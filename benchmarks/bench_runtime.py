@@ -18,13 +18,14 @@ Measured side by side in one run (2 threads, greedy decoding), printed as markdo
      LoRA switch on the same history and vs no switch
   5. resident memory of N = 1, 4, 8 loaded adapters (fresh process each) vs their file sizes
   6. speculative decoding by prompt lookup, on and off: the demo tasks with their adapters (gemma)
-     and a plain chat prompt
+     and a plain chat prompt; with ``--model-draft GGUF``, a draft model too
   7. concurrent calls: throughput of 4 and 8 clients at once, batched in one context vs one
      context each, with the per-call latency (and the tokens checked equal to each call alone)
 A third base, ``moe`` (Qwen3-MoE's layout: hidden 1024, 8 layers, 16 experts of ff 512, 4 used), measures
 one thing: decode with an expert adapter (rank 16 on attention, router and every expert) against the base.
 
     python benchmarks/bench_runtime.py [--base gemma|synthetic|moe|all] [--quick] [--only alora ...]
+                                       [--model-draft GGUF|self]
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 import llama_cpp  # noqa: E402
 
 from edge_lora import Runtime  # noqa: E402
+from edge_lora.runtime.speculative import Speculative  # noqa: E402
 from edge_lora.formats.gguf_file import read_gguf  # noqa: E402
 from edge_lora.engine.native import backend_init  # noqa: E402
 
@@ -731,40 +733,54 @@ def speculative_cases(key: str) -> list[tuple[str, Msgs, dict[str, float], dict[
     return cases
 
 
-def bench_speculative(base: Path, key: str, repeats: int) -> None:
+def bench_speculative(base: Path, key: str, repeats: int, draft: Path | None = None) -> None:
+    """Prompt lookup, and with ``draft`` a draft model (adaptive, as a user runs it), against
+    decoding without speculation, alternated side by side."""
     adapters = ROOT / "examples" / "adapters"
-    rts = {mode: Runtime(base, n_ctx=1024, n_threads=THREADS, speculative=mode) for mode in (None, "ngram")}
+    modes: dict[str, Any] = {"off": None, "ngram": "ngram"}
+    if draft is not None:
+        modes["draft model"] = Speculative(model=draft)
+    rts = {m: Runtime(base, n_ctx=1024, n_threads=THREADS, speculative=s) for m, s in modes.items()}
     cases = speculative_cases(key)
     for rt in rts.values():
         for name in {c[0] for c in cases} - {"plain chat"}:
             rt.load_adapter(name, adapters / f"{name}.gguf")
-    times: dict[tuple[str, str | None], list[float]] = {}
+    times: dict[tuple[str, str], list[float]] = {}
     tokens: dict[str, int] = {}
-    kept: dict[str, list[int]] = {}
+    kept: dict[tuple[str, str], list[int]] = {}
+    order = list(modes)
     for r in range(repeats):
         for label, msgs, mix, opts in cases:
-            for mode in ((None, "ngram") if r % 2 == 0 else ("ngram", None)):  # alternated, side by side
+            for mode in order[r % len(order):] + order[: r % len(order)]:  # rotated, side by side
                 c = rts[mode].chat(msgs, mix, temperature=0.0, **opts)
                 times.setdefault((label, mode), []).append(c.timings.decode_ms)
-                if mode is None:
+                if mode == "off":
                     tokens[label] = tokens.get(label, 0) + c.completion_tokens - 1
                 else:
-                    k = kept.setdefault(label, [0, 0])
+                    k = kept.setdefault((label, mode), [0, 0])
                     k[0], k[1] = k[0] + c.draft_accepted, k[1] + c.draft_tokens
     for rt in rts.values():
         rt.close()
     rows = []
+    spec_modes = order[1:]
     for label in dict.fromkeys(c[0] for c in cases):
-        plain, spec = sum(times[(label, None)]), sum(times[(label, "ngram")])
+        plain = sum(times[(label, "off")])
         n = tokens[label]
-        acc, drafted = kept[label]
-        rows.append([label, f"{n / plain * 1000:.1f}", f"{n / spec * 1000:.1f}", f"**{plain / spec:.2f}**",
-                     f"{acc}/{drafted}"])
-    table(f"6. Speculative decoding by prompt lookup (ngram, up to 8 drafted): decode tokens/s, greedy, "
-          f"{repeats} alternating rounds", ["case", "off", "on", "on / off", "drafted tokens kept"], rows)
+        row = [label, f"{n / plain * 1000:.1f}"]
+        for mode in spec_modes:
+            spec = sum(times[(label, mode)])
+            acc, drafted = kept[(label, mode)]
+            row += [f"{n / spec * 1000:.1f}", f"**{plain / spec:.2f}**", f"{acc}/{drafted}"]
+        rows.append(row)
+    head = ["case", "off"]
+    for mode in spec_modes:
+        head += [mode, f"{mode} / off", "drafted tokens kept"]
+    drafted_by = f"; draft model {draft.name}" if draft is not None else ""
+    table(f"6. Speculative decoding by prompt lookup (ngram, up to 8 drafted){drafted_by}: decode tokens/s, greedy, "
+          f"{repeats} rotating rounds", head, rows)
 
 
-def run_base(key: str, quick: bool, only: Sequence[str] | None = None) -> None:
+def run_base(key: str, quick: bool, only: Sequence[str] | None = None, draft: str | None = None) -> None:
     t0 = time.perf_counter()
     base = gemma_base() if key == "gemma" else synthetic_base(key)
     adapters = adapters_for(key, base, 1 if key == "moe" else N_ADAPTERS)
@@ -785,7 +801,8 @@ def run_base(key: str, quick: bool, only: Sequence[str] | None = None) -> None:
              "history": lambda: bench_history(base, adapters, 1 if quick else 2),
              "alora": lambda: bench_alora(base, key, adapters, 1 if quick else 3),
              "memory": lambda: bench_memory(base, adapters, (1, 8) if quick else (1, 4, 8)),
-             "speculative": lambda: bench_speculative(base, key, 2 if quick else 4),
+             "speculative": lambda: bench_speculative(base, key, 2 if quick else 4,
+                                                      None if draft is None else base if draft == "self" else Path(draft)),
              "batch": lambda: bench_batch(base, adapters, n_tok, 2 if quick else 5, (4, 8))}
     for name, step in steps.items():
         if only is None or name in only:
@@ -803,6 +820,9 @@ def main() -> int:
     ap.add_argument("--only", action="append", choices=["decode", "prefill", "switch", "history", "alora", "memory", "speculative",
                                                       "batch"],
                     help="run only these measurements (repeatable; the moe base has its own one)")
+    ap.add_argument("--model-draft", default=None, metavar="GGUF",
+                    help="step 6 also measures this draft model ('self': the base drafting for itself, "
+                         "which shows what the cost model saves where drafts cost a token each)")
     args = ap.parse_args()
     logging.getLogger("edge_lora").setLevel(logging.ERROR)
     backend_init()  # llama.cpp's log (the quantizer's too) goes to logging, silenced above
@@ -812,7 +832,7 @@ def main() -> int:
           f"python {platform.python_version()}; llama-cpp-python {llama_cpp.__version__}; "
           f"load average at start {os.getloadavg()[0]:.2f} (ggml's OpenMP threads spin: other load skews absolutes)")
     for key in (["gemma", "synthetic", "moe"] if args.base == "all" else [args.base]):
-        run_base(key, args.quick, args.only)
+        run_base(key, args.quick, args.only, args.model_draft)
     print(f"\ntotal: {time.perf_counter() - t0:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     return 0
 

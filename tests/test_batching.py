@@ -108,6 +108,21 @@ def test_speculative_steps_batch_too(files):
     assert sum(g.draft_accepted for g in got) > 0
 
 
+def test_a_draft_model_drafts_for_batched_calls(files):
+    """Six calls at once, each leasing a context of the draft model (here the base itself, run
+    without the calls' adapters), their target steps batched: the tokens of sequential calls."""
+    spec = Speculative(model=files[0], num_speculative_tokens=4, adaptive=False, draft_p_min=0.0)
+    jobs = [(p, SETS[i % 3], CALLS[i % 2]) for i, p in enumerate(PROMPTS[:6])]
+    with _runtime(files) as one:
+        want = [one.complete(p, a, **c) for p, a, c in jobs]
+    with _runtime(files, n_parallel=6, n_seq_max=6, speculative=spec) as rt:
+        got = _concurrently(rt, jobs)
+        got += _concurrently(rt, jobs)  # again: the draft contexts reused, their prefixes kept
+    for w, g in zip(want * 2, got):
+        _same(w, g)
+    assert sum(g.draft_accepted for g in got) > 0
+
+
 def test_a_stream_left_unconsumed_holds_no_one_up(files):
     """A caller that stops reading its stream parks its sequence: the others go on without it,
     and the stream, read again later, gives the tokens it gives alone."""

@@ -76,19 +76,26 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_speculative_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--speculative", choices=["ngram"], default=None,
-                   help="speculative decoding by prompt lookup: drafts from the prompt, the same output")
+    p.add_argument("--speculative", choices=["ngram", "draft_model"], default=None,
+                   help="speculative decoding, the same output: ngram drafts from the prompt (prompt lookup), "
+                        "draft_model from --model-draft")
+    p.add_argument("--model-draft", default=None, metavar="GGUF",
+                   help="a draft model of the base's vocabulary (implies --speculative draft_model; runs without adapters)")
     p.add_argument("--draft-max", type=int, default=8, metavar="N",
                    help="tokens drafted per step at most (default 8)")
+    p.add_argument("--draft-p-min", type=float, default=0.75, metavar="P",
+                   help="a draft model's draft ends below this probability of its top token (default 0.75)")
 
 
 def speculative_setting(args: argparse.Namespace) -> Any:
-    """The Runtime's ``speculative`` from ``--speculative``/``--draft-max`` (None: off)."""
-    if args.speculative is None:
+    """The Runtime's ``speculative`` from ``--speculative``/``--model-draft``/``--draft-max``/
+    ``--draft-p-min`` (None: off)."""
+    if args.speculative is None and args.model_draft is None:
         return None
     from ..runtime.speculative import Speculative
 
-    return Speculative(args.speculative, num_speculative_tokens=args.draft_max)
+    return Speculative(args.speculative, num_speculative_tokens=args.draft_max, model=args.model_draft,
+                       draft_p_min=args.draft_p_min)
 
 
 def sampling_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -405,6 +405,14 @@ class NativeModel:
         return raw.decode("utf-8", errors="replace") if raw else None
 
 
+def vocab_summary(model: NativeModel) -> dict[str, int | bool]:
+    """What llama.cpp compares to let one model draft for another: the tokenizer ``type``
+    (llama_vocab_type), ``bos``/``eos`` ids and whether they are added (``add_bos``/``add_eos``)."""
+    v = model.vocab
+    return {"type": int(ll.llama_vocab_type(v)), "bos": int(ll.llama_vocab_bos(v)), "eos": int(ll.llama_vocab_eos(v)),
+            "add_bos": bool(ll.llama_vocab_get_add_bos(v)), "add_eos": bool(ll.llama_vocab_get_add_eos(v))}
+
+
 _serials = itertools.count(1)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..engine.native import NativeModel, NativeSampler
 from ..cancel import CancelToken
 from ..errors import CancelledError, InvalidRequestError, NonFiniteLogitsError
-from .speculative import DraftCosts, PromptLookup, Speculative
+from .speculative import Drafter
 from .activation import Run, plan, segments
 from .kv import KVState
 from .stops import StopScanner
@@ -104,16 +104,15 @@ def generate(
     on_token: Callable[[int], None] | None = None,
     cancel: CancelToken | None = None,
     keep_special: frozenset[int] = frozenset(),
-    speculative: Speculative | None = None,
-    draft_costs: DraftCosts | None = None,
+    drafter: Drafter | None = None,
 ) -> Iterator[str]:
     """Yield text pieces; the generator's return value (StopIteration.value) is the Completion.
     A ``cancel`` token stops it (``finish_reason == "cancelled"``), within a token or a graph node.
     The prompt must leave room for a token (the runtime checks it at the call). Special tokens
     are left out of the text but those in ``keep_special`` (a tool-call marker such as Mistral's
-    ``[TOOL_CALLS]``: llama.cpp's "preserved tokens"). With ``speculative``, each step evaluates
-    the token and a draft from prompt lookup in one batch and keeps the drafted tokens the
-    sampler picks itself (:mod:`.speculative`: the same tokens as without it). On a sequence of a
+    ``[TOOL_CALLS]``: llama.cpp's "preserved tokens"). With a ``drafter`` (prompt lookup or a draft
+    model, over the prompt), each step evaluates the token and a draft in one batch and keeps the
+    drafted tokens the sampler picks itself (:mod:`.speculative`: the same tokens as without it). On a sequence of a
     shared context, each step is decoded batched with the context's other generating sequences
     (:mod:`.batch`) and sampled from the logits it returns."""
     t0 = time.perf_counter()
@@ -148,7 +147,7 @@ def generate(
     logprobs: list[TokenLogprob] = []
     finish = "length"
     t_first = None
-    lookup = PromptLookup(speculative, prompt, draft_costs) if speculative is not None and model.can_rewind else None
+    lookup = drafter if model.can_rewind else None
     draft: list[int] = []  # drafted after the token decoded last: their rows follow its row 0
     row, at = -1, len(kv)  # the row sampled next (-1: the last one), the KV length before the last decode
     n_drafted = n_accepted = 0
@@ -204,8 +203,8 @@ def generate(
             at = len(kv)
             t_step = time.perf_counter()
             rows = kv.decode(aset.key, [tok, *draft], adapters=aset.run_with, all_rows=bool(draft), via=via)
-            if draft_costs is not None:
-                draft_costs.record(1 + len(draft), (time.perf_counter() - t_step) * 1000)
+            if lookup.costs is not None:
+                lookup.costs.record(1 + len(draft), (time.perf_counter() - t_step) * 1000)
             row = 0 if draft else -1
         rest = scanner.finish()
         if rest:

@@ -21,7 +21,8 @@ class MemoryUsage:
     ``contexts``, the sequences (``n_parallel``: several share a llama context, each with its
     own KV); ``adapters``: the loaded adapters' tensors (llama.cpp copies them in);
     ``snapshots``: saved KV states kept for switching back; ``mixes``: the adapters of mixes
-    run as one (:mod:`.mixes`; their file sizes)."""
+    run as one (:mod:`.mixes`; their file sizes); ``draft``: a draft model's tensors (mapped) and
+    its contexts' KV (:mod:`.draft`)."""
 
     model_mapped: int
     model_resident: int | None
@@ -30,6 +31,7 @@ class MemoryUsage:
     adapters: int
     snapshots: int
     mixes: int = 0
+    draft: int = 0
 
     @property
     def total(self) -> int:
@@ -37,7 +39,7 @@ class MemoryUsage:
         compute buffers (allocated per context for the largest batch, hundreds of MiB on a large
         vocabulary) and the Python process itself; compare with the process RSS for those."""
         return (self.model_mapped + self.kv_per_context * self.contexts + self.adapters + self.snapshots
-                + self.mixes)
+                + self.mixes + self.draft)
 
 
 def _per_layer(value: object, n_layer: int) -> list[int]:

@@ -33,7 +33,8 @@ from .grammar import Grammar
 from . import reasoning
 from .tool_formats import force_grammar, with_tool_calls
 from .tools import ToolRequest
-from .speculative import DraftCosts, Speculative
+from .speculative import DraftCosts, Drafter, PromptLookup, Speculative
+from .draft import DraftModel
 from .activation import plan
 from .decode import check_finite, check_grammar, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
@@ -103,8 +104,10 @@ class Runtime:
         (llama.cpp's ``--chat-template-kwargs``); an adapter's own defaults and the call's win.
 
         ``speculative`` (``"ngram"`` or a :class:`~.speculative.Speculative`): speculative decoding
-        by prompt lookup, the same tokens as without it (:mod:`.speculative`); off on a recurrent
-        or hybrid model, whose state cannot drop a rejected draft."""
+        by prompt lookup, or with a draft model (``Speculative(model="draft.gguf")``: loaded here,
+        refused with :class:`InvalidRequestError` when its vocabulary is not the base's; it runs
+        without adapters, :mod:`.draft`), the same tokens as without it (:mod:`.speculative`); off
+        on a recurrent or hybrid model, whose state cannot drop a rejected draft."""
         problems = Problems()
         for name, v, lo in (("n_ctx", n_ctx, 16), ("n_parallel", n_parallel, 1), ("n_batch", n_batch, 1)):
             problems.add(int_problem(name, v, lo=lo), param=name)
@@ -153,6 +156,15 @@ class Runtime:
         except Exception:
             self._model.close()
             raise
+        self._draft: DraftModel | None = None
+        if self.speculative is not None and self.speculative.method == "draft_model":
+            try:
+                self._draft = DraftModel(self.speculative.model, self._model, n_ctx=n_ctx, n_threads=threads,  # type: ignore[arg-type]
+                                         n_gpu_layers=n_gpu_layers, kv_type=kv_type, n_parallel=n_parallel)
+            except Exception:
+                self._pool.close(0)
+                self._model.close()
+                raise
         self._registry = AdapterRegistry(self._model, self.base_info, self._detach_adapter)
         self.mixes = MixCache(self._model, self.base_info.architecture, int(mix_cache_mb * 1024 * 1024),
                               self._registry.file_of, self._pool.detach)
@@ -369,6 +381,7 @@ class Runtime:
             adapters=sum(a.size_bytes for a in self.adapters.values()),
             snapshots=self.snapshots.bytes_used if self.snapshots else 0,
             mixes=self.mixes.bytes_used,
+            draft=self._draft.bytes_used if self._draft is not None else 0,
         )
 
     def chat_tokens(self, messages: Sequence[Mapping[str, Any]], adapters: Adapters = None, *,
@@ -419,6 +432,8 @@ class Runtime:
             return
         self.mixes.close()
         self._registry.close()
+        if self._draft is not None:
+            self._draft.close()
         self._model.close()
 
     def __enter__(self) -> Runtime:
@@ -463,6 +478,15 @@ class Runtime:
             self.mixes.release(aset)
             self._registry.release(aset)
 
+    def _drafter(self, prompt: list[int], cancel: CancelToken | None) -> Drafter | None:
+        """This call's drafts (None without speculative decoding, or on a model that cannot rewind)."""
+        spec = self.speculative
+        if spec is None or not self._model.can_rewind:
+            return None
+        if self._draft is not None:
+            return self._draft.drafter(spec, prompt, self._draft_costs, cancel)
+        return PromptLookup(spec, prompt, self._draft_costs)
+
     def _detach_adapter(self, native: NativeAdapter, uid: int) -> None:
         """Before an adapter is freed: its combinations dropped, it taken off the idle contexts."""
         self.mixes.drop_adapter(uid)
@@ -473,9 +497,13 @@ class Runtime:
         t0 = time.perf_counter()
         try:
             with self._call(adapters, cancel) as (slot, aset):
-                return (yield from generate(self._pool, slot, aset, ids, params, cancel=cancel,
-                                            keep_special=keep_special, speculative=self.speculative,
-                                            draft_costs=self._draft_costs))
+                drafter = self._drafter(ids, cancel)
+                try:
+                    return (yield from generate(self._pool, slot, aset, ids, params, cancel=cancel,
+                                                keep_special=keep_special, drafter=drafter))
+                finally:
+                    if drafter is not None:
+                        drafter.close()
         except CancelledError:  # cancelled while waiting for a context: nothing was evaluated
             t = (time.perf_counter() - t0) * 1000
             return Completion("", [], "cancelled", len(ids), 0, 0, {}, Timings(t, t, 0.0, t))

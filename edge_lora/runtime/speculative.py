@@ -12,7 +12,9 @@ x ~ p and keeping it), and since the sampler draws once per kept token, in the s
 call gives the same tokens as without speculation, greedy or sampled with a seed, up to the
 rounding difference of evaluating rows in a batch rather than one by one.
 
-Adapters apply to the draft's evaluation as to any token (the draft costs no model of its own).
+With ``method="draft_model"`` the draft is a smaller model's greedy continuation instead
+(:mod:`.draft`); the acceptance rule is the same. Adapters apply to the target only: to the
+evaluation of the draft rows as to any token.
 A drafted row costs a row of the batch, its logits included; how many tokens to draft is decided
 from that cost, measured on the machine, and the call's rate of kept drafts (:class:`DraftCosts`),
 so speculation stays off where it would not pay (gemma-3-270m on a CPU: its 262k-word output
@@ -21,31 +23,49 @@ layer makes a row cost nearly a whole token).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import InvalidRequestError
 
-#: methods of :class:`Speculative`
-METHODS = ("ngram",)
+#: methods of :class:`Speculative`: prompt lookup, a draft model (vLLM's names)
+METHODS = ("ngram", "draft_model")
 
 
 @dataclass(frozen=True)
 class Speculative:
-    """How to draft (vLLM's ``speculative_config`` names): ``method`` ``"ngram"`` (prompt lookup),
-    ``num_speculative_tokens`` drafted per step at most, the n-gram matched from
-    ``prompt_lookup_max`` tokens down to ``prompt_lookup_min``. ``adaptive`` (the default) drafts
-    only as many tokens as pay for themselves (:class:`DraftCosts`); False drafts the most every
-    time a match is found (to measure, or where a batch row is nearly free)."""
+    """How to draft (vLLM's ``speculative_config`` names): ``method`` ``"ngram"`` (prompt lookup,
+    the default) or ``"draft_model"`` (the default when ``model`` is given: the path of a GGUF
+    draft model of the target's vocabulary, :mod:`.draft`), ``num_speculative_tokens`` drafted per
+    step at most, the n-gram matched from ``prompt_lookup_max`` tokens down to
+    ``prompt_lookup_min``; a draft model's draft ends where its most likely token's probability is
+    below ``draft_p_min`` (llama.cpp's ``--draft-p-min``). ``adaptive`` (the default) drafts only
+    as many tokens as pay for themselves (:class:`DraftCosts`); False drafts the most every time
+    (to measure, or where a batch row is nearly free)."""
 
-    method: str = "ngram"
+    method: str | None = None
     num_speculative_tokens: int = 8
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 2
     adaptive: bool = True
+    model: str | os.PathLike[str] | None = None
+    draft_p_min: float = 0.75
 
     def __post_init__(self) -> None:
+        if self.method is None:
+            object.__setattr__(self, "method", "ngram" if self.model is None else "draft_model")
         problems = []
+        if self.method == "draft_model" and self.model is None:
+            problems.append("speculative method 'draft_model' needs model: the path of a GGUF draft model")
+        if self.method == "ngram" and self.model is not None:
+            problems.append("speculative model is a draft model: give method 'draft_model' (or leave method out)")
+        if self.model is not None and not isinstance(self.model, (str, os.PathLike)):
+            problems.append(f"speculative model must be a path, got {self.model!r}")
+        p = self.draft_p_min
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            problems.append(f"speculative draft_p_min must be a number from 0 to 1, got {p!r}")
         if self.method not in METHODS:
             problems.append(f"speculative method {self.method!r}: use one of {', '.join(METHODS)}")
         for name, lo, hi in (("num_speculative_tokens", 1, 64), ("prompt_lookup_max", 1, 16),
@@ -62,7 +82,8 @@ class Speculative:
 
     @classmethod
     def of(cls, value: object) -> Speculative | None:
-        """From a :class:`Speculative`, a method name (``"ngram"``), or None / False (off)."""
+        """From a :class:`Speculative`, a method name (``"ngram"``; ``"draft_model"`` needs a
+        :class:`Speculative` with its ``model``), or None / False (off)."""
         if value is None or value is False:
             return None
         if isinstance(value, Speculative):
@@ -90,11 +111,13 @@ class DraftCosts:
             extra = max(0.0, (ms - self.single) / (rows - 1))
             self.per_row = extra if self.per_row is None else 0.8 * self.per_row + 0.2 * extra
 
-    def best_length(self, accept: float, limit: int) -> int:
+    def best_length(self, accept: float, limit: int, draft_ms: float = 0.0) -> int:
         """The draft length that maximizes the expected tokens per millisecond, or 0 when no
         length beats plain decoding by 5%: a step drafting ``k`` tokens kept each with probability
-        ``accept`` yields ``(1 - accept^(k+1)) / (1 - accept)`` tokens for ``single + k * per_row``
-        ms. Before the cost of a row is known, a short draft measures it."""
+        ``accept`` yields ``(1 - accept^(k+1)) / (1 - accept)`` tokens for
+        ``single + k * (per_row + draft_ms)`` ms (``draft_ms``: what drafting a token costs, a
+        draft model's decode; prompt lookup's is nil). Before the cost of a row is known, a short
+        draft measures it."""
         if limit <= 0 or self.single is None:
             return 0
         if self.per_row is None:
@@ -102,10 +125,23 @@ class DraftCosts:
         best, best_k = 1.05, 0
         for k in range(1, limit + 1):
             tokens = (1 - accept ** (k + 1)) / (1 - accept) if accept < 1 else k + 1.0
-            gain = tokens * self.single / (self.single + k * self.per_row)
+            gain = tokens * self.single / (self.single + k * (self.per_row + draft_ms))
             if gain > best:
                 best, best_k = gain, k
         return best_k
+
+
+class Drafter(Protocol):
+    """One call's source of drafts (:class:`PromptLookup`, :class:`.draft.ModelDrafter`): told each
+    kept token (``extend``), asked for up to ``limit`` tokens (``draft``), told how many of a draft
+    were kept (``record``); ``costs`` (or None) is told what each step cost; ``close`` at the end."""
+
+    costs: DraftCosts | None
+
+    def extend(self, tokens: Sequence[int]) -> None: ...
+    def draft(self, limit: int) -> list[int]: ...
+    def record(self, drafted: int, accepted: int) -> None: ...
+    def close(self) -> None: ...
 
 
 class PromptLookup:
@@ -129,6 +165,9 @@ class PromptLookup:
     def accept_rate(self) -> float:
         """Kept / drafted in this call, starting from 1 kept of 2 (a prior that lets it start)."""
         return (self.accepted + 1) / (self.drafted + 2)
+
+    def close(self) -> None:
+        """Nothing to give back (a draft model's drafter gives back its context)."""
 
     def extend(self, tokens: Sequence[int]) -> None:
         for t in tokens:

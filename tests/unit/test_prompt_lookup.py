@@ -39,3 +39,4 @@ def test_settings_are_checked_all_at_once():
     with pytest.raises(InvalidRequestError):
         Speculative(prompt_lookup_min=4, prompt_lookup_max=2)
     assert Speculative.of("ngram") == Speculative() and Speculative.of(None) is None
+    assert Speculative().method == "ngram" and Speculative(model="draft.gguf").method == "draft_model"
