@@ -24,7 +24,7 @@ from ..errors import CancelledError, GGUFFileError, InvalidRequestError
 from ..families.base_check import base_problems
 from ..formats.gguf_file import read_gguf, require_base
 from .memory import kv_cache_bytes
-from .speculative import DraftCosts, Speculative
+from .speculative import DraftCosts, DraftTally, Speculative
 
 #: llama.cpp's SPEC_VOCAB_MAX_SIZE_DIFFERENCE and SPEC_VOCAB_CHECK_START_TOKEN_ID (common/speculative.cpp)
 VOCAB_MAX_SIZE_DIFFERENCE = 128
@@ -144,9 +144,8 @@ class DraftModel:
             self.model.close()
 
 
-class ModelDrafter:
-    """One call's drafts from the draft model (the interface of :class:`.speculative.PromptLookup`:
-    ``extend`` with each kept token, ``draft(limit)``, ``record``, ``accept_rate``). A draft is the
+class ModelDrafter(DraftTally):
+    """One call's drafts from the draft model (a :class:`.speculative.Drafter`). A draft is the
     draft model's greedy continuation of the history, stopped where its most likely token is less
     likely than ``spec.draft_p_min`` or is an end of generation."""
 
@@ -154,26 +153,14 @@ class ModelDrafter:
                  costs: DraftCosts | None, cancel: CancelToken | None) -> None:
         self.owner, self.held, self.spec, self.costs, self.cancel = owner, held, spec, costs, cancel
         self.tokens = [int(t) for t in history]
-        self.drafted = self.accepted = 0
 
     def extend(self, tokens: Sequence[int]) -> None:
         self.tokens.extend(int(t) for t in tokens)
 
-    def record(self, drafted: int, accepted: int) -> None:
-        self.drafted += drafted
-        self.accepted += accepted
-
-    @property
-    def accept_rate(self) -> float:
-        """Kept / drafted in this call, starting from 1 kept of 2."""
-        return (self.accepted + 1) / (self.drafted + 2)
-
     def draft(self, limit: int) -> list[int]:
         """Up to ``min(limit, num_speculative_tokens)`` tokens (fewer where the cost model says
         they would not pay, :meth:`DraftCosts.best_length` with the draft's own cost per token)."""
-        k = min(limit, self.spec.num_speculative_tokens)
-        if self.costs is not None and self.spec.adaptive:
-            k = self.costs.best_length(self.accept_rate, k, draft_ms=self.owner.ms_per_token or 0.0)
+        k = self.length(limit, self.owner.ms_per_token or 0.0)
         if k <= 0:
             return []
         ctx, held = self.held.ctx, self.held

@@ -144,17 +144,13 @@ class Drafter(Protocol):
     def close(self) -> None: ...
 
 
-class PromptLookup:
-    """Drafts from the history itself (prompt and generated tokens): an index of each n-gram's
-    last end position, updated as tokens arrive, so a lookup costs O(n-gram sizes)."""
+class DraftTally:
+    """One call's kept and drafted tokens, and the draft length they call for."""
 
-    def __init__(self, spec: Speculative, history: Sequence[int], costs: DraftCosts | None = None) -> None:
-        self.spec = spec
-        self.costs = costs
-        self.tokens: list[int] = []
-        self._last: dict[tuple[int, ...], int] = {}
-        self.drafted = self.accepted = 0
-        self.extend(history)
+    spec: Speculative
+    costs: DraftCosts | None
+    drafted: int = 0
+    accepted: int = 0
 
     def record(self, drafted: int, accepted: int) -> None:
         """This call's drafts so far: how many tokens were drafted, and kept."""
@@ -165,6 +161,27 @@ class PromptLookup:
     def accept_rate(self) -> float:
         """Kept / drafted in this call, starting from 1 kept of 2 (a prior that lets it start)."""
         return (self.accepted + 1) / (self.drafted + 2)
+
+    def length(self, limit: int, draft_ms: float = 0.0) -> int:
+        """How many tokens to draft: at most ``min(limit, num_speculative_tokens)``, with
+        ``costs`` and ``adaptive`` as many as pay for themselves at this call's rate of kept
+        drafts (:meth:`DraftCosts.best_length`; ``draft_ms`` what drafting a token costs)."""
+        k = min(limit, self.spec.num_speculative_tokens)
+        if self.costs is not None and self.spec.adaptive:
+            k = self.costs.best_length(self.accept_rate, k, draft_ms)
+        return k
+
+
+class PromptLookup(DraftTally):
+    """Drafts from the history itself (prompt and generated tokens): an index of each n-gram's
+    last end position, updated as tokens arrive, so a lookup costs O(n-gram sizes)."""
+
+    def __init__(self, spec: Speculative, history: Sequence[int], costs: DraftCosts | None = None) -> None:
+        self.spec = spec
+        self.costs = costs
+        self.tokens: list[int] = []
+        self._last: dict[tuple[int, ...], int] = {}
+        self.extend(history)
 
     def close(self) -> None:
         """Nothing to give back (a draft model's drafter gives back its context)."""
@@ -182,9 +199,7 @@ class PromptLookup:
         ending the history where it occurred before; [] when none did. With ``costs``, as many as
         pay for themselves at this call's rate of kept drafts (:meth:`DraftCosts.best_length`),
         none where no draft would."""
-        k = min(limit, self.spec.num_speculative_tokens)
-        if self.costs is not None and self.spec.adaptive:
-            k = self.costs.best_length(self.accept_rate, k)
+        k = self.length(limit)
         if k <= 0:
             return []
         toks = self.tokens
