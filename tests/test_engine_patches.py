@@ -22,21 +22,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from emulated import QEMU, emulated
 
 ROOT = Path(__file__).resolve().parents[1]
-QEMU = shutil.which("qemu-x86_64")
 TOLERANCE = 1e-6
 
 
-def _dot_errors(wrapper: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+def _dot_errors(wrapper: list[str], cpu_env: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, **(cpu_env or {}),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     proc = subprocess.run([*wrapper, sys.executable, str(ROOT / "tests" / "ggml_dot.py")], capture_output=True,
                           text=True, timeout=900, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -84,6 +84,6 @@ def test_dot_products_on_emulated_older_cpus(cpu, variant):
         if os.environ.get("EDGE_LORA_REQUIRE_QEMU") == "1":
             pytest.fail("qemu-x86_64 is required (EDGE_LORA_REQUIRE_QEMU=1): apt-get install qemu-user")
         pytest.skip("qemu-x86_64 not installed (Debian: apt-get install qemu-user)")
-    out = _dot_errors([QEMU, "-cpu", cpu])
+    out = _dot_errors(*emulated(cpu))
     assert out["cpu_variant"] == variant, out
     _check(out)

@@ -13,16 +13,15 @@ unless ``EDGE_LORA_REQUIRE_QEMU=1`` (set by CI) makes that a failure.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+from emulated import QEMU, emulated
 from gguf import GGMLQuantizationType as QT
 
 from edge_lora.engine import check, tiny
 from edge_lora.engine.probe import PROMPT
 
-QEMU = shutil.which("qemu-x86_64")
 if QEMU is None and os.environ.get("EDGE_LORA_REQUIRE_QEMU") == "1":
     raise RuntimeError("qemu-x86_64 is required (EDGE_LORA_REQUIRE_QEMU=1): apt-get install qemu-user")
 pytestmark = [
@@ -48,8 +47,8 @@ def bases(tmp_path_factory):
 
 
 def _probe(args: list[str], cpu: str | None = None, env: dict[str, str] | None = None) -> check.ProbeResult:
-    wrapper = [QEMU, "-cpu", cpu] if cpu else []
-    return check.run_probe(args, wrapper=wrapper, env=env, timeout=600)
+    wrapper, cpu_env = emulated(cpu) if cpu else ([], {})
+    return check.run_probe(args, wrapper=wrapper, env={**cpu_env, **(env or {})}, timeout=600)
 
 
 @pytest.fixture(scope="module")
