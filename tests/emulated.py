@@ -9,8 +9,8 @@ QEMU = shutil.which("qemu-x86_64")
 
 def emulated(cpu: str) -> tuple[list[str], dict[str, str]]:
     """The command prefix and environment that run a child on ``cpu`` (a qemu CPU model: Haswell,
-    Nehalem). numpy's OpenBLAS is told the CPU: its own detection reads the emulated CPUID as a
-    Haswell on some hosts (seen on this machine, qemu 7.2: ``Core: Haswell`` under ``-cpu
-    Nehalem``) and dies of SIGILL in numpy's import-time self-check, before edge-lora runs. On
-    real hardware OpenBLAS reads the real CPUID."""
+    Nehalem). numpy's OpenBLAS is told the emulated CPU: an ``OPENBLAS_CORETYPE`` inherited from
+    the machine (this one exports ``OPENBLAS_CORETYPE=Haswell``) makes it run Haswell kernels on
+    the emulated Nehalem, which dies of SIGILL in numpy's import-time self-check before edge-lora
+    runs."""
     return [QEMU, "-cpu", cpu], {"OPENBLAS_CORETYPE": cpu}
