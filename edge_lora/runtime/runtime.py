@@ -157,7 +157,10 @@ class Runtime:
             self._model.close()
             raise
         self._draft: DraftModel | None = None
-        if self.speculative is not None and self.speculative.method == "draft_model":
+        if self.speculative is not None and self.speculative.method == "draft_model" and not self._model.can_rewind:
+            log.warning("speculative decoding is off: a recurrent or hybrid base cannot drop a rejected draft; "
+                        "the draft model %s is not loaded", self.speculative.model)
+        elif self.speculative is not None and self.speculative.method == "draft_model":
             try:
                 self._draft = DraftModel(self.speculative.model, self._model, n_ctx=n_ctx, n_threads=threads,  # type: ignore[arg-type]
                                          n_gpu_layers=n_gpu_layers, kv_type=kv_type, n_parallel=n_parallel)
