@@ -23,6 +23,7 @@ from .errors import (
     UnknownAdapterError,
 )
 from .runtime.memory import MemoryUsage
+from .runtime.speculative import Speculative
 
 from ._version import __version__
 
@@ -54,6 +55,7 @@ __all__ = [
     "CancelToken",
     "CancelledError",
     "MemoryUsage",
+    "Speculative",
     "Completion",
     "GenerationRequest",
     "ContextOverflowError",
