@@ -53,8 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import llama_cpp  # noqa: E402
 
-from edge_lora import Runtime  # noqa: E402
-from edge_lora.runtime.speculative import Speculative  # noqa: E402
+from edge_lora import Runtime, Speculative  # noqa: E402
 from edge_lora.formats.gguf_file import read_gguf  # noqa: E402
 from edge_lora.engine.native import backend_init  # noqa: E402
 

@@ -9,6 +9,7 @@ from gguf-py's ``Keys``), checked for type, range and agreement with the tensor 
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any
 
@@ -16,7 +17,9 @@ from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, GGUFV
 from gguf import GGMLQuantizationType as QT
 
 from ..formats.values import UNUSABLE_TYPES
-from ..formats.gguf_file import TOKEN_EMBD_TENSOR, WEIGHT_SUFFIX, ArrayLength, GGUFInfo, read_string_array
+from ..errors import GGUFFileError
+from ..formats.gguf_file import (TOKEN_EMBD_TENSOR, WEIGHT_SUFFIX, ArrayLength, GGUFInfo, read_gguf, read_string_array,
+                                  require_base)
 
 #: beyond any released model, far below what would make llama.cpp allocate absurd tables
 MAX_LAYERS = 4096
@@ -49,6 +52,18 @@ def _floats(v: Any) -> list[float] | None:
     if not items or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in items):
         return None
     return [float(x) for x in items]
+
+
+def read_runnable_base(path: str | os.PathLike[str]) -> GGUFInfo:
+    """Read ``path`` as a base model llama.cpp can run: :class:`GGUFFileError` for a file that is
+    not a GGUF base (:func:`require_base`) or whose hyperparameters it cannot run with (every
+    problem of :func:`base_problems` listed)."""
+    info = read_gguf(path)
+    require_base(info)
+    bad = base_problems(info)
+    if bad:
+        raise GGUFFileError(f"{info.path}: hyperparameters llama.cpp cannot run with", bad)
+    return info
 
 
 def base_problems(info: GGUFInfo) -> list[str]:

@@ -147,7 +147,7 @@ def generate(
     logprobs: list[TokenLogprob] = []
     finish = "length"
     t_first = None
-    lookup = drafter if model.can_rewind else None
+    lookup = drafter  # None on a model that cannot rewind (the runtime makes none there)
     draft: list[int] = []  # drafted after the token decoded last: their rows follow its row 0
     row, at = -1, len(kv)  # the row sampled next (-1: the last one), the KV length before the last decode
     n_drafted = n_accepted = 0

@@ -20,18 +20,18 @@ import numpy as np
 
 from ..cancel import CancelToken
 from ..engine.native import ContextParams, NativeContext, NativeModel, vocab_summary
-from ..errors import CancelledError, GGUFFileError, InvalidRequestError
-from ..families.base_check import base_problems
-from ..formats.gguf_file import read_gguf, require_base
+from ..errors import CancelledError, InvalidRequestError
+from ..families.base_check import read_runnable_base
+from .kv import KVState, common_prefix
 from .memory import kv_cache_bytes
-from .speculative import DraftCosts, DraftTally, Speculative
+from .speculative import DraftCosts, DraftTally, Speculative, moving_average
 
 #: llama.cpp's SPEC_VOCAB_MAX_SIZE_DIFFERENCE and SPEC_VOCAB_CHECK_START_TOKEN_ID (common/speculative.cpp)
 VOCAB_MAX_SIZE_DIFFERENCE = 128
 VOCAB_CHECK_START_TOKEN_ID = 5
 
 
-def vocab_problems(target: NativeModel, draft: NativeModel) -> list[str]:
+def draft_vocab_problems(target: NativeModel, draft: NativeModel) -> list[str]:
     """Why ``draft`` cannot draft for ``target`` (llama.cpp's checks, all of them reported), [] when it can."""
     t, d = vocab_summary(target), vocab_summary(draft)
     problems = []
@@ -57,20 +57,8 @@ def vocab_problems(target: NativeModel, draft: NativeModel) -> list[str]:
     return problems
 
 
-class _Held:
-    """One context of the draft model and the tokens its KV holds."""
-
-    def __init__(self, ctx: NativeContext) -> None:
-        self.ctx = ctx
-        self.tokens: list[int] = []
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+#: the key of the draft's KV segments: it runs without adapters
+NO_ADAPTERS: tuple = ()
 
 
 class DraftModel:
@@ -81,13 +69,9 @@ class DraftModel:
 
     def __init__(self, path: str | os.PathLike[str], target: NativeModel, *, n_ctx: int, n_threads: int,
                  n_gpu_layers: int, kv_type: str, n_parallel: int) -> None:
-        self.info = read_gguf(path)  # a bad file: GGUFFileError here, before native code
-        require_base(self.info)
-        bad = base_problems(self.info)
-        if bad:
-            raise GGUFFileError(f"{self.info.path}: hyperparameters llama.cpp cannot run with", bad)
+        self.info = read_runnable_base(path)  # a bad file: GGUFFileError here, before native code
         self.model = NativeModel(str(path), n_gpu_layers=n_gpu_layers)
-        problems = vocab_problems(target, self.model)
+        problems = draft_vocab_problems(target, self.model)
         if problems:
             self.model.close()
             raise InvalidRequestError(f"{path} cannot draft for this base", problems, param="speculative")
@@ -96,8 +80,8 @@ class DraftModel:
         self._params = ContextParams(n_ctx=n_ctx, n_batch=512, n_threads=n_threads, kv_type=kv_type)
         self._limit = n_parallel
         self._made = 0
-        self._free: list[_Held] = []
-        self._all: list[_Held] = []
+        self._free: list[KVState] = []
+        self._all: list[KVState] = []
         self._lock = threading.Lock()
         self.ms_per_token: float | None = None
 
@@ -113,32 +97,31 @@ class DraftModel:
         :meth:`ModelDrafter.close` gives the context back."""
         with self._lock:
             if self._free:
-                held = max(self._free, key=lambda h: _common_prefix(h.tokens, history))
-                self._free.remove(held)
+                kv = max(self._free, key=lambda k: common_prefix(k.tokens, history))
+                self._free.remove(kv)
             elif self._made < self._limit:
                 self._made += 1
                 try:
-                    held = _Held(NativeContext(self.model, self._params))
+                    kv = KVState(NativeContext(self.model, self._params))
                 except Exception:
                     self._made -= 1
                     raise
-                self._all.append(held)
+                self._all.append(kv)
             else:  # never more calls than n_parallel: the target's scheduler leases one slot each
                 raise RuntimeError("more draft leases than the target has sequences")
-        return ModelDrafter(self, held, spec, history, costs, cancel)
+        return ModelDrafter(self, kv, spec, history, costs, cancel)
 
-    def give_back(self, held: _Held) -> None:
+    def give_back(self, kv: KVState) -> None:
         with self._lock:
-            self._free.append(held)
+            self._free.append(kv)
 
     def record(self, ms_per_token: float) -> None:
-        m = self.ms_per_token
-        self.ms_per_token = ms_per_token if m is None else 0.8 * m + 0.2 * ms_per_token
+        self.ms_per_token = moving_average(self.ms_per_token, ms_per_token)
 
     def close(self) -> None:
         with self._lock:
-            for held in self._all:
-                held.ctx.close()
+            for kv in self._all:
+                kv.ctx.close()
             self._all.clear()
             self._free.clear()
             self.model.close()
@@ -149,9 +132,9 @@ class ModelDrafter(DraftTally):
     draft model's greedy continuation of the history, stopped where its most likely token is less
     likely than ``spec.draft_p_min`` or is an end of generation."""
 
-    def __init__(self, owner: DraftModel, held: _Held, spec: Speculative, history: Sequence[int],
+    def __init__(self, owner: DraftModel, kv: KVState, spec: Speculative, history: Sequence[int],
                  costs: DraftCosts | None, cancel: CancelToken | None) -> None:
-        self.owner, self.held, self.spec, self.costs, self.cancel = owner, held, spec, costs, cancel
+        self.owner, self.kv, self.spec, self.costs, self.cancel = owner, kv, spec, costs, cancel
         self.tokens = [int(t) for t in history]
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -163,22 +146,16 @@ class ModelDrafter(DraftTally):
         k = self.length(limit, self.owner.ms_per_token or 0.0)
         if k <= 0:
             return []
-        ctx, held = self.held.ctx, self.held
-        abort = (lambda: self.cancel.cancelled) if self.cancel is not None else None  # type: ignore[union-attr]
+        kv = self.kv
         try:
             # evaluate what the draft's KV lacks of the history (at least its last token, for the logits)
-            n = min(_common_prefix(held.tokens, self.tokens), len(self.tokens) - 1)
-            if n < len(held.tokens) and not ctx.truncate(n):
-                ctx.clear()
-                n = 0
-            held.tokens = held.tokens[:n]
-            ctx.decode(self.tokens[n:], n, abort=abort if len(self.tokens) - n > 16 else None)
-            held.tokens = list(self.tokens)
+            n = kv.truncate(min(common_prefix(kv.tokens, self.tokens), len(self.tokens) - 1))
+            kv.decode(NO_ADAPTERS, self.tokens[n:], cancel=self.cancel if len(self.tokens) - n > 16 else None)
             out: list[int] = []
             t0 = time.perf_counter()
             steps = 0
             while True:
-                logits = ctx.last_logits()[: self.owner.n_vocab]
+                logits = kv.ctx.last_logits()[: self.owner.n_vocab]
                 d = int(np.argmax(logits))
                 if self.spec.draft_p_min > 0.0:
                     p = 1.0 / float(np.exp(logits - logits[d]).sum())  # softmax probability of the top token
@@ -187,17 +164,14 @@ class ModelDrafter(DraftTally):
                 out.append(d)
                 if len(out) >= k or self.owner.model.is_eog(d):
                     break
-                ctx.decode([d], len(held.tokens))
-                held.tokens.append(d)
+                kv.decode(NO_ADAPTERS, [d])
                 steps += 1
             if steps:
                 self.owner.record((time.perf_counter() - t0) * 1000 / steps)
             return out
-        except CancelledError:  # the call's loop sees the cancel and finishes "cancelled"
-            ctx.clear()
-            held.tokens = []
+        except CancelledError:  # KVState cleared the draft's KV; the call's loop sees the cancel
             return []
 
     def close(self) -> None:
         """Give the draft context back (its tokens kept for the next call's prefix)."""
-        self.owner.give_back(self.held)
+        self.owner.give_back(self.kv)

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..families.base_check import base_problems
+from ..families.base_check import read_runnable_base
 from .chat import ChatTemplate, template_kwargs_problem
 from .._validate import Problems, int_problem, is_int, number_problem
 from ..cancel import CancelToken
-from ..errors import CancelledError, ContextOverflowError, GGUFFileError, InvalidRequestError
+from ..errors import CancelledError, ContextOverflowError, InvalidRequestError
 from .request import Completion, GenerationRequest, SamplingParams, TextStream, Timings
 from .grammar import Grammar
 from . import reasoning
@@ -38,7 +38,6 @@ from .draft import DraftModel
 from .activation import plan
 from .decode import check_finite, check_grammar, evaluate, generate
 from .memory import MemoryUsage, kv_cache_bytes, resident_bytes
-from ..formats.gguf_file import read_gguf, require_base
 from ..engine.check import ensure_engine_ok
 from ..engine.native import ContextParams, NativeAdapter, NativeModel, adapters_key, backends, devices
 from ..engine.offload import no_device_problem
@@ -129,11 +128,7 @@ class Runtime:
         self.speculative = Speculative.of(speculative)
         self._draft_costs = DraftCosts()  # measured by the calls themselves
         self._template_kwargs = dict(template_kwargs or {})
-        self.base_info = read_gguf(model_path)
-        require_base(self.base_info)
-        bad = base_problems(self.base_info)
-        if bad:
-            raise GGUFFileError(f"{self.base_info.path}: hyperparameters llama.cpp cannot run with", bad)
+        self.base_info = read_runnable_base(model_path)
         self.model_path = Path(model_path)
         ensure_engine_ok()  # once per native build and CPU: a child process runs the smoke test
         no_device = no_device_problem(n_gpu_layers, backends(), devices())

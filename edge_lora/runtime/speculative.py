@@ -94,6 +94,11 @@ class Speculative:
                                   param="speculative")
 
 
+def moving_average(old: float | None, new: float) -> float:
+    """The exponential moving average the cost figures keep (weight 0.2 on ``new``)."""
+    return new if old is None else 0.8 * old + 0.2 * new
+
+
 class DraftCosts:
     """What a draft costs on this machine, measured from the decodes themselves: ``single`` ms for
     a one-token step, ``per_row`` ms for each drafted row more (its logits included: with a large
@@ -106,10 +111,9 @@ class DraftCosts:
 
     def record(self, rows: int, ms: float) -> None:
         if rows == 1:
-            self.single = ms if self.single is None else 0.8 * self.single + 0.2 * ms
+            self.single = moving_average(self.single, ms)
         elif self.single is not None:
-            extra = max(0.0, (ms - self.single) / (rows - 1))
-            self.per_row = extra if self.per_row is None else 0.8 * self.per_row + 0.2 * extra
+            self.per_row = moving_average(self.per_row, max(0.0, (ms - self.single) / (rows - 1)))
 
     def best_length(self, accept: float, limit: int, draft_ms: float = 0.0) -> int:
         """The draft length that maximizes the expected tokens per millisecond, or 0 when no
